@@ -1,0 +1,30 @@
+"""Model definitions and dataset loaders. ``build(name, **kw)`` records how a model was made,
+so ``dyngate.save``/``load`` can rebuild it."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch.nn as nn
+
+from models.resnet import resnet18, resnet20, resnet34, resnet56
+from models.vgg import vgg16
+
+REGISTRY: dict[str, Callable[..., nn.Module]] = {
+    "resnet18": resnet18,
+    "resnet34": resnet34,
+    "resnet20": resnet20,
+    "resnet56": resnet56,
+    "vgg16": vgg16,
+}
+
+
+def build(name: str, **kwargs: Any) -> nn.Module:
+    """Build a registered model and tag it with its recipe (``model.dyngate_arch``)."""
+    if name not in REGISTRY:
+        raise ValueError(f"unknown model {name!r}; known: {', '.join(sorted(REGISTRY))}")
+    model = REGISTRY[name](**kwargs)
+    model.dyngate_arch = {"name": name, "kwargs": dict(kwargs)}
+    return model
+
+
+__all__ = ["REGISTRY", "build", "resnet18", "resnet20", "resnet34", "resnet56", "vgg16"]

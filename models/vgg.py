@@ -1,0 +1,38 @@
+"""VGG-16 with BN, CIFAR layout: 13 3x3 convs (torchvision vgg16_bn ``features`` indices),
+five max-pools, and a small classifier on the 512-d pooled feature."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+CFG16 = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
+
+
+class VGG(nn.Module):
+    def __init__(self, cfg: list, num_classes: int = 10, in_channels: int = 3) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        c = in_channels
+        for v in cfg:
+            if v == "M":
+                layers.append(nn.MaxPool2d(2, 2, ceil_mode=True))  # 28x28 inputs survive 5 pools
+            else:
+                layers += [nn.Conv2d(c, v, 3, padding=1), nn.BatchNorm2d(v), nn.ReLU(inplace=True)]
+                c = v
+        self.features = nn.Sequential(*layers)
+        # Global pooling makes the classifier independent of the input size (28 or 32).
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.classifier = nn.Sequential(nn.Linear(c, 512), nn.ReLU(inplace=True),
+                                        nn.Dropout(0.5), nn.Linear(512, num_classes))
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.avgpool(self.features(x))
+        return self.classifier(torch.flatten(x, 1))
+
+
+def vgg16(num_classes: int = 10, in_channels: int = 3) -> VGG:
+    return VGG(CFG16, num_classes, in_channels)
