@@ -1,0 +1,21 @@
+"""Errors that name the layer, field or file at fault."""
+
+
+class DyngateError(Exception):
+    """Base class of dyngate's user-facing errors."""
+
+
+class GraphError(DyngateError):
+    """The model cannot be captured or contains an op the channel analysis cannot handle."""
+
+
+class ConversionError(DyngateError):
+    """A convert/prune request names a layer that does not exist or cannot be handled."""
+
+
+class ProfileError(DyngateError):
+    """A sparsity profile is malformed or does not match the model."""
+
+
+class CheckpointError(DyngateError):
+    """A checkpoint is missing, malformed or does not match the architecture."""

@@ -1,0 +1,317 @@
+"""MAC accounting and the SparsityProfile: the one contract between runtime and simulator.
+
+All counts are MACs per image (FLOPs = 2 * MACs). A gated layer's executed MACs are the base
+pass over 1/p of the input channels for every output element, plus the remaining
+(1 - 1/p) of the inputs for every output element whose gate was on, as measured. The gate
+compare (one per output element) is reported separately, not as a MAC.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable
+
+import torch
+import torch.nn as nn
+import yaml
+from tqdm import tqdm
+
+from dyngate.errors import ProfileError
+from dyngate.gating import GatedConv2d
+
+SCHEMA = "dyngate.sparsity_profile"
+VERSION = 1
+
+
+@dataclass
+class LayerProfile:
+    name: str
+    kind: str                      # conv2d | linear
+    gated: bool
+    in_channels: int
+    out_channels: int
+    kernel_size: list[int]
+    stride: list[int]
+    padding: list[int]
+    dilation: list[int]
+    groups: int
+    input_hw: list[int]
+    output_hw: list[int]
+    dense_macs: int
+    executed_macs: float
+    density: float = 1.0
+    partitions: int | None = None
+    grouped: bool | None = None
+    granularity: int | None = None
+    base_fraction: float | None = None
+    base_macs: int | None = None
+    gate_compares: int | None = None
+    channel_density: list[float] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        if not self.gated:
+            for k in ("partitions", "grouped", "granularity", "base_fraction", "base_macs",
+                      "gate_compares", "channel_density"):
+                d.pop(k)
+        return d
+
+
+@dataclass
+class SparsityProfile:
+    """Per-layer shapes, MACs and measured gate densities, with whole-network totals."""
+
+    layers: list[LayerProfile]
+    model: str = ""
+    input_shape: list[int] = field(default_factory=list)
+    samples: int = 0
+
+    @property
+    def totals(self) -> dict[str, float]:
+        dense = sum(l.dense_macs for l in self.layers)
+        executed = sum(l.executed_macs for l in self.layers)
+        g_dense = sum(l.dense_macs for l in self.layers if l.gated)
+        g_exec = sum(l.executed_macs for l in self.layers if l.gated)
+        return {"dense_macs": int(dense), "executed_macs": float(executed),
+                "mac_reduction": dense / executed if executed else 1.0,
+                "gated_dense_macs": int(g_dense), "gated_executed_macs": float(g_exec),
+                "gated_mac_reduction": g_dense / g_exec if g_exec else 1.0}
+
+    @property
+    def mac_reduction(self) -> float:
+        return self.totals["mac_reduction"]
+
+    def layer(self, name: str) -> LayerProfile:
+        for l in self.layers:
+            if l.name == name:
+                return l
+        raise KeyError(name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": SCHEMA, "version": VERSION, "model": self.model,
+                "input_shape": list(self.input_shape), "samples": self.samples,
+                "layers": [l.to_dict() for l in self.layers], "totals": self.totals}
+
+    def to_yaml(self, path: str | os.PathLike) -> None:
+        with open(path, "w") as f:
+            yaml.safe_dump(self.to_dict(), f, sort_keys=False, default_flow_style=None, width=120)
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike) -> "SparsityProfile":
+        try:
+            with open(path) as f:
+                data = yaml.safe_load(f)
+        except FileNotFoundError:
+            raise ProfileError(f"{path}: profile file not found") from None
+        except yaml.YAMLError as e:
+            raise ProfileError(f"{path}: not valid YAML: {e}") from None
+        return cls.from_dict(data, source=str(path))
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "<profile>") -> "SparsityProfile":
+        return _validate(data, source)
+
+    def table(self) -> str:
+        """Human-readable per-layer table with totals."""
+        rows = [f"{'layer':<24} {'shape':<22} {'gated':>5} {'density':>8} {'dense MMAC':>11} "
+                f"{'exec MMAC':>10} {'reduction':>9}"]
+        for l in self.layers:
+            shape = (f"{l.in_channels}->{l.out_channels} k{l.kernel_size[0]}s{l.stride[0]} "
+                     f"{l.output_hw[0]}x{l.output_hw[1]}")
+            red = l.dense_macs / l.executed_macs if l.executed_macs else float("inf")
+            rows.append(f"{l.name:<24} {shape:<22} {'yes' if l.gated else 'no':>5} {l.density:>8.3f} "
+                        f"{l.dense_macs / 1e6:>11.3f} {l.executed_macs / 1e6:>10.3f} {red:>8.2f}x")
+        t = self.totals
+        rows.append(f"total: {t['dense_macs'] / 1e6:.3f} MMAC dense, {t['executed_macs'] / 1e6:.3f} "
+                    f"MMAC executed per image -> {t['mac_reduction']:.2f}x whole network, "
+                    f"{t['gated_mac_reduction']:.2f}x over gated layers ({self.samples} images)")
+        return "\n".join(rows)
+
+    def check_matches(self, model: nn.Module) -> None:
+        """Raise ProfileError unless every conv/linear of ``model`` is in the profile with the
+        same shape and gated status, and vice versa."""
+        mods = {n: m for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear, GatedConv2d))}
+        names = {l.name for l in self.layers}
+        for n in mods:
+            if n not in names:
+                raise ProfileError(f"model layer '{n}' is missing from the profile")
+        for l in self.layers:
+            m = mods.get(l.name)
+            if m is None:
+                raise ProfileError(f"profile layer '{l.name}' does not exist in the model")
+            if isinstance(m, nn.Linear):
+                want = {"kind": "linear", "in_channels": m.in_features, "out_channels": m.out_features}
+            else:
+                want = {"kind": "conv2d", "in_channels": m.in_channels, "out_channels": m.out_channels,
+                        "kernel_size": list(m.kernel_size), "stride": list(m.stride),
+                        "gated": isinstance(m, GatedConv2d)}
+            for k, v in want.items():
+                if getattr(l, k) != v:
+                    raise ProfileError(f"profile layer '{l.name}': {k}={getattr(l, k)!r} but the "
+                                       f"model has {v!r}")
+
+
+def _conv_macs(m, out_hw) -> int:
+    kh, kw = m.kernel_size
+    return out_hw[0] * out_hw[1] * m.out_channels * (m.in_channels // m.groups) * kh * kw
+
+
+def _batches(inputs_or_loader) -> Iterable[torch.Tensor]:
+    if isinstance(inputs_or_loader, torch.Tensor):
+        yield inputs_or_loader
+        return
+    for batch in inputs_or_loader:
+        yield batch[0] if isinstance(batch, (list, tuple)) else batch
+
+
+@torch.no_grad()
+def profile(model: nn.Module, inputs_or_loader, *, max_batches: int | None = None,
+            progress: bool = False) -> SparsityProfile:
+    """Run ``model`` in eval mode on a tensor or a loader of batches and measure every conv and
+    linear layer: shape, dense MACs and, for gated layers, the executed MACs from the measured
+    gate density (overall and per output channel)."""
+    seen: dict[str, dict[str, Any]] = {}
+    order: list[str] = []
+    hooks = []
+    mods = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear, GatedConv2d))]
+    for name, m in mods:
+        def hook(mod, inp, out, name=name):
+            if name not in seen:
+                order.append(name)
+                seen[name] = {"in": tuple(inp[0].shape), "out": tuple(out.shape), "calls": 0}
+            seen[name]["calls"] += 1
+        hooks.append(m.register_forward_hook(hook))
+    gated = [(n, m) for n, m in mods if isinstance(m, GatedConv2d)]
+    for _, m in gated:
+        m._stats = {"on": torch.zeros(m.out_channels, dtype=torch.float64), "elements": 0,
+                    "images": 0, "output_hw": None}
+    was_training = model.training
+    model.eval()
+    images, forwards, input_shape = 0, 0, None
+    try:
+        it = _batches(inputs_or_loader)
+        for i, x in enumerate(tqdm(it, desc="profile", disable=not progress,
+                                   total=max_batches or _len(inputs_or_loader))):
+            if max_batches is not None and i >= max_batches:
+                break
+            input_shape = input_shape or [1, *x.shape[1:]]
+            model(x)
+            images += x.shape[0]
+            forwards += 1
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    if images == 0:
+        raise ProfileError("profile: no input batches were given")
+    layers = []
+    for name in order:
+        m = dict(mods)[name]
+        s = seen[name]
+        if isinstance(m, nn.Linear):
+            lp = LayerProfile(name, "linear", False, m.in_features, m.out_features, [1, 1], [1, 1],
+                              [0, 0], [1, 1], 1, [1, 1], [1, 1], m.in_features * m.out_features,
+                              float(m.in_features * m.out_features))
+        else:
+            in_hw, out_hw = list(s["in"][2:]), list(s["out"][2:])
+            dense = _conv_macs(m, out_hw)
+            common = dict(name=name, kind="conv2d", in_channels=m.in_channels,
+                          out_channels=m.out_channels, kernel_size=list(m.kernel_size),
+                          stride=list(m.stride), padding=list(m.padding), dilation=list(m.dilation),
+                          groups=m.groups, input_hw=in_hw, output_hw=out_hw, dense_macs=dense)
+            if isinstance(m, GatedConv2d):
+                st = m._stats
+                kk = m.kernel_size[0] * m.kernel_size[1]
+                hw = out_hw[0] * out_hw[1]
+                base_in = m.in_channels // m.partitions
+                base = hw * m.out_channels * base_in * kk
+                on_per_image = float(st["on"].sum()) / st["images"]
+                executed = base + on_per_image * (m.in_channels - base_in) * kk
+                ch_density = (st["on"] / (st["images"] * hw)).tolist()
+                lp = LayerProfile(**common, gated=True, executed_macs=executed,
+                                  density=float(st["on"].sum()) / (st["elements"] * m.out_channels),
+                                  partitions=m.partitions, grouped=m.grouped,
+                                  granularity=m.granularity, base_fraction=base_in / m.in_channels,
+                                  base_macs=base, gate_compares=hw * m.out_channels,
+                                  channel_density=[round(v, 6) for v in ch_density])
+            else:
+                lp = LayerProfile(**common, gated=False, executed_macs=float(dense))
+        calls_per_forward = s["calls"] / forwards
+        if calls_per_forward != 1:
+            raise ProfileError(f"layer '{name}' ran {calls_per_forward:g} times per forward; "
+                               "shared layers are not supported by the profile")
+        layers.append(lp)
+    for _, m in gated:
+        m._stats = None
+    arch = getattr(model, "dyngate_arch", None)
+    return SparsityProfile(layers, model=arch["name"] if arch else type(model).__name__,
+                           input_shape=input_shape, samples=images)
+
+
+def _len(x) -> int | None:
+    try:
+        return len(x)
+    except TypeError:
+        return None
+
+
+_INT_LIST2 = ("kernel_size", "stride", "padding", "dilation", "input_hw", "output_hw")
+_REQUIRED = {"name": str, "kind": str, "gated": bool, "in_channels": int, "out_channels": int,
+             "groups": int, "dense_macs": int, "executed_macs": (int, float), "density": (int, float)}
+_GATED = {"partitions": int, "grouped": bool, "granularity": int, "base_fraction": (int, float),
+          "base_macs": int, "channel_density": list}
+
+
+def _validate(data: Any, source: str) -> SparsityProfile:
+    """Check schema, version, every field's type and the internal consistency of each layer."""
+    def err(msg: str) -> ProfileError:
+        return ProfileError(f"{source}: {msg}")
+
+    if not isinstance(data, dict):
+        raise err("top level must be a mapping")
+    if data.get("schema") != SCHEMA:
+        raise err(f"field 'schema' must be {SCHEMA!r}, got {data.get('schema')!r}")
+    if data.get("version") != VERSION:
+        raise err(f"field 'version' must be {VERSION}, got {data.get('version')!r} "
+                  "(unsupported profile version)")
+    raw_layers = data.get("layers")
+    if not isinstance(raw_layers, list) or not raw_layers:
+        raise err("field 'layers' must be a non-empty list")
+    layers, names = [], set()
+    for i, raw in enumerate(raw_layers):
+        where = f"layers[{i}]" + (f" ('{raw.get('name')}')" if isinstance(raw, dict) else "")
+        if not isinstance(raw, dict):
+            raise err(f"{where} must be a mapping")
+        fields = dict(_REQUIRED, **(_GATED if raw.get("gated") else {}))
+        for key, typ in fields.items():
+            if key not in raw:
+                raise err(f"{where}: missing field '{key}'")
+            v = raw[key]
+            if not isinstance(v, typ) or (isinstance(v, bool) and typ is not bool):
+                raise err(f"{where}: field '{key}' must be {getattr(typ, '__name__', 'a number')}, got {v!r}")
+        for key in _INT_LIST2:
+            v = raw.get(key)
+            if not (isinstance(v, list) and len(v) == 2 and all(isinstance(a, int) for a in v)):
+                raise err(f"{where}: field '{key}' must be a list of two integers, got {v!r}")
+        if raw["kind"] not in ("conv2d", "linear"):
+            raise err(f"{where}: field 'kind' must be 'conv2d' or 'linear', got {raw['kind']!r}")
+        if not 0.0 <= raw["density"] <= 1.0:
+            raise err(f"{where}: field 'density' must be in [0, 1], got {raw['density']}")
+        if raw["name"] in names:
+            raise err(f"{where}: duplicate layer name")
+        names.add(raw["name"])
+        if raw.get("gated"):
+            cd = raw["channel_density"]
+            if len(cd) != raw["out_channels"] or not all(isinstance(v, (int, float)) and 0 <= v <= 1 for v in cd):
+                raise err(f"{where}: field 'channel_density' must hold {raw['out_channels']} "
+                          "numbers in [0, 1]")
+        known = set(LayerProfile.__dataclass_fields__)
+        extra = set(raw) - known
+        if extra:
+            raise err(f"{where}: unknown field(s) {sorted(extra)}")
+        layers.append(LayerProfile(**raw))
+    shape = data.get("input_shape", [])
+    if not isinstance(shape, list) or not all(isinstance(v, int) for v in shape):
+        raise err(f"field 'input_shape' must be a list of integers, got {shape!r}")
+    return SparsityProfile(layers, model=str(data.get("model", "")), input_shape=shape,
+                           samples=int(data.get("samples", 0)))
