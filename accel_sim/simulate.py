@@ -1,0 +1,161 @@
+"""Whole-network simulation: dense and gated execution of every layer, side by side.
+
+Dense numbers for all layers are one vectorised numpy evaluation of the closed forms; each
+gated layer adds one pass of :func:`accel_sim.gating.gated_layer`.  Layers without a gate spec
+run dense in the gated network too.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from accel_sim.config import AccelConfig
+from accel_sim.cost import EnergyRates, asic_area_mm2, asic_power_w, energy_pj, fpga_resources
+from accel_sim.dataflow import dense_cycles, layer_epilogue, mapping_efficiency, sram_accesses, total_folds
+from accel_sim.gating import gated_layer
+from accel_sim.memory import dram_words, stall_cycles, usable_words
+from accel_sim.profile import GateSpec
+from accel_sim.topology import Layer
+
+ROW_KEYS = ("name", "kind", "gated", "density", "macs", "executed_macs", "skipped_macs",
+            "dense_compute_cycles", "dense_stall_cycles", "dense_cycles",
+            "gated_compute_cycles", "gated_stall_cycles", "gated_cycles", "cycles",
+            "speedup", "theoretical_speedup", "utilization", "mapping_efficiency",
+            "ifmap_sram_reads", "filter_sram_reads", "ofmap_sram_writes", "ofmap_sram_reads",
+            "dense_dram_bytes", "gated_dram_bytes", "traffic_reduction",
+            "dense_energy_pj", "energy_pj")
+
+
+@dataclass
+class SimResult:
+    """Per-layer rows (dicts with :data:`ROW_KEYS`), network totals and hardware cost."""
+
+    config: AccelConfig
+    rows: list[dict[str, Any]]
+    totals: dict[str, Any]
+    hardware: dict[str, Any] = field(default_factory=dict)
+    compat: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.totals, "compat": self.compat, "config": self.config.to_dict(),
+                "hardware": self.hardware, "layers": self.rows}
+
+
+def _ratio(a: float, b: float) -> float:
+    return float(a) / float(b) if b else float("inf")
+
+
+def simulate(layers: list[Layer], cfg: AccelConfig, gates: dict[str, GateSpec] | None = None,
+             compat: bool = False) -> SimResult:
+    """Dense and (if ``gates``) gated cycles, traffic and energy of ``layers`` on ``cfg``.
+
+    ``compat`` switches the cycle totals to SCALE-Sim v2's convention (see
+    :mod:`accel_sim.dataflow`); topology conventions come from how ``layers`` were read.
+    """
+    gates = gates or {}
+    unknown = sorted(set(gates) - {l.name for l in layers})
+    if unknown:
+        raise ValueError(f"gate spec for unknown layer(s): {', '.join(unknown)}")
+    df, R, C, wb = cfg.dataflow, cfg.rows, cfg.cols, cfg.word_bytes
+    arr = lambda attr: np.array([getattr(l, attr) for l in layers], dtype=np.int64)  # noqa: E731
+    m, n, k, g = arr("gemm_m"), arr("gemm_n"), arr("gemm_k"), arr("groups")
+    i_w, f_w, o_w = arr("ifmap_words"), arr("filter_words"), arr("ofmap_words")
+    macs = g * m * n * k
+
+    # ---- dense: closed forms, vectorised over layers
+    d_comp = dense_cycles(df, R, C, m, n, k, g, compat=compat)
+    folds = total_folds(df, R, C, m, n, k, g)
+    sram = sram_accesses(df, R, C, m, n, k, g)
+    d_if, d_fi, d_of = dram_words(cfg, m, n, k, g, i_w, f_w, o_w)
+    d_bytes = (d_if + d_fi + d_of) * wb
+    d_stall = stall_cycles(cfg, d_comp, d_bytes, folds)
+    rates = EnergyRates.for_config(cfg)
+    d_energy = energy_pj(rates, cfg, macs=macs, cycles=d_comp, compares=0,
+                         ifmap_sram=sram["ifmap_reads"], filter_sram=sram["filter_reads"],
+                         ofmap_sram=sram["ofmap_writes"] + sram["ofmap_reads"], dram_bytes=d_bytes)
+
+    # ---- gated: start from dense, replace the gated layers
+    g_comp = d_comp.astype(np.float64).copy()
+    g_folds = folds.astype(np.float64).copy()
+    exe = macs.astype(np.float64).copy()
+    skipped = np.zeros(len(layers))
+    compares = np.zeros(len(layers))
+    g_sram = {key: v.astype(np.float64).copy() for key, v in sram.items()}
+    g_if, g_fi, g_of = d_if.copy(), d_fi.copy(), d_of.copy()
+    density = np.ones(len(layers))
+    cap_i, cap_o = usable_words(cfg.ifmap_sram_kb, cfg), usable_words(cfg.ofmap_sram_kb, cfg)
+    for idx, layer in enumerate(layers):
+        spec = gates.get(layer.name)
+        if spec is None:
+            continue
+        rng = np.random.default_rng([cfg.seed, idx])
+        gc = gated_layer(layer, spec, cfg, rng)
+        epi = layer_epilogue(df, R, compat)  # gated layers have groups 1
+        g_comp[idx] = gc.compute_cycles + epi
+        g_folds[idx] = gc.folds
+        exe[idx], skipped[idx], compares[idx] = gc.executed_macs, gc.skipped_macs, gc.compares
+        density[idx] = gc.active_outputs / (m[idx] * n[idx])
+        g_sram["ifmap_reads"][idx], g_sram["filter_reads"][idx] = gc.ifmap_reads, gc.filter_reads
+        g_sram["ofmap_writes"][idx], g_sram["ofmap_reads"][idx] = gc.ofmap_writes, gc.ofmap_reads
+        p = spec.partitions
+        px_frac, ch_frac = gc.active_pixels / m[idx], gc.active_channels / n[idx]
+        base_share = 1.0 if spec.grouped else 1.0 / p
+        if i_w[idx] <= cap_i:  # the ifmap stays on chip for both passes
+            g_if[idx] = d_if[idx]
+        else:
+            g_if[idx] = d_if[idx] * (base_share + (p - 1) / p * px_frac)
+        g_fi[idx] = d_fi[idx] * (1.0 / p + (p - 1) / p * ch_frac)
+        spill = 0.0 if o_w[idx] <= cap_o else o_w[idx] * (1.0 + density[idx])
+        g_of[idx] = d_of[idx] + spill
+    g_bytes = (g_if + g_fi + g_of) * wb
+    g_stall = stall_cycles(cfg, g_comp, g_bytes, g_folds)
+    g_energy = energy_pj(rates, cfg, macs=exe, cycles=g_comp, compares=compares,
+                         ifmap_sram=g_sram["ifmap_reads"], filter_sram=g_sram["filter_reads"],
+                         ofmap_sram=g_sram["ofmap_writes"] + g_sram["ofmap_reads"], dram_bytes=g_bytes)
+
+    d_total = d_comp + d_stall
+    g_total = g_comp + g_stall
+    map_eff = mapping_efficiency(df, R, C, m, n, k)
+    rows = []
+    for i, l in enumerate(layers):
+        rows.append({
+            "name": l.name, "kind": l.kind, "gated": l.name in gates, "density": float(density[i]),
+            "macs": int(macs[i]), "executed_macs": int(exe[i]), "skipped_macs": int(skipped[i]),
+            "dense_compute_cycles": int(d_comp[i]), "dense_stall_cycles": int(d_stall[i]),
+            "dense_cycles": int(d_total[i]),
+            "gated_compute_cycles": int(g_comp[i]), "gated_stall_cycles": int(g_stall[i]),
+            "gated_cycles": int(g_total[i]), "cycles": int(g_total[i]),
+            "speedup": _ratio(d_total[i], g_total[i]), "theoretical_speedup": _ratio(macs[i], exe[i]),
+            "utilization": _ratio(macs[i], d_total[i] * R * C),
+            "mapping_efficiency": float(map_eff[i]),
+            "ifmap_sram_reads": int(sram["ifmap_reads"][i]), "filter_sram_reads": int(sram["filter_reads"][i]),
+            "ofmap_sram_writes": int(sram["ofmap_writes"][i]), "ofmap_sram_reads": int(sram["ofmap_reads"][i]),
+            "dense_dram_bytes": int(d_bytes[i]), "gated_dram_bytes": int(g_bytes[i]),
+            "traffic_reduction": _ratio(d_bytes[i], g_bytes[i]),
+            "dense_energy_pj": float(d_energy["total"][i]), "energy_pj": float(g_energy["total"][i]),
+        })
+    dense_c, gated_c = float(d_total.sum()), float(g_total.sum())
+    totals = {
+        "layers_count": len(layers), "gated_layers": len(gates),
+        "macs": int(macs.sum()), "executed_macs": int(exe.sum()), "skipped_macs": int(skipped.sum()),
+        "dense_compute_cycles": int(d_comp.sum()), "gated_compute_cycles": int(g_comp.sum()),
+        "dense_cycles": int(dense_c), "gated_cycles": int(gated_c),
+        "speedup": _ratio(dense_c, gated_c), "theoretical_speedup": _ratio(macs.sum(), exe.sum()),
+        "gated_layers_speedup": _ratio(d_total[[r["gated"] for r in rows]].sum(),
+                                       g_total[[r["gated"] for r in rows]].sum()),
+        "gated_layers_theoretical_speedup": _ratio(macs[[r["gated"] for r in rows]].sum(),
+                                                   exe[[r["gated"] for r in rows]].sum()),
+        "utilization": _ratio(macs.sum(), dense_c * R * C),
+        "dense_dram_bytes": int(d_bytes.sum()), "gated_dram_bytes": int(g_bytes.sum()),
+        "traffic_reduction": _ratio(d_bytes.sum(), g_bytes.sum()),
+        "dense_energy_pj": float(d_energy["total"].sum()), "energy_pj": float(g_energy["total"].sum()),
+        "energy_breakdown_pj": {key: float(v.sum()) for key, v in g_energy.items() if key != "total"},
+        "latency_ms": gated_c / (cfg.clock_mhz * 1e3), "dense_latency_ms": dense_c / (cfg.clock_mhz * 1e3),
+    }
+    area = asic_area_mm2(cfg)
+    hardware = {"asic_area_mm2": area, "asic_power_w": asic_power_w(cfg, totals["energy_pj"], gated_c,
+                                                                       area["total_mm2"]),
+                "fpga": fpga_resources(cfg)}
+    return SimResult(cfg, rows, totals, hardware, compat)

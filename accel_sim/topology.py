@@ -1,0 +1,219 @@
+"""Layer topology: plain-data conv/linear layers, their GEMM view, and the readers.
+
+A topology is a list of :class:`Layer` in execution order.  Everything downstream
+(dataflow, gating, memory, cost) works on these records, so the hot path never
+touches torch.  Sources: built-in networks (:mod:`accel_sim.networks`), a SCALE-Sim
+topology CSV (:func:`read_scalesim_csv`) and a torch model (:func:`from_torch`).
+"""
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+
+def conv_out(size: int, kernel: int, stride: int, pad: int, dilation: int = 1) -> int:
+    """PyTorch output size: ``floor((H + 2p - d(k-1) - 1)/s) + 1``."""
+    out = (size + 2 * pad - dilation * (kernel - 1) - 1) // stride + 1
+    if out < 1:
+        raise ValueError(f"kernel {kernel} (dilation {dilation}) does not fit input {size} with padding {pad}")
+    return out
+
+
+def scalesim_out(size: int, kernel: int, stride: int) -> int:
+    """SCALE-Sim v2's rule ``ceil((H - R + S)/S)`` on an already padded input (no padding field)."""
+    return int(math.ceil((size - kernel + stride) / stride))
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One conv or linear layer for one image (batch 1).
+
+    ``gated`` and the gate geometry (``partitions``, ``grouped``, ``granularity``) say whether
+    the CGNet scheduler runs a base and a conditional pass; density lives in the gate spec.
+    """
+
+    name: str
+    kind: str  # "conv2d" | "linear"
+    in_channels: int
+    out_channels: int
+    kernel: tuple[int, int] = (1, 1)
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+    dilation: tuple[int, int] = (1, 1)
+    groups: int = 1
+    input_hw: tuple[int, int] = (1, 1)
+    output_hw: tuple[int, int] = field(default=(0, 0))
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("conv2d", "linear"):
+            raise ValueError(f"layer {self.name}: kind must be conv2d or linear, got {self.kind!r}")
+        if self.in_channels % self.groups or self.out_channels % self.groups:
+            raise ValueError(f"layer {self.name}: groups={self.groups} must divide in/out channels "
+                             f"({self.in_channels}/{self.out_channels})")
+        if self.output_hw == (0, 0):
+            hw = tuple(conv_out(self.input_hw[i], self.kernel[i], self.stride[i], self.padding[i],
+                                self.dilation[i]) for i in range(2))
+            object.__setattr__(self, "output_hw", hw)
+
+    # ---- GEMM view (per group): M output pixels x N filters, reduction K ----
+    @property
+    def gemm_m(self) -> int:
+        return self.output_hw[0] * self.output_hw[1]
+
+    @property
+    def gemm_n(self) -> int:
+        return self.out_channels // self.groups
+
+    @property
+    def gemm_k(self) -> int:
+        return self.kernel[0] * self.kernel[1] * self.in_channels // self.groups
+
+    @property
+    def macs(self) -> int:
+        return self.groups * self.gemm_m * self.gemm_n * self.gemm_k
+
+    @property
+    def ifmap_words(self) -> int:
+        """Unique input words (unpadded, not im2col-expanded)."""
+        return self.in_channels * self.input_hw[0] * self.input_hw[1]
+
+    @property
+    def filter_words(self) -> int:
+        return self.out_channels * self.gemm_k
+
+    @property
+    def ofmap_words(self) -> int:
+        return self.out_channels * self.gemm_m
+
+    def shape_fields(self) -> dict[str, object]:
+        """The fields a sparsity profile must match, in profile spelling."""
+        return {
+            "kind": self.kind, "in_channels": self.in_channels, "out_channels": self.out_channels,
+            "kernel_size": list(self.kernel), "stride": list(self.stride),
+            "padding": list(self.padding), "dilation": list(self.dilation), "groups": self.groups,
+            "input_hw": list(self.input_hw), "output_hw": list(self.output_hw),
+        }
+
+
+def conv(name: str, cin: int, cout: int, k: int, hw: tuple[int, int], stride: int = 1,
+         pad: int | None = None, groups: int = 1) -> Layer:
+    """Square conv with PyTorch semantics; ``pad`` defaults to ``k // 2`` ("same" for odd k)."""
+    p = k // 2 if pad is None else pad
+    return Layer(name, "conv2d", cin, cout, (k, k), (stride, stride), (p, p), (1, 1), groups, hw)
+
+
+def linear(name: str, fin: int, fout: int) -> Layer:
+    return Layer(name, "linear", fin, fout, input_hw=(1, 1), output_hw=(1, 1))
+
+
+# --------------------------------------------------------------------------- SCALE-Sim CSV
+SCALESIM_HEADER = ["Layer name", "IFMAP Height", "IFMAP Width", "Filter Height", "Filter Width",
+                   "Channels", "Num Filter", "Strides"]
+
+
+def read_scalesim_csv(path: str | Path) -> list[Layer]:
+    """Read a SCALE-Sim v2 conv topology CSV with SCALE-Sim's conventions.
+
+    SCALE-Sim has no padding field (dims are taken as already padded), sizes the ofmap with
+    ``ceil((H-R+S)/S)``, drops the last field of each row (rows end with a comma) and splits a
+    layer whose name contains ``DP`` into per-channel depthwise convolutions; we keep the
+    depthwise layer as one ``groups=C`` layer, which has the same per-group GEMMs.
+    """
+    path = Path(path)
+    layers: list[Layer] = []
+    with path.open(newline="") as fh:
+        rows = list(csv.reader(fh))
+    if not rows:
+        raise ValueError(f"{path}: empty topology file")
+    for lineno, row in enumerate(rows[1:], start=2):
+        fields = [f.strip() for f in row]
+        if fields and fields[-1] == "":
+            fields = fields[:-1]
+        if not any(fields):
+            continue
+        if len(fields) < 8:
+            raise ValueError(f"{path}:{lineno}: expected 8 fields ({', '.join(SCALESIM_HEADER)}) "
+                             f"followed by a comma, got {len(fields)}")
+        name = fields[0]
+        try:
+            ih, iw, fh_, fw, ch, nf, st = (int(float(x)) for x in fields[1:8])
+        except ValueError as exc:
+            raise ValueError(f"{path}:{lineno} (layer {name}): non-integer field: {exc}") from None
+        oh, ow = scalesim_out(ih, fh_, st), scalesim_out(iw, fw, st)
+        if oh < 1 or ow < 1:
+            raise ValueError(f"{path}:{lineno} (layer {name}): filter {fh_}x{fw} larger than ifmap {ih}x{iw}")
+        groups = ch if "DP" in name else 1
+        cout = ch if "DP" in name else nf
+        layers.append(Layer(name, "conv2d", ch, cout, (fh_, fw), (st, st), (0, 0), (1, 1), groups,
+                            (ih, iw), (oh, ow)))
+    if not layers:
+        raise ValueError(f"{path}: no layers")
+    return layers
+
+
+def write_scalesim_csv(layers: Iterable[Layer], path: str | Path) -> None:
+    """Write layers as a SCALE-Sim CSV with padded input dims (so SCALE-Sim sees our padding).
+
+    SCALE-Sim's ceil rule can still give one extra row when (H+2p-k) is not divisible by s;
+    ``write_scalesim_csv`` trims the padded height so its rule yields our output size.
+    """
+    with Path(path).open("w") as fh:
+        fh.write(", ".join(SCALESIM_HEADER) + ",\n")
+        for l in layers:
+            if l.groups != 1 or l.dilation != (1, 1) or l.stride[0] != l.stride[1]:
+                raise ValueError(f"layer {l.name}: SCALE-Sim CSV supports groups=1, dilation 1, square stride")
+            dims = [(o - 1) * l.stride[0] + k for o, k in zip(l.output_hw, l.kernel)]
+            fh.write(f"{l.name}, {dims[0]}, {dims[1]}, {l.kernel[0]}, {l.kernel[1]}, "
+                     f"{l.in_channels}, {l.out_channels}, {l.stride[0]},\n")
+
+
+# --------------------------------------------------------------------------- torch
+def from_torch(model: "object", input_shape: Sequence[int]) -> list[Layer]:
+    """Trace a torch model once with forward hooks on every Conv2d and Linear.
+
+    torch is imported here only.  Layers come out in execution order named by their module
+    path (torchvision style).  A module called twice is recorded once per call, suffixed
+    ``#k`` from the second call on.
+    """
+    import torch  # noqa: PLC0415 - lazy on purpose: the simulator's hot path has no torch
+
+    nn = torch.nn
+    layers: list[Layer] = []
+    seen: dict[str, int] = {}
+    handles = []
+
+    def hook_for(name: str):
+        def hook(mod, inputs, output):
+            x = inputs[0]
+            count = seen.get(name, 0)
+            seen[name] = count + 1
+            lname = name if count == 0 else f"{name}#{count}"
+            if isinstance(mod, nn.Conv2d):
+                if isinstance(mod.padding, str):
+                    raise ValueError(f"layer {lname}: string padding {mod.padding!r} is not supported")
+                layers.append(Layer(lname, "conv2d", mod.in_channels, mod.out_channels,
+                                    tuple(mod.kernel_size), tuple(mod.stride), tuple(mod.padding),
+                                    tuple(mod.dilation), mod.groups, tuple(x.shape[-2:]),
+                                    tuple(output.shape[-2:])))
+            else:
+                layers.append(linear(lname, mod.in_features, mod.out_features))
+        return hook
+
+    for name, mod in model.named_modules():
+        if isinstance(mod, (nn.Conv2d, nn.Linear)):
+            handles.append(mod.register_forward_hook(hook_for(name)))
+    was_training = getattr(model, "training", False)
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(*input_shape))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    if not layers:
+        raise ValueError("model has no Conv2d or Linear layers")
+    return layers
