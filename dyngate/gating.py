@@ -118,10 +118,12 @@ class GatedConv2d(nn.Module):
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"{self.name or 'GatedConv2d'}: expected input (N, {self.in_channels}, H, W), "
                              f"got {tuple(x.shape)}")
-        if self.mode == "open":
-            return self._conv(x, self.weight, self.bias)
-        if self.mode == "closed":
-            return self._conv(x, self.weight * self.mask, self.bias)
+        if self.mode in ("open", "closed"):
+            w = self.weight if self.mode == "open" else self.weight * self.mask
+            out = self._conv(x, w, self.bias)
+            if self._stats is not None:  # every gate on / off: record that as the density
+                self._record(torch.full_like(out[:, :, :, :], self.mode == "open", dtype=torch.bool))
+            return out
         if self.training:
             return self._forward_train(x)
         tau, inv_sigma = self.folded_threshold()

@@ -116,9 +116,14 @@ class _PathTracer(fx.Tracer):
         return isinstance(m, _LEAVES) or super().is_leaf_module(m, qualname)
 
     def call_module(self, m, forward, args, kwargs):
-        self.stack.append(self.path_of_module(m))
+        path = self.path_of_module(m)
+        self.stack.append(path)
         try:
             return super().call_module(m, forward, args, kwargs)
+        except Exception as e:
+            if not hasattr(e, "_dyngate_path"):  # innermost module wins
+                e._dyngate_path = path
+            raise
         finally:
             self.stack.pop()
 
@@ -129,7 +134,7 @@ def trace(model: nn.Module) -> fx.GraphModule:
     try:
         graph = tracer.trace(model)
     except Exception as e:  # fx raises TraceError, TypeError, RuntimeError... all user-facing
-        where = tracer.stack[-1] if tracer.stack and tracer.stack[-1] else "<root>"
+        where = getattr(e, "_dyngate_path", None) or "<root>"
         raise GraphError(f"cannot trace {type(model).__name__}: in module '{where}': "
                          f"{type(e).__name__}: {e}") from e
     return fx.GraphModule(model, graph)
@@ -144,7 +149,7 @@ def _module_path(node: fx.Node) -> str:
 
 def _op_name(node: fx.Node) -> str:
     t = node.target
-    return t if isinstance(t, str) else getattr(t, "__qualname__", None) or getattr(t, "__name__", repr(t))
+    return t if isinstance(t, str) else getattr(t, "__name__", None) or repr(t)
 
 
 class _ChannelIds:

@@ -1,0 +1,92 @@
+import pytest
+import torch
+import torch.nn as nn
+
+import models
+from dyngate import GraphError, capture
+
+
+def test_resnet18_groups_couple_residual_stream():
+    v = capture(models.build("resnet18", num_classes=10), torch.randn(1, 3, 64, 64))
+    stage1 = v.group_of("layer1.0.conv2")[0]
+    # stem output, both block outputs of stage 1 and the readers of stage 1 are one group
+    for layer, role in [("conv1", "out"), ("layer1.0.conv2", "out"), ("layer1.1.conv2", "out"),
+                        ("layer2.0.conv1", "in"), ("layer2.0.downsample.0", "in")]:
+        assert (layer, role) in stage1.members
+    assert set(stage1.bns) == {"bn1", "layer1.0.bn2", "layer1.1.bn2"}
+    inner = v.group_of("layer1.0.conv1")[0]
+    assert set(inner.members) == {("layer1.0.conv1", "out"), ("layer1.0.conv2", "in")}
+    assert inner.prunable and inner.size == 64
+    fc_in = [g for g in v.groups if ("fc", "in") in g.members][0]
+    assert ("layer4.1.conv2", "out") in fc_in.members and fc_in.in_factor["fc"] == 1
+    assert not v.group_of("fc", "out")[0].prunable
+
+
+def test_option_a_shortcut_maps_channels_with_padding():
+    v = capture(models.build("resnet20", in_channels=1), torch.randn(1, 1, 32, 32))
+    g = v.group_of("conv1")[0]
+    # stem channel c reaches stage-2 conv1 input channel c + 8 through the padded shortcut
+    assert (g.members[("layer2.1.conv1", "in")][:, 0] == g.members[("conv1", "out")][:, 0] + 8).all()
+    assert v.layers["layer1.0.conv1"].activation is not None
+    assert v.layers["layer1.0.conv2"].activation is None  # feeds the residual add
+
+
+def test_concat_and_depthwise_and_flatten_linear():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(3, 4, 3, padding=1)
+            self.b = nn.Conv2d(3, 6, 1)
+            self.dw = nn.Conv2d(10, 10, 3, padding=1, groups=10)
+            self.pw = nn.Conv2d(10, 8, 1)
+            self.fc = nn.Linear(8 * 4 * 4, 5)
+
+        def forward(self, x):
+            y = torch.cat([self.a(x), self.b(x)], dim=1)
+            y = torch.relu(self.pw(self.dw(y)))
+            return self.fc(torch.flatten(y, 1))
+
+    v = capture(Net(), torch.randn(1, 3, 4, 4))
+    ga = v.group_of("a")[0]
+    assert ("dw", "out") in ga.members and ("dw", "in") in ga.members
+    assert (ga.members[("dw", "in")][:, 0] == ga.members[("a", "out")][:, 0]).all()
+    gb = v.group_of("b")[0]
+    assert (gb.members[("pw", "in")][:, 0] == gb.members[("b", "out")][:, 0] + 4).all()
+    gfc = v.group_of("pw")[0]
+    assert gfc.in_factor["fc"] == 16 and gfc.size == 8
+
+
+def test_untraceable_model_names_the_module():
+    class Bad(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 1)
+
+        def forward(self, x):
+            if x.sum() > 0:
+                return self.conv(x)
+            return x
+
+    class Outer(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.block = Bad()
+
+        def forward(self, x):
+            return self.block(x)
+
+    with pytest.raises(GraphError, match="in module 'block'"):
+        capture(Outer())
+
+
+def test_unsupported_op_is_named():
+    class Roll(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 1)
+
+        def forward(self, x):
+            return torch.roll(self.conv(x), 1, dims=1)
+
+    with pytest.raises(GraphError, match="unsupported op 'roll'"):
+        capture(Roll(), torch.randn(1, 3, 4, 4))
