@@ -66,6 +66,8 @@ class GatedCounts:
     ofmap_reads: int
     active_channels: int   # output channels with at least one active output
     active_pixels: int     # output pixels with at least one active output
+    cond_balanced_cycles: int  # conditional pass if every column of a fold had the mean list
+    fill_drain_cycles: int     # fold fill/drain of both passes (fold cycles with T = 0)
 
     @property
     def compute_cycles(self) -> int:
@@ -86,23 +88,26 @@ def conditional_schedule(dataflow: str, rows: int, cols: int, mask: np.ndarray, 
     else:
         length = per_fold.any(axis=2).sum(axis=0)          # union of the fold's lists
     cols_in_fold = np.minimum(cols, n_col - np.arange(cf) * cols)
+    balanced = ceil_div(per_fold.sum(axis=(0, 2)), cols_in_fold)
     work = length > 0
     active = int(x.sum())
     stream = active * k_c if schedule == "column" else int(length.sum()) * k_c
     if dataflow == "os":
         row_folds = ceil_div(length, rows)
         cycles = int((row_folds * fold_cycles("os", rows, cols, k_c)).sum())
+        bal = int((ceil_div(balanced, rows) * fold_cycles("os", rows, cols, k_c)).sum())
         other = int((row_folds * k_c * cols_in_fold).sum())          # filters, per row fold
         reads = {"ifmap_reads": stream, "filter_reads": other}
         psum_passes, folds = 1, int(row_folds.sum())
     else:
         rf = int(ceil_div(k_c, rows))
         cycles = int((rf * fold_cycles(dataflow, rows, cols, length[work])).sum())
+        bal = int((rf * fold_cycles(dataflow, rows, cols, balanced[work])).sum())
         stationary = int(k_c * cols_in_fold[work].sum())
         reads = ({"ifmap_reads": stream, "filter_reads": stationary} if dataflow == "ws"
                  else {"ifmap_reads": stationary, "filter_reads": stream})
         psum_passes, folds = rf, int(rf * work.sum())
-    return {"cycles": cycles, "folds": folds, **reads,
+    return {"cycles": cycles, "balanced_cycles": bal, "folds": folds, **reads,
             "ofmap_writes": active * psum_passes, "ofmap_reads": active * psum_passes}
 
 
@@ -141,4 +146,6 @@ def gated_layer(layer: Layer, spec: GateSpec, cfg: AccelConfig, rng: np.random.G
         ofmap_writes=base_sram["ofmap_writes"] + cond["ofmap_writes"],
         ofmap_reads=base_sram["ofmap_reads"] + cond["ofmap_reads"],
         active_channels=int(mask.any(axis=0).sum()), active_pixels=int(mask.any(axis=1).sum()),
+        cond_balanced_cycles=cond["balanced_cycles"],
+        fill_drain_cycles=int(fold_cycles(df, r, c, 0)) * (base_folds + cond["folds"]),
     )

@@ -13,7 +13,7 @@ import numpy as np
 
 from accel_sim.config import AccelConfig
 from accel_sim.cost import EnergyRates, asic_area_mm2, asic_power_w, energy_pj, fpga_resources
-from accel_sim.dataflow import dense_cycles, layer_epilogue, mapping_efficiency, sram_accesses, total_folds
+from accel_sim.dataflow import dense_cycles, fold_cycles, layer_epilogue, mapping_efficiency, sram_accesses, total_folds
 from accel_sim.gating import gated_layer
 from accel_sim.memory import dram_words, stall_cycles, usable_words
 from accel_sim.profile import GateSpec
@@ -25,7 +25,8 @@ ROW_KEYS = ("name", "kind", "gated", "density", "macs", "executed_macs", "skippe
             "speedup", "theoretical_speedup", "utilization", "mapping_efficiency",
             "ifmap_sram_reads", "filter_sram_reads", "ofmap_sram_writes", "ofmap_sram_reads",
             "dense_dram_bytes", "gated_dram_bytes", "traffic_reduction",
-            "dense_energy_pj", "energy_pj")
+            "dense_energy_pj", "energy_pj", "ideal_gated_cycles", "fill_drain_cycles",
+            "imbalance_cycles")
 
 
 @dataclass
@@ -85,6 +86,10 @@ def simulate(layers: list[Layer], cfg: AccelConfig, gates: dict[str, GateSpec] |
     g_sram = {key: v.astype(np.float64).copy() for key, v in sram.items()}
     g_if, g_fi, g_of = d_if.copy(), d_fi.copy(), d_of.copy()
     density = np.ones(len(layers))
+    # where gated cycles go: ideal = executed MACs / PEs; fill/drain; column load imbalance
+    ideal = macs / (R * C)
+    fill = (folds * np.asarray(fold_cycles(df, R, C, 0), dtype=np.float64)).astype(np.float64)
+    imbalance = np.zeros(len(layers))
     cap_i, cap_o = usable_words(cfg.ifmap_sram_kb, cfg), usable_words(cfg.ofmap_sram_kb, cfg)
     for idx, layer in enumerate(layers):
         spec = gates.get(layer.name)
@@ -95,6 +100,9 @@ def simulate(layers: list[Layer], cfg: AccelConfig, gates: dict[str, GateSpec] |
         epi = layer_epilogue(df, R, compat)  # gated layers have groups 1
         g_comp[idx] = gc.compute_cycles + epi
         g_folds[idx] = gc.folds
+        ideal[idx] = gc.executed_macs / (R * C)
+        fill[idx] = gc.fill_drain_cycles
+        imbalance[idx] = gc.cond_cycles - gc.cond_balanced_cycles
         exe[idx], skipped[idx], compares[idx] = gc.executed_macs, gc.skipped_macs, gc.compares
         density[idx] = gc.active_outputs / (m[idx] * n[idx])
         g_sram["ifmap_reads"][idx], g_sram["filter_reads"][idx] = gc.ifmap_reads, gc.filter_reads
@@ -135,6 +143,8 @@ def simulate(layers: list[Layer], cfg: AccelConfig, gates: dict[str, GateSpec] |
             "dense_dram_bytes": int(d_bytes[i]), "gated_dram_bytes": int(g_bytes[i]),
             "traffic_reduction": _ratio(d_bytes[i], g_bytes[i]),
             "dense_energy_pj": float(d_energy["total"][i]), "energy_pj": float(g_energy["total"][i]),
+            "ideal_gated_cycles": float(ideal[i]), "fill_drain_cycles": int(fill[i]),
+            "imbalance_cycles": int(imbalance[i]),
         })
     dense_c, gated_c = float(d_total.sum()), float(g_total.sum())
     totals = {
