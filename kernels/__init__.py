@@ -1,4 +1,11 @@
-"""Compute kernels for the conditional partial-sum convolution."""
+"""Compute kernels for the conditional partial-sum convolution.
+
+``conditional_conv2d`` dispatches to the plain-torch reference, the CPU fast path
+(``kernels.cpu``) or the Triton GPU kernels (``kernels.triton_conv``, imported lazily so that
+importing this package never imports triton).
+"""
+from kernels.api import BACKENDS, conditional_conv2d
 from kernels.reference import base_mask, conditional_conv2d_reference, gate_from_partial
 
-__all__ = ["base_mask", "conditional_conv2d_reference", "gate_from_partial"]
+__all__ = ["BACKENDS", "base_mask", "conditional_conv2d", "conditional_conv2d_reference",
+           "gate_from_partial"]

@@ -1,0 +1,104 @@
+"""Public entry point: validate, pick a backend, run the conditional partial-sum conv."""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from kernels.geometry import ConvGeometry, pair
+from kernels.reference import conditional_conv2d_reference
+
+BACKENDS = ("auto", "reference", "cpu", "triton")
+
+
+def interpreter_enabled() -> bool:
+    """True when Triton kernels run in its CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def validate(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, tau: torch.Tensor,
+             inv_sigma: torch.Tensor, stride, padding, dilation, partitions: int, grouped: bool,
+             granularity: int, groups: int = 1) -> ConvGeometry:
+    """Check shapes and divisibility; every error names the offending argument."""
+    if groups != 1:
+        raise ValueError(f"groups={groups}: conv groups other than 1 are not supported by the "
+                         "conditional conv (its channel partition is a separate concept)")
+    if x.dim() != 4:
+        raise ValueError(f"x must be 4-D (N, C_in, H, W), got shape {tuple(x.shape)}")
+    if weight.dim() != 4:
+        raise ValueError(f"weight must be 4-D (C_out, C_in, kh, kw), got shape {tuple(weight.shape)}")
+    n, c_in, h, w = x.shape
+    c_out, wc_in, kh, kw = weight.shape
+    if wc_in != c_in:
+        raise ValueError(f"weight has {wc_in} input channels but x has {c_in}")
+    for name, t in (("tau", tau), ("inv_sigma", inv_sigma)):
+        if t.dim() != 1 or t.shape[0] != c_out:
+            raise ValueError(f"{name} must have shape ({c_out},) (one per output channel), "
+                             f"got {tuple(t.shape)}")
+    if bias is not None and (bias.dim() != 1 or bias.shape[0] != c_out):
+        raise ValueError(f"bias must have shape ({c_out},), got {tuple(bias.shape)}")
+    if not isinstance(partitions, int) or partitions < 1:
+        raise ValueError(f"partitions must be a positive int, got {partitions!r}")
+    if c_in % partitions:
+        raise ValueError(f"partitions={partitions} does not divide the input channels ({c_in})")
+    if c_out % partitions:
+        raise ValueError(f"partitions={partitions} does not divide the output channels ({c_out})")
+    if not isinstance(granularity, int) or granularity < 1 or c_out % granularity:
+        raise ValueError(f"granularity={granularity!r} must be a positive int dividing "
+                         f"the output channels ({c_out})")
+    for t, name in ((weight, "weight"), (tau, "tau"), (inv_sigma, "inv_sigma"), (bias, "bias")):
+        if t is not None and t.device != x.device:
+            raise ValueError(f"{name} is on {t.device} but x is on {x.device}")
+    geo = ConvGeometry(n, c_in, h, w, c_out, kh, kw, pair(stride, "stride"), pair(padding, "padding"),
+                       pair(dilation, "dilation"))
+    if min(geo.stride) < 1 or min(geo.dilation) < 1 or min(geo.padding) < 0:
+        raise ValueError(f"stride/dilation must be >= 1 and padding >= 0, got stride={stride}, "
+                         f"padding={padding}, dilation={dilation}")
+    if geo.ho < 1 or geo.wo < 1:
+        raise ValueError(f"x spatial size {(h, w)} is too small for kernel {(kh, kw)} with "
+                         f"padding={padding}, dilation={dilation}")
+    return geo
+
+
+def select_backend(backend: str, device: torch.device) -> str:
+    """Resolve "auto" and refuse a backend on a device it cannot run on."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "auto":
+        return "triton" if device.type == "cuda" else "cpu" if device.type == "cpu" else "reference"
+    if backend == "cpu" and device.type != "cpu":
+        raise ValueError(f"backend 'cpu' needs CPU tensors, got tensors on {device}")
+    if backend == "triton" and device.type != "cuda" and not (device.type == "cpu" and interpreter_enabled()):
+        raise ValueError(f"backend 'triton' needs CUDA tensors (or CPU tensors with TRITON_INTERPRET=1 "
+                         f"set before triton is imported), got tensors on {device}")
+    return backend
+
+
+def conditional_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                       tau: torch.Tensor, inv_sigma: torch.Tensor, *, stride=1, padding=0,
+                       dilation=1, groups: int = 1, partitions: int = 4, grouped: bool = True,
+                       granularity: int = 1, backend: str = "auto", return_gate: bool = False):
+    """Conditional partial-sum convolution (CGNet inference) that skips gated-off work.
+
+    Same semantics as :func:`kernels.reference.conditional_conv2d_reference`; ``backend``
+    is "reference", "cpu" (CPU tensors), "triton" (CUDA tensors, or CPU under the Triton
+    interpreter) or "auto" (triton on CUDA, cpu on CPU). Inference only: no autograd.
+    """
+    geo = validate(x, weight, bias, tau, inv_sigma, stride, padding, dilation, partitions, grouped,
+                   granularity, groups)
+    chosen = select_backend(backend, x.device)
+    if chosen == "reference":
+        return conditional_conv2d_reference(
+            x, weight, bias, tau, inv_sigma, stride=geo.stride, padding=geo.padding,
+            dilation=geo.dilation, partitions=partitions, grouped=grouped, granularity=granularity,
+            return_gate=return_gate)
+    with torch.no_grad():
+        if chosen == "cpu":
+            from kernels.cpu import conditional_conv2d_cpu
+            return conditional_conv2d_cpu(x, weight, bias, tau, inv_sigma, geo, partitions=partitions,
+                                          grouped=grouped, granularity=granularity,
+                                          return_gate=return_gate)
+        from kernels.triton_conv import conditional_conv2d_triton
+        return conditional_conv2d_triton(x, weight, bias, tau, inv_sigma, geo, partitions=partitions,
+                                         grouped=grouped, granularity=granularity,
+                                         return_gate=return_gate)
