@@ -1,0 +1,62 @@
+"""Triton kernels under the interpreter against the reference (run by test_kern_triton.py).
+
+Not collected directly (the name does not start with ``test_``): TRITON_INTERPRET must be
+set before triton is imported, so test_kern_triton.py runs this file in a fresh process.
+Run by hand: ``TRITON_INTERPRET=1 python -m pytest tests/kernels/interp_kern_triton_cases.py``.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from kern_helpers import check_against_reference, make_case
+from kernels import conditional_conv2d
+
+if os.environ.get("TRITON_INTERPRET") != "1":
+    pytest.skip("needs TRITON_INTERPRET=1 before triton is imported", allow_module_level=True)
+
+CASES = [  # n, c_in, c_out, h, w, stride, padding, grouped, granularity, density
+    pytest.param(2, 8, 8, 7, 7, 1, 1, True, 1, 0.4, id="grouped-s1-odd"),
+    pytest.param(1, 64, 64, 6, 5, 2, 1, True, 1, 0.4, id="grouped-s2-chunk-skip"),
+    pytest.param(1, 16, 32, 6, 6, 1, 1, False, 1, 0.4, id="ungrouped"),
+    pytest.param(1, 8, 8, 7, 6, 2, 0, False, 1, 0.5, id="ungrouped-s2-nopad"),
+    pytest.param(1, 8, 8, 5, 5, 1, 2, True, 1, 0.5, id="pad2"),
+    pytest.param(1, 8, 8, 5, 5, 1, 1, True, 1, 1.0, id="all-on"),
+    pytest.param(1, 8, 8, 5, 5, 1, 1, True, 1, 0.0, id="all-off"),
+    pytest.param(1, 64, 64, 5, 5, 1, 1, True, 4, 0.5, id="granularity4-fused"),
+    pytest.param(1, 12, 12, 5, 5, 1, 1, True, 3, 0.5, id="granularity3-host-gate"),
+]
+
+
+@pytest.mark.parametrize("n,c_in,c_out,h,w,stride,padding,grouped,granularity,density", CASES)
+def test_triton_matches_reference_fp32(n, c_in, c_out, h, w, stride, padding, grouped, granularity,
+                                       density):
+    x, wt, b, tau, isg = make_case(n, c_in, c_out, h, w, 3, density=density, grouped=grouped,
+                                   stride=stride, padding=padding, seed=c_in + h)
+    out, gate = conditional_conv2d(x, wt, b, tau, isg, stride=stride, padding=padding,
+                                   grouped=grouped, granularity=granularity, backend="triton",
+                                   return_gate=True)
+    check_against_reference(out, gate, x, wt, b, tau, isg, stride=stride, padding=padding,
+                            grouped=grouped, granularity=granularity)
+    if density in (0.0, 1.0):
+        assert bool(gate.all()) == (density == 1.0) and bool(gate.any()) == (density == 1.0)
+
+
+@pytest.mark.parametrize("grouped", [True, False])
+def test_triton_fp16(grouped):
+    x, wt, b, tau, isg = make_case(2, 8, 8, 7, 7, 3, density=0.4, grouped=grouped,
+                                   dtype=torch.float16)
+    out, gate = conditional_conv2d(x, wt, b, tau, isg, padding=1, grouped=grouped, backend="triton",
+                                   return_gate=True)
+    check_against_reference(out, gate, x, wt, b, tau, isg, padding=1, grouped=grouped, tol=2e-3,
+                            margin=1e-2)
+
+
+def test_triton_bias_none_and_channels_last():
+    x, wt, _, tau, isg = make_case(1, 8, 8, 6, 6, 3, density=0.5)
+    x = x.contiguous(memory_format=torch.channels_last)
+    out, gate = conditional_conv2d(x, wt, None, tau, isg, padding=1, backend="triton", return_gate=True)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    check_against_reference(out, gate, x, wt, None, tau, isg, padding=1)
