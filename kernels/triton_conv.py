@@ -59,6 +59,16 @@ def _tile_acc(acc, x_ptr, w_ptr, n_img, oh, ow, m_ok, offs_n, n_ok, c_lo, c_hi, 
 
 
 @triton.jit
+def _tile_coords(pid_m, pid_n, M, C_out, HO, WO, BM: tl.constexpr, BN: tl.constexpr):
+    """Row/column offsets of one output tile, their bounds masks, and (image, oh, ow) per row."""
+    offs_m = pid_m * BM + tl.arange(0, BM)
+    offs_n = pid_n * BN + tl.arange(0, BN)
+    n_img = offs_m // (HO * WO)
+    rem = offs_m % (HO * WO)
+    return offs_m, offs_n, offs_m < M, offs_n < C_out, n_img, rem // WO, rem % WO
+
+
+@triton.jit
 def _base_gate_kernel(x_ptr, w_ptr, bias_ptr, tau_ptr, isg_ptr, yp_ptr, gate_ptr, flag_ptr,
                       M, H, W, C_in, C_out, HO, WO, SH, SW, PH, PW, DH, DW, CI_P, CO_P,
                       GROUPED: tl.constexpr, HAS_BIAS: tl.constexpr, FUSE_GATE: tl.constexpr,
@@ -66,14 +76,7 @@ def _base_gate_kernel(x_ptr, w_ptr, bias_ptr, tau_ptr, isg_ptr, yp_ptr, gate_ptr
                       BN: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
-    offs_m = pid_m * BM + tl.arange(0, BM)
-    offs_n = pid_n * BN + tl.arange(0, BN)
-    m_ok = offs_m < M
-    n_ok = offs_n < C_out
-    n_img = offs_m // (HO * WO)
-    rem = offs_m % (HO * WO)
-    oh = rem // WO
-    ow = rem % WO
+    offs_m, offs_n, m_ok, n_ok, n_img, oh, ow = _tile_coords(pid_m, pid_n, M, C_out, HO, WO, BM, BN)
     n_first = pid_n * BN
     n_last = tl.minimum(n_first + BN, C_out) - 1
     if GROUPED:
@@ -116,14 +119,7 @@ def _cond_kernel(x_ptr, w_ptr, out_ptr, gate_ptr, order_ptr, count_ptr,
         tile = tl.load(order_ptr + pid)
         pid_m = tile // TILES_N
         pid_n = tile % TILES_N
-        offs_m = pid_m * BM + tl.arange(0, BM)
-        offs_n = pid_n * BN + tl.arange(0, BN)
-        m_ok = offs_m < M
-        n_ok = offs_n < C_out
-        n_img = offs_m // (HO * WO)
-        rem = offs_m % (HO * WO)
-        oh = rem // WO
-        ow = rem % WO
+        offs_m, offs_n, m_ok, n_ok, n_img, oh, ow = _tile_coords(pid_m, pid_n, M, C_out, HO, WO, BM, BN)
         if GROUPED:
             chunk_first = (pid_n * BN) // CO_P
             chunk_last = (tl.minimum(pid_n * BN + BN, C_out) - 1) // CO_P

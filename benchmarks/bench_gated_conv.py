@@ -1,0 +1,150 @@
+"""CPU benchmark of the gated conv: real vs theoretical speedup per layer and per network.
+
+    python benchmarks/bench_gated_conv.py [--json] [--threads 2] [--repeats 5] [--rule cgnet]
+
+For every gated layer of ResNet-18 (224x224, batch 8) and ResNet-20 (32x32, batch 64) at gate
+densities 1.0, 0.5, 0.3, 0.1 with random per-element and spatially clustered gates: dense torch
+conv time, gated time (``kernels.conditional_conv2d(backend="cpu")``), real speedup,
+theoretical speedup (MAC ratio incl. the base pass, at the measured gate density) and
+efficiency = real / theoretical. Whole-network numbers sum all convs; ungated convs count at
+their dense time in both columns. Both sides get channels-last input (torch's faster layout
+for dense conv on this CPU). Medians over ``--repeats`` calls; identical layers timed once.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+
+from bench_gated_conv_shapes import NETWORKS, ConvLayer, layer_inputs, median_time, theoretical_speedup
+from kernels import conditional_conv2d
+from kernels.workspace import release
+
+DENSITIES = (1.0, 0.5, 0.3, 0.1)
+KINDS = ("random", "clustered")
+
+
+def bench_layer(layer: ConvLayer, batch: int, density: float, kind: str, args) -> dict:
+    x, w, b, tau, isg = layer_inputs(layer, batch, clustered=kind == "clustered", density=density,
+                                     partitions=args.partitions, grouped=not args.ungrouped)
+    kw = dict(stride=layer.stride, padding=layer.padding, partitions=args.partitions,
+              grouped=not args.ungrouped, granularity=args.granularity, backend="cpu")
+    with torch.no_grad():
+        _, gate = conditional_conv2d(x, w, b, tau, isg, return_gate=True, **kw)
+        measured = float(gate.float().mean())
+        t_dense = median_time(lambda: F.conv2d(x, w, b, layer.stride, layer.padding), args.repeats)
+        t_gated = median_time(lambda: conditional_conv2d(x, w, b, tau, isg, **kw), args.repeats)
+    theo = theoretical_speedup(measured, args.partitions)
+    real = t_dense / t_gated
+    return dict(layer=layer.name, shape=f"{layer.c_in}->{layer.c_out} {layer.k}x{layer.k} s{layer.stride} "
+                f"@{layer.hw}", count=layer.count, density_target=density, kind=kind,
+                density=measured, dense_ms=t_dense * 1e3, gated_ms=t_gated * 1e3, real_speedup=real,
+                theoretical_speedup=theo, efficiency=real / theo, macs=layer.macs(batch))
+
+
+def bench_network(net: str, args) -> dict:
+    build, batch = NETWORKS[net]
+    layers = build()
+    rows, dense_ms = [], {}
+    for layer in layers:
+        if not layer.gated(args.rule):
+            x = torch.randn(batch, layer.c_in, layer.hw, layer.hw).contiguous(memory_format=torch.channels_last)
+            w = torch.randn(layer.c_out, layer.c_in, layer.k, layer.k)
+            with torch.no_grad():
+                dense_ms[layer.name] = 1e3 * median_time(
+                    lambda: F.conv2d(x, w, None, layer.stride, layer.padding), args.repeats)
+            continue
+        for kind in KINDS:
+            for d in DENSITIES:
+                if kind == "clustered" and d == 1.0:
+                    continue  # identical to random at density 1
+                rows.append(bench_layer(layer, batch, d, kind, args))
+                _progress(rows[-1])
+        release()
+    whole = {}
+    ungated = [l for l in layers if not l.gated(args.rule)]
+    t_ungated = sum(dense_ms[l.name] * l.count for l in ungated)
+    mac_ungated = sum(l.macs(batch) * l.count for l in ungated)
+    for kind in KINDS:
+        for d in DENSITIES:
+            sel = [r for r in rows if r["density_target"] == d and (r["kind"] == kind or d == 1.0)]
+            if not sel or (d == 1.0 and kind != KINDS[0]):
+                continue
+            t_dense = t_ungated + sum(r["dense_ms"] * r["count"] for r in sel)
+            t_gated = t_ungated + sum(r["gated_ms"] * r["count"] for r in sel)
+            mac_dense = mac_ungated + sum(r["macs"] * r["count"] for r in sel)
+            mac_gated = mac_ungated + sum(r["macs"] * r["count"] / r["theoretical_speedup"] for r in sel)
+            real, theo = t_dense / t_gated, mac_dense / mac_gated
+            whole[f"{kind}@{d}"] = dict(kind=kind, density=d, dense_ms=t_dense, gated_ms=t_gated,
+                                        real_speedup=real, theoretical_speedup=theo,
+                                        efficiency=real / theo)
+    return dict(network=net, batch=batch, layers=rows, ungated_dense_ms=dense_ms, whole=whole)
+
+
+def _progress(row: dict) -> None:
+    print(f"  {row['layer']:<22} {row['kind']:<9} d={row['density']:.2f} dense {row['dense_ms']:7.2f} ms "
+          f"gated {row['gated_ms']:7.2f} ms", file=sys.stderr, flush=True)
+
+
+def print_tables(result: dict) -> None:
+    print(f"\n## {result['network']} (batch {result['batch']})\n")
+    print("| layer | shape | x | gates | density | dense ms | gated ms | real | theoretical | efficiency |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in result["layers"]:
+        print(f"| {r['layer']} | {r['shape']} | {r['count']} | {r['kind']} | {r['density']:.2f} | "
+              f"{r['dense_ms']:.2f} | {r['gated_ms']:.2f} | {r['real_speedup']:.2f} | "
+              f"{r['theoretical_speedup']:.2f} | {r['efficiency']:.2f} |")
+    print(f"\nWhole network (all convs; ungated at dense time):\n")
+    print("| gates | target density | dense ms | gated ms | real | theoretical | efficiency |")
+    print("|---|---|---|---|---|---|---|")
+    for w in result["whole"].values():
+        print(f"| {w['kind'] if w['density'] < 1 else 'any'} | {w['density']} | {w['dense_ms']:.1f} | "
+              f"{w['gated_ms']:.1f} | {w['real_speedup']:.2f} | {w['theoretical_speedup']:.2f} | "
+              f"{w['efficiency']:.2f} |")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--rule", choices=("cgnet", "all3x3"), default="cgnet")
+    ap.add_argument("--partitions", type=int, default=4)
+    ap.add_argument("--granularity", type=int, default=1)
+    ap.add_argument("--ungrouped", action="store_true", help="base path = first C_in/p inputs")
+    ap.add_argument("--networks", default="resnet18,resnet20")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()
+    results = [bench_network(n, args) for n in args.networks.split(",")]
+    meta = dict(threads=torch.get_num_threads(), repeats=args.repeats, rule=args.rule,
+                partitions=args.partitions, grouped=not args.ungrouped, granularity=args.granularity,
+                torch=torch.__version__, loadavg_before=load_before, loadavg_after=os.getloadavg(),
+                command=" ".join(["python", "benchmarks/bench_gated_conv.py", *(argv or sys.argv[1:])]))
+    summary = {}
+    for res in results:
+        for key, w in res["whole"].items():
+            if w["density"] == 0.3:
+                summary[f"{res['network']}_{w['kind']}_0.3"] = {
+                    k: w[k] for k in ("real_speedup", "theoretical_speedup", "efficiency")}
+    if args.json:
+        r18 = next((r for r in results if r["network"] == "resnet18"), None)
+        top = {}
+        if r18 is not None:  # headline: ResNet-18 at density 0.3, random per-element gates
+            top = {k: r18["whole"]["random@0.3"][k] for k in ("real_speedup", "theoretical_speedup")}
+        print(json.dumps(dict(meta=meta, **top, summary=summary, results=results), indent=1))
+        return 0
+    print(f"threads={meta['threads']} repeats={args.repeats} rule={args.rule} p={args.partitions} "
+          f"grouped={meta['grouped']} G={args.granularity} load(1,5,15min) before={load_before} "
+          f"after={meta['loadavg_after']}")
+    for res in results:
+        print_tables(res)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
