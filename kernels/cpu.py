@@ -16,7 +16,8 @@ Pipeline (all activations channels-last, fp32 arithmetic):
      all output channels (fewer, larger copies; better when the chunks' active positions
      coincide, as with spatially clustered gates);
    * ``dense``: when so many positions are active that gathering cannot pay off, the
-     remaining partial sum is a dense torch conv and the gate selects per element.
+     remaining partial sum is a dense torch conv (a grouped conv over per-chunk rotated
+     inputs for wide chunks, else the full conv) and the gate selects per element.
 
 The result equals :func:`kernels.reference.conditional_conv2d_reference` up to fp32 rounding
 (different summation order): relative error ~1e-6, tested at rtol 1e-5 / atol 1e-5*scale.
@@ -45,6 +46,10 @@ DENSE_MAC_NS = 0.0110
 SCATTER_NS = 1.0
 SELECT_NS = 0.4
 PER_GEMM_NS = 40_000.0
+# Dense fallback, grouped base: with output chunks of >= 64 channels, oneDNN runs the remaining
+# partial sums as one grouped conv over rotated inputs at ~the dense rate per MAC (3/4 of the
+# dense MACs at p=4); with narrower chunks grouped convs are slow and the full conv wins.
+ROTATED_MIN_CHUNK = 64
 
 
 @dataclass
@@ -55,6 +60,8 @@ class _Prepared:
     rest: torch.Tensor        # (K, C_out), K = kh*kw*Cx ordered (kh, kw, c); base blocks zero
     dense_rest: torch.Tensor  # conv weight of the dense fallback (all inputs, or the rest slice)
     rest_first: int           # first input channel held in the gather buffer
+    rotated: torch.Tensor | None  # grouped only: (C_out, C_in-C_in/p, kh, kw), chunk i's rest
+                                  # inputs in the order (i+1)*ci.., 0..i*ci (see _rotated_input)
 
 
 _CACHE: dict[int, tuple[weakref.ref, int, tuple, _Prepared]] = {}
@@ -75,12 +82,15 @@ def _prepare(weight: torch.Tensor, partitions: int, grouped: bool) -> _Prepared:
         for i in range(partitions):
             rest_w[i * co:(i + 1) * co, i * ci:(i + 1) * ci] = 0
         dense_rest, first = w, 0
+        rotated = torch.cat([torch.cat([w[i * co:(i + 1) * co, (i + 1) * ci:],
+                                        w[i * co:(i + 1) * co, :i * ci]], dim=1)
+                             for i in range(partitions)]).contiguous()
     else:
         base = w[:, :ci].contiguous()
         rest_w = dense_rest = w[:, ci:].contiguous()
-        first = ci
+        first, rotated = ci, None
     rest = rest_w.permute(2, 3, 1, 0).reshape(-1, c_out).contiguous()
-    prep = _Prepared(base.contiguous(), rest, dense_rest, first)
+    prep = _Prepared(base.contiguous(), rest, dense_rest, first, rotated)
     if len(_CACHE) > 256:
         _CACHE.clear()
     _CACHE[id(weight)] = (weakref.ref(weight), weight._version, key, prep)
@@ -119,6 +129,16 @@ def _padded_input(xc: torch.Tensor, geo: ConvGeometry, first: int) -> torch.Tens
         xp[:, :, geo.wp - pw:].zero_()
     xp[:, ph:ph + geo.h, pw:pw + geo.w].copy_(src)
     return xp.view(-1, cx)
+
+
+def _rotated_input(xc: torch.Tensor, partitions: int) -> torch.Tensor:
+    """Channels-last (N, p*(C_in-ci), H, W): for each chunk i its remaining inputs, so that one
+    conv with ``groups=p`` computes every chunk's remaining partial sum without zero blocks."""
+    ci = xc.shape[1] // partitions
+    parts = []
+    for i in range(partitions):
+        parts += [xc[:, (i + 1) * ci:], xc[:, :i * ci]]
+    return torch.cat([t for t in parts if t.shape[1]], dim=1).contiguous(memory_format=CL)
 
 
 def _gather_patches(xrows: torch.Tensor, rows: torch.Tensor, geo: ConvGeometry, slot: str) -> torch.Tensor:
@@ -164,7 +184,8 @@ def _costs(geo: ConvGeometry, k: int, partitions: int, grouped: bool, r_union: i
     c_out = geo.c_out
     co = c_out // partitions
     m = geo.positions
-    k_dense = geo.kh * geo.kw * (geo.c_in if grouped else geo.c_in - geo.c_in // partitions)
+    full_conv = grouped and co < ROTATED_MIN_CHUNK
+    k_dense = geo.kh * geo.kw * (geo.c_in if full_conv else geo.c_in - geo.c_in // partitions)
 
     def rows_cost(r: int, n: int) -> float:
         # GEMMs narrower than 64 output columns run at roughly n/64 of MKL's peak here.
@@ -218,11 +239,15 @@ def conditional_conv2d_cpu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Te
     if p == 1:
         pass                                      # base path is the whole conv: nothing remains
     elif strategy == "dense" and bool(need_u.any()):
-        if grouped:
+        if grouped and co < ROTATED_MIN_CHUNK:
             full = F.conv2d(xc, prep.dense_rest, b, geo.stride, geo.padding, geo.dilation)
             ypf.lerp_(full.contiguous(memory_format=CL).permute(0, 2, 3, 1).reshape(m, -1), g)
         else:
-            rest = F.conv2d(xc[:, ci:], prep.dense_rest, None, geo.stride, geo.padding, geo.dilation)
+            if grouped:
+                rest = F.conv2d(_rotated_input(xc, p), prep.rotated, None, geo.stride, geo.padding,
+                                geo.dilation, groups=p)
+            else:
+                rest = F.conv2d(xc[:, ci:], prep.dense_rest, None, geo.stride, geo.padding, geo.dilation)
             ypf.addcmul_(rest.contiguous(memory_format=CL).permute(0, 2, 3, 1).reshape(m, -1), g)
     elif strategy != "dense":
         xrows = _padded_input(xc, geo, prep.rest_first)

@@ -62,6 +62,15 @@ def test_all_off_and_all_on(density, strategy):
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("stride", [1, 2])
+def test_dense_fallback_rotated_grouped_conv(monkeypatch, stride):
+    """Wide chunks use one grouped conv over rotated inputs; force it on a small layer."""
+    monkeypatch.setattr("kernels.cpu.ROTATED_MIN_CHUNK", 1)
+    geom = (stride, 1, 1, 9, 8, 3)
+    case = make_case(2, 16, 12, 9, 8, 3, density=0.6, stride=stride, padding=1)
+    _run(case, geom, strategy="dense", grouped=True)
+
+
 def test_partitions_two_and_one():
     for p in (1, 2):
         case = make_case(1, 6, 6, 5, 5, 3, density=0.5, partitions=p)
