@@ -90,7 +90,7 @@ def plot_layers(result: SimResult, path: str | Path, title: str = "") -> None:
                  f"{t['speedup']:.2f}x achieved vs {t['theoretical_speedup']:.2f}x MAC ratio")
     h1, l1 = ax.get_legend_handles_labels()
     h2, l2 = ax2.get_legend_handles_labels()
-    ax.legend(h1 + h2, l1 + l2, fontsize=8, loc="upper right")
+    ax.legend(h1 + h2, l1 + l2, fontsize=8, loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -45,7 +45,10 @@ class SimResult:
 
 
 def _ratio(a: float, b: float) -> float:
-    return float(a) / float(b) if b else float("inf")
+    """a/b; 1.0 when both are zero (nothing gated, nothing changed)."""
+    if not b:
+        return 1.0 if not a else float("inf")
+    return float(a) / float(b)
 
 
 def simulate(layers: list[Layer], cfg: AccelConfig, gates: dict[str, GateSpec] | None = None,
