@@ -139,11 +139,22 @@ class GatedConv2d(nn.Module):
 
     def _forward_train(self, x: torch.Tensor) -> torch.Tensor:
         """Reference formulation with batch-statistics BN0 and the straight-through gate."""
-        yp = self._conv(x, self.weight * self.mask, self.bias)
+        yp = self._base_conv(x)
         rest = self._conv(x, self.weight * (1 - self.mask), None)
         d = _StraightThroughGate.apply(self._score(yp), self.alpha, self.sparse_bp)
         self._record(d)
         return yp + d * rest
+
+    def _base_conv(self, x: torch.Tensor) -> torch.Tensor:
+        """Base partial sum at 1/p of the dense cost: a p-group conv over the diagonal blocks
+        (grouped) or a conv over the first C_in/p channels."""
+        p, ci = self.partitions, self.in_channels // self.partitions
+        if self.grouped:
+            co = self.out_channels // p
+            w = self.weight.view(p, co, p, ci, *self.kernel_size)
+            w = torch.stack([w[i, :, i] for i in range(p)]).reshape(self.out_channels, ci, *self.kernel_size)
+            return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, groups=p)
+        return F.conv2d(x[:, :ci], self.weight[:, :ci], self.bias, self.stride, self.padding, self.dilation)
 
     def _record(self, d: torch.Tensor) -> None:
         if self._stats is not None:

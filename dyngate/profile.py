@@ -156,20 +156,21 @@ def _conv_macs(m, out_hw) -> int:
     return out_hw[0] * out_hw[1] * m.out_channels * (m.in_channels // m.groups) * kh * kw
 
 
-def _batches(inputs_or_loader) -> Iterable[torch.Tensor]:
+def _batches(inputs_or_loader) -> Iterable[tuple[torch.Tensor, Any]]:
     if isinstance(inputs_or_loader, torch.Tensor):
-        yield inputs_or_loader
+        yield inputs_or_loader, inputs_or_loader
         return
     for batch in inputs_or_loader:
-        yield batch[0] if isinstance(batch, (list, tuple)) else batch
+        yield (batch[0] if isinstance(batch, (list, tuple)) else batch), batch
 
 
 @torch.no_grad()
 def profile(model: nn.Module, inputs_or_loader, *, max_batches: int | None = None,
-            progress: bool = False) -> SparsityProfile:
+            progress: bool = False, on_batch=None) -> SparsityProfile:
     """Run ``model`` in eval mode on a tensor or a loader of batches and measure every conv and
     linear layer: shape, dense MACs and, for gated layers, the executed MACs from the measured
-    gate density (overall and per output channel)."""
+    gate density (overall and per output channel). ``on_batch(outputs, batch)``, if given,
+    sees every batch's outputs (used to measure accuracy in the same pass)."""
     seen: dict[str, dict[str, Any]] = {}
     order: list[str] = []
     hooks = []
@@ -190,12 +191,14 @@ def profile(model: nn.Module, inputs_or_loader, *, max_batches: int | None = Non
     images, forwards, input_shape = 0, 0, None
     try:
         it = _batches(inputs_or_loader)
-        for i, x in enumerate(tqdm(it, desc="profile", disable=not progress,
+        for i, (x, batch) in enumerate(tqdm(it, desc="profile", disable=not progress,
                                    total=max_batches or _len(inputs_or_loader))):
             if max_batches is not None and i >= max_batches:
                 break
             input_shape = input_shape or [1, *x.shape[1:]]
-            model(x)
+            out = model(x)
+            if on_batch is not None:
+                on_batch(out, batch)
             images += x.shape[0]
             forwards += 1
     finally:

@@ -1,0 +1,130 @@
+"""Experiment: dense ResNet-20 vs CGNet-gated ResNet-20s (KD from the dense model) on
+Fashion-MNIST at several gate targets T. Writes results/fashion_mnist_cgnet.md, a CSV and a
+plot of test accuracy against MAC reduction, and copies the best gated checkpoint (and its
+teacher) to checkpoints/.
+
+    python benchmarks/cgnet_fashion_mnist.py --dense-epochs 6 --gated-epochs 2 --targets 0.5 1.0 1.5
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(cmd: list[str], log: str) -> float:
+    print("$", " ".join(cmd), flush=True)
+    t0 = time.perf_counter()
+    with open(log, "w") as f:
+        subprocess.run(cmd, check=True, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
+    return time.perf_counter() - t0
+
+
+def evaluate(ckpt: str) -> dict:
+    out = subprocess.run([sys.executable, "-m", "dyngate", "eval", ckpt, "--json"], check=True,
+                         capture_output=True, text=True, cwd=ROOT).stdout
+    return json.loads(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="runs/fmnist")
+    ap.add_argument("--dense-epochs", type=int, default=6)
+    ap.add_argument("--gated-epochs", type=int, default=2)
+    ap.add_argument("--targets", type=float, nargs="+", default=[0.5, 1.0, 1.5])
+    ap.add_argument("--partitions", type=int, default=4)
+    ap.add_argument("--gate-lambda", type=float, default=1e-2)
+    ap.add_argument("--gated-lr", type=float, default=0.02)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--skip-dense", action="store_true", help="reuse OUT/dense/final.pt")
+    args = ap.parse_args()
+    py = sys.executable
+    out = os.path.join(ROOT, args.out)
+    os.makedirs(out, exist_ok=True)
+    commands, rows = [], []
+    common = ["--model", "resnet20", "--dataset", "fashion-mnist", "--threads", str(args.threads),
+              "--seed", "0", "--batch-size", "128"]
+    dense_dir = os.path.join(args.out, "dense")
+    dense_cmd = [py, "-m", "dyngate", "train", *common, "--epochs", str(args.dense_epochs),
+                 "--lr", "0.1", "--out", dense_dir]
+    commands.append(dense_cmd)
+    if not args.skip_dense:
+        run(dense_cmd, os.path.join(out, "dense.log"))
+    dense_ckpt = os.path.join(dense_dir, "final.pt")
+    hist = json.load(open(os.path.join(ROOT, dense_dir, "metrics.json")))["epochs"]
+    res = evaluate(dense_ckpt)
+    rows.append({"name": "dense", "target": None, "accuracy": res["accuracy"],
+                 "mac_reduction": res["mac_reduction"], "gated_mac_reduction": 1.0,
+                 "train_minutes": sum(h["train_seconds"] for h in hist) / 60, "ckpt": dense_ckpt})
+    for t in args.targets:
+        d = os.path.join(args.out, f"gated_T{t:g}")
+        cmd = [py, "-m", "dyngate", "train", *common, "--epochs", str(args.gated_epochs),
+               "--gated", "--partitions", str(args.partitions), "--target", str(t),
+               "--threshold-init", str(t), "--gate-lambda", str(args.gate_lambda),
+               "--lr", str(args.gated_lr), "--teacher", dense_ckpt, "--init", dense_ckpt, "--out", d]
+        commands.append(cmd)
+        run(cmd, os.path.join(out, f"gated_T{t:g}.log"))
+        hist = json.load(open(os.path.join(ROOT, d, "metrics.json")))["epochs"]
+        res = evaluate(os.path.join(d, "final.pt"))
+        rows.append({"name": f"gated T={t:g}", "target": t, "accuracy": res["accuracy"],
+                     "mac_reduction": res["mac_reduction"],
+                     "gated_mac_reduction": res["gated_mac_reduction"],
+                     "train_minutes": sum(h["train_seconds"] for h in hist) / 60,
+                     "ckpt": os.path.join(d, "final.pt")})
+        print(rows[-1], flush=True)
+    write_results(rows, commands, args)
+
+
+def write_results(rows: list[dict], commands: list[list[str]], args) -> None:
+    res_dir = os.path.join(ROOT, "results")
+    os.makedirs(res_dir, exist_ok=True)
+    dense = rows[0]
+    with open(os.path.join(res_dir, "fashion_mnist_cgnet.json"), "w") as f:
+        json.dump(rows, f, indent=1)
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    g = rows[1:]
+    ax.plot([r["gated_mac_reduction"] for r in g], [100 * r["accuracy"] for r in g], "o-",
+            label="CGNet ResNet-20 (gated layers)")
+    ax.plot([r["mac_reduction"] for r in g], [100 * r["accuracy"] for r in g], "s--",
+            label="CGNet ResNet-20 (whole network)")
+    for r in g:
+        ax.annotate(f"T={r['target']:g}", (r["gated_mac_reduction"], 100 * r["accuracy"]),
+                    textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.axhline(100 * dense["accuracy"], color="k", lw=1, label="dense ResNet-20")
+    ax.axhline(100 * dense["accuracy"] - 0.5, color="k", lw=0.8, ls=":", label="dense - 0.5 pt")
+    ax.set_xlabel("MAC reduction (x)")
+    ax.set_ylabel("Fashion-MNIST test accuracy (%)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(os.path.join(res_dir, "fashion_mnist_cgnet.png"), dpi=120)
+    # best gated: the largest gated-layer reduction within 0.5 pt of dense, else the most accurate
+    ok = [r for r in g if dense["accuracy"] - r["accuracy"] <= 0.005]
+    best = max(ok, key=lambda r: r["gated_mac_reduction"]) if ok else max(g, key=lambda r: r["accuracy"])
+    os.makedirs(os.path.join(ROOT, "checkpoints"), exist_ok=True)
+    shutil.copy(os.path.join(ROOT, best["ckpt"]), os.path.join(ROOT, "checkpoints", "resnet20_fmnist_cgnet.pt"))
+    shutil.copy(os.path.join(ROOT, dense["ckpt"]), os.path.join(ROOT, "checkpoints", "resnet20_fmnist_dense.pt"))
+    lines = ["| model | test acc. (%) | Δ vs dense (pt) | MAC reduction, whole net | MAC reduction, gated layers | train time (min) |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['name']} | {100 * r['accuracy']:.2f} | {100 * (r['accuracy'] - dense['accuracy']):+.2f} | "
+                     f"{r['mac_reduction']:.2f}x | {r['gated_mac_reduction']:.2f}x | {r['train_minutes']:.1f} |")
+    with open(os.path.join(res_dir, "fashion_mnist_cgnet_table.md"), "w") as f:
+        f.write("\n".join(lines) + "\n\nShipped: checkpoints/resnet20_fmnist_cgnet.pt = " + best["name"] + "\n\n")
+        f.write("Commands:\n\n```\n" + "\n".join(" ".join(c).replace(sys.executable, "python") for c in commands) + "\n```\n")
+    print("\n".join(lines))
+    print("best:", best["name"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,5 @@
+import sys
+
+from dyngate.cli import main
+
+sys.exit(main())

@@ -1,0 +1,161 @@
+"""``python -m dyngate``: train, eval and profile gated networks."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import fields
+
+import torch
+import yaml
+
+import dyngate
+from dyngate.errors import DyngateError
+from dyngate.train import TrainConfig, Trainer, config_from_dict, evaluate
+from models.data import DATASETS, DataError, load_dataset
+
+
+def _add_data_args(p: argparse.ArgumentParser, default_dataset: str | None = None) -> None:
+    p.add_argument("--dataset", choices=DATASETS, default=default_dataset,
+                   help="dataset (default: the one the checkpoint was trained on)")
+    p.add_argument("--data-dir", help="dataset folder (Fashion-MNIST default: "
+                                      "/usr/share/datasets/fashion-mnist)")
+    p.add_argument("--limit", type=int, help="use only the first N test images")
+
+
+def _train_parser(sub) -> None:
+    p = sub.add_parser("train", help="train a dense, gated (CGNet) or CUCB model")
+    p.add_argument("--config", help="YAML file of training options (flags override it)")
+    p.add_argument("--resume", help="resume from a checkpoint written by this command")
+    defaults = TrainConfig()
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        default = getattr(defaults, f.name)
+        if isinstance(default, bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+        elif isinstance(default, list):
+            p.add_argument(flag, type=int, nargs="*", default=None)
+        else:
+            typ = type(default) if default is not None else (int if f.name.endswith("limit") or f.name == "threads" else str)
+            p.add_argument(flag, type=typ, default=None)
+
+
+def _cfg_from_args(args) -> TrainConfig:
+    opts: dict = {}
+    if args.config:
+        try:
+            with open(args.config) as fh:
+                opts = yaml.safe_load(fh) or {}
+        except FileNotFoundError:
+            raise DyngateError(f"--config: file {args.config} not found") from None
+        except yaml.YAMLError as e:
+            raise DyngateError(f"--config {args.config}: not valid YAML: {e}") from None
+        if not isinstance(opts, dict):
+            raise DyngateError(f"--config {args.config}: expected a mapping of training options")
+        opts = {k.replace("-", "_"): v for k, v in opts.items()}
+        try:
+            config_from_dict(opts)
+        except (ValueError, TypeError) as e:
+            raise DyngateError(f"--config {args.config}: {e}") from None
+    for f in fields(TrainConfig):
+        v = getattr(args, f.name)
+        if v is not None:
+            opts[f.name] = v
+    cfg = config_from_dict(opts)
+    defaults = TrainConfig()
+    for f in fields(TrainConfig):  # type-check values that came from YAML
+        v, d = getattr(cfg, f.name), getattr(defaults, f.name)
+        if d is not None and v is not None and not isinstance(v, type(d)) and not (
+                isinstance(d, float) and isinstance(v, int)):
+            raise DyngateError(f"training option '{f.name}' must be {type(d).__name__}, got {v!r}")
+    return cfg
+
+
+def _load_eval_model(path: str, backend: str):
+    model = dyngate.load(path)
+    return dyngate.set_backend(model, backend)
+
+
+def _eval_data(args, payload_cfg: dict):
+    name = args.dataset or payload_cfg.get("dataset", "fashion-mnist")
+    return load_dataset(name, "test", args.data_dir or payload_cfg.get("data_dir"), args.limit)
+
+
+def cmd_train(args) -> int:
+    cfg = _cfg_from_args(args)
+    trainer = Trainer(cfg)
+    if args.resume:
+        trainer.resume(args.resume)
+    history = trainer.fit()
+    final = os.path.join(cfg.out, "final.pt")
+    trainer.save(final)
+    print(json.dumps(history[-1] if history else {}, indent=1))
+    print(f"saved {final}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    payload = dyngate.checkpoint.read(args.checkpoint)
+    tcfg = payload["extra"].get("trainer", {}).get("config", {})
+    model = _load_eval_model(args.checkpoint, args.backend)
+    data = _eval_data(args, tcfg)
+    acc, prof = evaluate(model, data, progress=not args.json)
+    if args.profile_out:
+        prof.to_yaml(args.profile_out)
+    if args.json:
+        t = prof.totals
+        print(json.dumps({"checkpoint": args.checkpoint, "accuracy": acc, "images": len(data),
+                          "mac_reduction": t["mac_reduction"],
+                          "gated_mac_reduction": t["gated_mac_reduction"],
+                          "dense_macs": t["dense_macs"], "executed_macs": t["executed_macs"],
+                          "layers": [{"name": l.name, "gated": l.gated, "density": l.density,
+                                      "dense_macs": l.dense_macs, "executed_macs": l.executed_macs}
+                                     for l in prof.layers]}, indent=1))
+    else:
+        print(prof.table())
+        print(f"test accuracy {acc * 100:.2f}% on {len(data)} images; MAC reduction "
+              f"{prof.totals['mac_reduction']:.2f}x whole network, "
+              f"{prof.totals['gated_mac_reduction']:.2f}x over gated layers")
+        if args.profile_out:
+            print(f"wrote sparsity profile {args.profile_out}")
+    return 0
+
+
+def cmd_profile(args) -> int:
+    payload = dyngate.checkpoint.read(args.checkpoint)
+    tcfg = payload["extra"].get("trainer", {}).get("config", {})
+    model = _load_eval_model(args.checkpoint, args.backend)
+    data = _eval_data(args, tcfg)
+    _, prof = evaluate(model, data, progress=True)
+    prof.to_yaml(args.out)
+    print(prof.table())
+    print(f"wrote {args.out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dyngate", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _train_parser(sub)
+    for name, help_ in (("eval", "accuracy, MAC reduction and the per-layer density table"),
+                        ("profile", "write the measured SparsityProfile YAML")):
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("checkpoint")
+        _add_data_args(p)
+        p.add_argument("--backend", default="auto", choices=["auto", "reference", "cpu", "triton"])
+        if name == "eval":
+            p.add_argument("--json", action="store_true", help="print one JSON object")
+            p.add_argument("--profile-out", help="also write the sparsity profile YAML here")
+        else:
+            p.add_argument("--out", required=True, help="profile YAML path")
+    args = parser.parse_args(argv)
+    try:
+        return {"train": cmd_train, "eval": cmd_eval, "profile": cmd_profile}[args.command](args)
+    except (DyngateError, DataError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""Trainer and CLI on the synthetic set and a small Fashion-MNIST slice."""
+import json
+import os
+
+import pytest
+import torch
+
+import dyngate
+from dyngate.cli import main
+from dyngate.train import TrainConfig, Trainer, kd_loss
+from models.data import FASHION_MNIST_DIR
+
+SMALL = dict(model="resnet20", dataset="synthetic", batch_size=64, train_limit=256, test_limit=64,
+             lr=0.05, threads=1)
+
+
+def _cfg(tmp_path, **kw):
+    return TrainConfig(**{**SMALL, "out": str(tmp_path / "run"), **kw})
+
+
+def test_a_few_steps_reduce_the_loss(tmp_path):
+    t = Trainer(_cfg(tmp_path, epochs=3, augment=False), progress=False)
+    hist = t.fit()
+    assert hist[-1]["train_loss"] < hist[0]["train_loss"]
+    assert os.path.exists(tmp_path / "run" / "metrics.csv")
+    assert json.load(open(tmp_path / "run" / "metrics.json"))["epochs"][-1]["epoch"] == 3
+
+
+def test_threshold_loss_moves_delta_toward_target(tmp_path):
+    t = Trainer(_cfg(tmp_path, epochs=1, gated=True, target=1.0, gate_lambda=0.5, augment=False),
+                progress=False)
+    before = torch.cat([m.threshold.detach().clone() for _, m in dyngate.gating.gated_layers(t.model)])
+    t.fit()
+    after = torch.cat([m.threshold.detach() for _, m in dyngate.gating.gated_layers(t.model)])
+    assert (after - 1.0).abs().mean() < 0.5 * (before - 1.0).abs().mean()
+    assert t.history[-1]["gated_mac_reduction"] > 1.0
+
+
+def test_kd_loss_against_teacher(tmp_path):
+    s, te = torch.randn(5, 10), torch.randn(5, 10)
+    T = 3.0
+    p_t = torch.softmax(te / T, 1)
+    manual = (p_t * (p_t.log() - torch.log_softmax(s / T, 1))).sum(1).mean() * T * T
+    assert kd_loss(s, te, T).item() == pytest.approx(manual.item(), rel=1e-5)
+    assert kd_loss(te, te, T).item() == pytest.approx(0.0, abs=1e-6)
+    # a trainer with a teacher uses it: with kd_weight=1 and student == teacher the loss is the
+    # gate-free KD term, zero at the first step
+    dense = Trainer(_cfg(tmp_path, epochs=1), progress=False)
+    dense.fit()
+    teacher_path = str(tmp_path / "run" / "last.pt")
+    kd = Trainer(_cfg(tmp_path, epochs=1, teacher=teacher_path, init=teacher_path, kd_weight=1.0,
+                      out=str(tmp_path / "kd"), lr=0.0, augment=False), progress=False)
+    kd.model.train()
+    for m in kd.model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.eval()  # same statistics as the teacher
+    x = kd.train_set.tensors[0][:16]
+    assert kd_loss(kd.model(x), kd.teacher(x), 4.0).item() == pytest.approx(0.0, abs=1e-4)
+
+
+def test_resume_continues_bit_identically(tmp_path):
+    a = Trainer(_cfg(tmp_path, epochs=2, gated=True, out=str(tmp_path / "a")), progress=False)
+    a.fit()
+    b = Trainer(_cfg(tmp_path, epochs=2, gated=True, out=str(tmp_path / "b")), progress=False)
+    b.fit(stop_after=1)  # interrupted after the first epoch
+    c = Trainer(_cfg(tmp_path, epochs=2, gated=True, out=str(tmp_path / "c")), progress=False)
+    c.resume(str(tmp_path / "b" / "last.pt"))
+    c.fit()
+    sa, sc = a.model.state_dict(), c.model.state_dict()
+    assert all(torch.equal(sa[k], sc[k]) for k in sa)
+    assert a.history[-1]["train_loss"] == c.history[-1]["train_loss"]
+
+
+@pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason="dataset-fashion-mnist not installed")
+def test_fashion_mnist_slice_learns(tmp_path):
+    t = Trainer(TrainConfig(model="resnet20", dataset="fashion-mnist", epochs=2, batch_size=64,
+                            train_limit=384, test_limit=256, lr=0.05, threads=1,
+                            out=str(tmp_path / "f")), progress=False)
+    hist = t.fit()
+    assert hist[-1]["train_loss"] < hist[0]["train_loss"]
+    assert hist[-1]["test_acc"] > 0.3  # 10 classes: chance is 0.1
+
+
+def test_cli_train_eval_profile_json(tmp_path, capsys):
+    out = tmp_path / "cli"
+    assert main(["train", "--model", "resnet20", "--dataset", "synthetic", "--epochs", "1",
+                 "--train-limit", "128", "--test-limit", "64", "--gated", "--partitions", "2",
+                 "--target", "0.5", "--out", str(out), "--threads", "1"]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(out / "final.pt"), "--json", "--limit", "64"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert {"accuracy", "mac_reduction", "gated_mac_reduction", "layers"} <= set(res)
+    assert 0 <= res["accuracy"] <= 1 and res["mac_reduction"] >= 1
+    assert main(["profile", str(out / "final.pt"), "--out", str(tmp_path / "p.yaml"), "--limit", "32"]) == 0
+    prof = dyngate.SparsityProfile.from_yaml(tmp_path / "p.yaml")
+    prof.check_matches(dyngate.load(out / "final.pt"))
+
+
+def test_cli_bad_arguments_are_clear(tmp_path, capsys):
+    assert main(["train", "--model", "resnet99", "--out", str(tmp_path)]) == 2
+    assert "unknown model 'resnet99'" in capsys.readouterr().err
+    assert main(["eval", str(tmp_path / "missing.pt")]) == 2
+    assert "missing.pt does not exist" in capsys.readouterr().err
+    assert main(["train", "--dataset", "fashion-mnist", "--data-dir", str(tmp_path / "nodata"),
+                 "--out", str(tmp_path / "x")]) == 2
+    assert "apt-get install dataset-fashion-mnist" in capsys.readouterr().err
+    assert main(["train", "--teacher", str(tmp_path / "t.pt"), "--out", str(tmp_path / "y")]) == 2
+    assert "--teacher: checkpoint" in capsys.readouterr().err
+    (tmp_path / "bad.yaml").write_text("epochs: [1, 2\n")
+    assert main(["train", "--config", str(tmp_path / "bad.yaml")]) == 2
+    assert "not valid YAML" in capsys.readouterr().err
+    (tmp_path / "bad2.yaml").write_text("epochz: 3\n")
+    assert main(["train", "--config", str(tmp_path / "bad2.yaml")]) == 2
+    assert "unknown training option(s): ['epochz']" in capsys.readouterr().err
+    (tmp_path / "bad3.yaml").write_text("epochs: three\n")
+    assert main(["train", "--config", str(tmp_path / "bad3.yaml")]) == 2
+    assert "'epochs' must be int" in capsys.readouterr().err
