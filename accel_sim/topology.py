@@ -172,48 +172,27 @@ def write_scalesim_csv(layers: Iterable[Layer], path: str | Path) -> None:
 
 # --------------------------------------------------------------------------- torch
 def from_torch(model: "object", input_shape: Sequence[int]) -> list[Layer]:
-    """Trace a torch model once with forward hooks on every Conv2d and Linear.
+    """Conv and linear layers of a torch model, in execution order, named by module path.
 
-    torch is imported here only.  Layers come out in execution order named by their module
-    path (torchvision style).  A module called twice is recorded once per call, suffixed
-    ``#k`` from the second call on.
+    Reads dyngate's graph view (the same fx capture that gating and pruning use), so gated,
+    pruned and plain models all give their real shapes. torch is imported here only.
     """
     import torch  # noqa: PLC0415 - lazy on purpose: the simulator's hot path has no torch
 
-    nn = torch.nn
+    from dyngate.graph import capture  # noqa: PLC0415
+
+    view = capture(model, torch.zeros(*input_shape))
     layers: list[Layer] = []
-    seen: dict[str, int] = {}
-    handles = []
-
-    def hook_for(name: str):
-        def hook(mod, inputs, output):
-            x = inputs[0]
-            count = seen.get(name, 0)
-            seen[name] = count + 1
-            lname = name if count == 0 else f"{name}#{count}"
-            if isinstance(mod, nn.Conv2d):
-                if isinstance(mod.padding, str):
-                    raise ValueError(f"layer {lname}: string padding {mod.padding!r} is not supported")
-                layers.append(Layer(lname, "conv2d", mod.in_channels, mod.out_channels,
-                                    tuple(mod.kernel_size), tuple(mod.stride), tuple(mod.padding),
-                                    tuple(mod.dilation), mod.groups, tuple(x.shape[-2:]),
-                                    tuple(output.shape[-2:])))
-            else:
-                layers.append(linear(lname, mod.in_features, mod.out_features))
-        return hook
-
-    for name, mod in model.named_modules():
-        if isinstance(mod, (nn.Conv2d, nn.Linear)):
-            handles.append(mod.register_forward_hook(hook_for(name)))
-    was_training = getattr(model, "training", False)
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(torch.zeros(*input_shape))
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
+    for info in view.layers.values():
+        if info.kind == "conv2d":
+            if isinstance(info.padding, str):
+                raise ValueError(f"layer {info.name}: string padding {info.padding!r} is not supported")
+            layers.append(Layer(info.name, "conv2d", info.in_channels, info.out_channels,
+                                tuple(info.kernel_size), tuple(info.stride), tuple(info.padding),
+                                tuple(info.dilation), info.groups, tuple(info.input_shape[-2:]),
+                                tuple(info.output_shape[-2:])))
+        else:
+            layers.append(linear(info.name, info.in_channels, info.out_channels))
     if not layers:
         raise ValueError("model has no Conv2d or Linear layers")
     return layers
