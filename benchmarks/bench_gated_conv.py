@@ -117,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--granularity", type=int, default=1)
     ap.add_argument("--ungrouped", action="store_true", help="base path = first C_in/p inputs")
     ap.add_argument("--networks", default="resnet18,resnet20")
+    ap.add_argument("--out-json", help="also write the JSON document to this file")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
@@ -131,12 +132,16 @@ def main(argv: list[str] | None = None) -> int:
             if w["density"] == 0.3:
                 summary[f"{res['network']}_{w['kind']}_0.3"] = {
                     k: w[k] for k in ("real_speedup", "theoretical_speedup", "efficiency")}
+    r18 = next((r for r in results if r["network"] == "resnet18"), None)
+    top = {}
+    if r18 is not None:  # headline: ResNet-18 at density 0.3, random per-element gates
+        top = {k: r18["whole"]["random@0.3"][k] for k in ("real_speedup", "theoretical_speedup")}
+    doc = json.dumps(dict(meta=meta, **top, summary=summary, results=results), indent=1)
+    if args.out_json:
+        with open(args.out_json, "w") as f:
+            f.write(doc + "\n")
     if args.json:
-        r18 = next((r for r in results if r["network"] == "resnet18"), None)
-        top = {}
-        if r18 is not None:  # headline: ResNet-18 at density 0.3, random per-element gates
-            top = {k: r18["whole"]["random@0.3"][k] for k in ("real_speedup", "theoretical_speedup")}
-        print(json.dumps(dict(meta=meta, **top, summary=summary, results=results), indent=1))
+        print(doc)
         return 0
     print(f"threads={meta['threads']} repeats={args.repeats} rule={args.rule} p={args.partitions} "
           f"grouped={meta['grouped']} G={args.granularity} load(1,5,15min) before={load_before} "
