@@ -33,6 +33,8 @@ def _config(args: argparse.Namespace) -> AccelConfig:
     for key in ("dataflow", "word", "schedule"):
         if getattr(args, key, None):
             over["gate_schedule" if key == "schedule" else key] = getattr(args, key)
+    if getattr(args, "no_dense_fallback", False):
+        over["dense_fallback"] = False
     return config_from_mapping({**cfg.to_dict(), **over}, "command line") if over else cfg
 
 
@@ -100,7 +102,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                      help="SCALE-Sim v2 cycle convention (folds x per-fold - 1)")
     run.add_argument("--classes", type=int, help="classifier outputs (built-in networks)")
     _add_hw_args(run)
-    run.add_argument("--schedule", help="gate schedule: column | union")
+    run.add_argument("--schedule", help="conditional-pass hardware: auto (cheapest per layer) | column "
+                     "(per-column compacted lists) | union (shared streams)")
+    run.add_argument("--no-dense-fallback", action="store_true",
+                     help="run every gated layer gated, even where its dense mapping is faster")
     g = run.add_mutually_exclusive_group()
     g.add_argument("--profile", help="dyngate SparsityProfile YAML")
     g.add_argument("--density", type=float, help="uniform gate density on the layers CGNet gates")

@@ -17,7 +17,7 @@ DATAFLOWS = ("os", "ws", "is")
 WORDS = {"int8": 1, "int16": 2, "fp16": 2}  # bytes per operand word
 TECH_NODES = (16, 22, 28, 32, 40, 45, 65, 90)
 DRAM_TYPES = ("lpddr4", "ddr3", "gddr5", "hbm2")
-GATE_SCHEDULES = ("column", "union")
+GATE_SCHEDULES = ("auto", "column", "union")
 
 
 class ConfigError(ValueError):
@@ -40,7 +40,10 @@ class AccelConfig:
     tech_nm: int = 45
     dram_type: str = "lpddr4"
     double_buffer: bool = True
-    gate_schedule: str = "column"   # column: per-column compacted active lists; union: shared stream
+    # conditional-pass hardware (accel_sim.gating): auto = per layer the cheapest of per-column
+    # compacted lists and shared streams; column = lists only; union = shared streams only
+    gate_schedule: str = "auto"
+    dense_fallback: bool = True     # run a gated layer dense when its gated schedule is not faster
     gate_latency: int = 4           # cycles between the last base output and the first conditional fold
     seed: int = 0                   # gate-pattern draws when only densities are known
     fpga_clock_mhz: float = 250.0
@@ -58,8 +61,9 @@ class AccelConfig:
         _check_choice("tech_nm", self.tech_nm, TECH_NODES)
         _check_choice("dram_type", self.dram_type, DRAM_TYPES)
         _check_choice("gate_schedule", self.gate_schedule, GATE_SCHEDULES)
-        if not isinstance(self.double_buffer, bool):
-            raise ConfigError(f"double_buffer: expected true or false, got {self.double_buffer!r}")
+        for name in ("double_buffer", "dense_fallback"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name}: expected true or false, got {getattr(self, name)!r}")
         _check_int("gate_latency", self.gate_latency, 0, 1 << 20)
         _check_int("seed", self.seed, 0, 2**63 - 1)
 

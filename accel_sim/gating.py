@@ -1,26 +1,48 @@
-"""CGNet channel-gating schedule on a systolic array.
+"""CGNet channel-gating schedules on a systolic array, and the per-layer choice between them.
 
-A gated layer runs in three steps:
+A gated layer is the GEMM ``out[M, N] = A[M, K] @ B[K, N]`` (M output pixels, N filters,
+K = kh*kw*C_in).  The input channels are split into ``p`` partitions, contiguous blocks of
+K/p reduction rows (channel-major im2col order).  Filter n's *base set* is one partition:
+partition ``n // (N/p)`` with a grouped (block-diagonal) base path, partition 0 otherwise;
+its *conditional set* is the other K - K/p rows.  The layer runs as
 
-1. **Base pass** (dense): every output over the base input channels, 1/p of the reduction.
-   With a grouped base path (block-diagonal) it is p independent GEMMs of N/p filters each.
-2. **Gate**: the output unit compares each base partial sum with its channel's threshold as it
-   leaves the array (one compare per output element), builds the active lists and compacts
-   them; ``gate_latency`` cycles separate the last base fold from the first conditional fold.
-3. **Conditional pass**: the remaining (p-1)/p of the reduction, only for active outputs,
-   accumulated onto the stored base partial sums.
+1. **base pass**: every output over its base set;
+2. **gate**: the output unit compares each base partial sum with its channel threshold as it
+   leaves the array and compacts the active lists (``gate_latency`` cycles after the last base
+   output has left the array, which on OS is R cycles after the last fold);
+3. **conditional pass**: only the active outputs, over their conditional sets, accumulated onto
+   the stored base partial sums.
 
-The conditional pass keeps each dataflow's mapping but the array's *column* axis (filters for
-OS/WS, output pixels for IS) owns a compacted active list along the other output axis:
+Both passes are run by :func:`pass_counts`, which maps "these outputs, each over its own
+reduction set" onto the array in one of three ways.  Filters that share a reduction set form a
+*class* (a filter group for a grouped base pass; one class for an ungrouped one).
 
-* ``column`` schedule: every column streams its own list (one operand gather per column), so a
-  column fold lasts as long as its *longest* list - load imbalance - and quantises into row
-  folds (OS) or pays fill/drain (WS/IS) like any fold.
-* ``union`` schedule: columns share one operand stream (no gather hardware), so a fold streams
-  the *union* of its columns' lists and inactive outputs inside it are only clock-gated.
+* ``packed``: one shared operand stream per fold (full input reuse), classes side by side in
+  the column tile.  The reduction rows of a fold are the union of the sets of the classes it
+  holds, as a block-diagonal (base) or block-complement (conditional) weight set whose zero
+  blocks are not loaded and do no work; folds with no work are skipped; IS streams, per row
+  tile, only the filters whose set meets the tile's rows.  The stream carries the *union* of
+  the active positions of the fold's columns; inactive outputs in it are clock-gated.
+* ``group``: the same shared stream, one class at a time (p narrower GEMMs).  This is what the
+  first version ran for every base pass: each group streams all M pixels again.
+* ``column``: per-column compacted lists.  Every column has its own operand feed (a gather
+  port per column: no input reuse across columns, counted in the SRAM reads) and its own
+  row-to-reduction mapping, so a fold lasts as long as its *longest* list (load imbalance).
+  IS keeps shared stationary rows (the stream mixes classes), so only its stream is gathered.
 
-Fold cycles come from :func:`accel_sim.dataflow.fold_cycles`, so the gated schedule pays the
-same fill and drain as dense folds.
+The base pass may use ``packed`` or ``group``; the conditional pass ``column`` (needs the
+gather hardware), ``packed`` or ``group``; ``AccelConfig.gate_schedule`` says which the
+hardware has (``auto``: all; ``column``: lists only; ``union``: shared streams only).  Per
+layer the cheapest legal base and conditional mappings are taken (the passes are independent,
+separated by the gate), and when even that is not faster than the layer's dense mapping the
+layer runs dense (``AccelConfig.dense_fallback``): the gate is ignored and every output
+computed in full, as an accelerator whose compiler sees that the gate does not pay would do.
+That happens where the base pass alone already costs the dense time: on WS/OS with N <= C all
+p groups share one column tile, so a block-diagonal base needs all K rows (WS) or a K-long
+stream (OS), exactly the dense fold, and a group-by-group base streams the pixels p times.
+
+Fold cycles come from :func:`accel_sim.dataflow.fold_cycles`; :mod:`accel_sim.pe_array`
+executes the same schedules operand by operand and must agree cycle for cycle.
 
 When only densities are known, the per-element gate pattern is drawn from independent
 Bernoulli(channel density) variables per output element (no spatial correlation), with a
@@ -38,6 +60,10 @@ from accel_sim.dataflow import ceil_div, fold_cycles, folded_cycles, sram_access
 from accel_sim.profile import GateSpec
 from accel_sim.topology import Layer
 
+MODES = ("packed", "group", "column")
+#: conditional-pass mappings each ``gate_schedule`` allows (the base pass is packed or group)
+COND_MODES = {"auto": ("column", "packed", "group"), "column": ("column",), "union": ("packed", "group")}
+
 
 def draw_mask(layer: Layer, spec: GateSpec, rng: np.random.Generator) -> np.ndarray:
     """Boolean gate decisions [output pixels M, output channels N]."""
@@ -47,16 +73,211 @@ def draw_mask(layer: Layer, spec: GateSpec, rng: np.random.Generator) -> np.ndar
     return np.repeat(mask, g, axis=1) if g > 1 else mask
 
 
+def gate_classes(n: int, k: int, partitions: int, grouped: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(class of each filter [N], base-set membership [classes, K], conditional membership).
+
+    Partition q is reduction rows ``[q*K/p, (q+1)*K/p)``; a grouped base gives filter group g
+    partition g, an ungrouped one gives every filter partition 0.
+    """
+    kb = k // partitions
+    part = np.arange(k) // kb
+    if grouped:
+        cls = np.arange(n) // (n // partitions)
+        base = part[None, :] == np.arange(partitions)[:, None]
+    else:
+        cls = np.zeros(n, dtype=np.int64)
+        base = (part == 0)[None, :]
+    return cls, base, ~base
+
+
+@dataclass(frozen=True)
+class PassCounts:
+    """Cycles and action counts of one pass (base or conditional) under one mapping."""
+
+    cycles: int
+    folds: int
+    balanced_cycles: int   # the same folds if every stream were the mean per-column list
+    macs: int
+    ifmap_reads: int
+    filter_reads: int
+    ofmap_writes: int
+    ofmap_reads: int
+
+    @property
+    def sram_reads(self) -> int:
+        return self.ifmap_reads + self.filter_reads + self.ofmap_reads
+
+
+EMPTY_PASS = PassCounts(0, 0, 0, 0, 0, 0, 0, 0)
+
+
+def _tiles(x: np.ndarray, width: int) -> np.ndarray:
+    """Split the last axis into tiles of ``width`` (zero padded): [..., tiles, width]."""
+    size = x.shape[-1]
+    nt = -(-size // width)
+    pad = np.zeros(x.shape[:-1] + (nt * width,), dtype=x.dtype)
+    pad[..., :size] = x
+    return pad.reshape(x.shape[:-1] + (nt, width))
+
+
+def _chunks_touched(rows: np.ndarray, member: np.ndarray, height: int) -> np.ndarray:
+    """For reduction rows ``rows`` laid out in order down the array in chunks of ``height``:
+    how many chunks hold at least one row of each class set (``member`` [classes, K])."""
+    pos = np.arange(rows.size) // height
+    hit = member[:, rows]                                   # [classes, len(rows)]
+    touched = np.zeros((member.shape[0], max(1, -(-rows.size // height))), dtype=bool)
+    for g in range(member.shape[0]):
+        touched[g, np.unique(pos[hit[g]])] = True
+    return touched.sum(axis=1)
+
+
+def _filters_on_columns(dataflow: str, rows: int, cols: int, needed: np.ndarray, cls: np.ndarray,
+                        member: np.ndarray, mode: str, accumulate: bool) -> PassCounts:
+    """OS / WS: filters on the columns, pixels streamed (WS) or on the rows (OS)."""
+    size = member.sum(axis=1)                               # reduction rows per class
+    ncls = member.shape[0]
+    per_col = needed.sum(axis=0)                            # active list length per filter
+    col_set = size[cls]                                     # its reduction rows
+    macs = int((per_col * col_set).sum())
+    first = 0 if accumulate else int(per_col.sum())         # outputs whose first psum is a write
+    tn = _tiles(needed, cols)                               # [M, tiles, C]
+    lists = _tiles(per_col, cols)                           # [tiles, C]
+    width = _tiles(np.ones_like(per_col), cols).sum(axis=1)
+    mean = ceil_div(lists.sum(axis=1), width)
+    if mode == "column":
+        length = lists.max(axis=1)
+        work = length > 0
+        s = int(size[0])                                    # all classes have the same set size
+        if dataflow == "os":
+            rf = ceil_div(length, rows)
+            per = fold_cycles("os", rows, cols, s)
+            cycles, bal = int((rf * per).sum()), int((ceil_div(mean, rows) * per).sum())
+            filt = int((ceil_div(per_col, rows) * s).sum())
+            writes = int(per_col.sum())
+        else:
+            rf = int(ceil_div(s, rows))
+            cycles = int((rf * fold_cycles("ws", rows, cols, length[work])).sum())
+            bal = int((rf * fold_cycles("ws", rows, cols, mean[work])).sum())
+            rf = np.where(work, rf, 0)
+            filt = int(((per_col > 0) * col_set).sum())
+            writes = int(per_col.sum()) * int(ceil_div(s, rows))
+        return PassCounts(cycles, int(rf.sum()), bal, macs, int((per_col * col_set).sum()), filt,
+                          writes, writes - first)
+    # packed: one shared stream per column tile; rows = union of the sets of the classes held
+    union = tn.any(axis=2).sum(axis=0)                      # union of the tile's active pixels
+    tcls = _tiles(cls, cols)
+    live_col = lists > 0
+    present = np.zeros((tcls.shape[0], ncls), dtype=bool)
+    for g in range(ncls):
+        present[:, g] = ((tcls == g) & live_col).any(axis=1)
+    extent = (present.astype(np.int64) @ member.astype(np.int64) > 0).sum(axis=1)
+    work = union > 0
+    if dataflow == "os":
+        rf = ceil_div(union, rows)
+        cycles = int((rf * fold_cycles("os", rows, cols, extent)).sum())
+        bal = int((ceil_div(mean, rows) * fold_cycles("os", rows, cols, extent)).sum())
+        ifm = int((union * extent).sum())
+        filt = int((rf * _tiles(col_set * (per_col > 0), cols).sum(axis=1)).sum())
+        writes = int(per_col.sum())
+        folds = int(rf.sum())
+    else:
+        rf = np.where(work, ceil_div(extent, rows), 0)
+        cycles = int((rf * fold_cycles("ws", rows, cols, union))[work].sum())
+        bal = int((rf * fold_cycles("ws", rows, cols, mean))[work].sum())
+        ifm = int((union * extent).sum())
+        filt = int(((per_col > 0) * col_set).sum())
+        writes = 0
+        for j in np.nonzero(work)[0]:
+            rows_j = np.nonzero(member[present[j]].any(axis=0))[0]
+            touch = _chunks_touched(rows_j, member, rows)    # row folds each class's psum visits
+            writes += int((lists[j] * touch[tcls[j]]).sum())
+        folds = int(rf.sum())
+    return PassCounts(cycles, folds, bal, macs, ifm, filt, writes, writes - first)
+
+
+def _pixels_on_columns(rows: int, cols: int, needed: np.ndarray, cls: np.ndarray, member: np.ndarray,
+                       mode: str, accumulate: bool) -> PassCounts:
+    """IS: pixels stationary on the columns, filters streamed, reduction rows shared per fold."""
+    ncls = member.shape[0]
+    size = member.sum(axis=1)
+    onehot = cls[:, None] == np.arange(ncls)[None, :]       # [N, classes]
+    cnt = needed.astype(np.int64) @ onehot                  # [M, classes] active filters per class
+    macs = int((cnt * size).sum())
+    first = 0 if accumulate else int(needed.sum())
+    rows_k = np.nonzero(member[cnt.sum(axis=0) > 0].any(axis=0))[0]
+    if rows_k.size == 0:
+        return EMPTY_PASS
+    tile_of = np.arange(rows_k.size) // rows
+    nrt = int(tile_of[-1]) + 1
+    overlap = np.zeros((nrt, ncls), dtype=np.int64)         # rows of each class set in each row tile
+    for i in range(nrt):
+        overlap[i] = member[:, rows_k[tile_of == i]].sum(axis=1)
+    elig = overlap > 0                                      # [row tiles, classes]
+    rows_used = np.bincount(tile_of)
+    tc = _tiles(cnt.T, cols)                                # [classes, pixel tiles, C]
+    width = _tiles(np.ones(needed.shape[0], dtype=np.int64), cols).sum(axis=1)
+    per_col = np.einsum("ig,gjc->ijc", elig.astype(np.int64), tc)     # [row tiles, pixel tiles, C]
+    mean = ceil_div(per_col.sum(axis=2), width[None, :])
+    if mode == "column":
+        length = per_col.max(axis=2)
+        filt = int(np.einsum("ig,gjc->", overlap, tc))
+    else:
+        tn = _tiles(needed.T, cols)                         # [N, pixel tiles, C]
+        ucnt = (tn.any(axis=2).astype(np.int64).T @ onehot)  # [pixel tiles, classes] union filters
+        length = elig.astype(np.int64) @ ucnt.T              # [row tiles, pixel tiles]
+        filt = int((overlap @ ucnt.T).sum())
+    work = length > 0
+    cycles = int(fold_cycles("is", rows, cols, length)[work].sum())
+    bal = int(fold_cycles("is", rows, cols, mean)[work].sum())
+    ifm = int((work * rows_used[:, None] * width[None, :]).sum())
+    writes = int(per_col[work].sum())
+    return PassCounts(cycles, int(work.sum()), bal, macs, ifm, filt, writes, writes - first)
+
+
+def pass_counts(dataflow: str, rows: int, cols: int, needed: np.ndarray, cls: np.ndarray,
+                member: np.ndarray, mode: str, accumulate: bool) -> PassCounts:
+    """One pass: output (m, n) is computed over reduction rows ``member[cls[n]]`` iff ``needed[m, n]``.
+
+    ``accumulate``: every output adds onto a stored partial sum (the conditional pass), so each
+    psum write is a read-modify-write.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode: got {mode!r}; allowed: {', '.join(MODES)}")
+    if not needed.any():
+        return EMPTY_PASS
+    if mode == "group":
+        parts = [pass_counts(dataflow, rows, cols, needed[:, cls == g], np.zeros(int((cls == g).sum()), np.int64),
+                             member[g:g + 1], "packed", accumulate) for g in range(member.shape[0])]
+        return PassCounts(*(sum(getattr(p, f) for p in parts) for f in PassCounts.__dataclass_fields__))
+    if dataflow == "is":
+        return _pixels_on_columns(rows, cols, needed, cls, member, mode, accumulate)
+    if dataflow in ("os", "ws"):
+        return _filters_on_columns(dataflow, rows, cols, needed, cls, member, mode, accumulate)
+    raise ValueError(f"dataflow: got {dataflow!r}; allowed: os, ws, is")
+
+
+def gate_drain(dataflow: str, rows: int, cond: PassCounts, gate_latency: int) -> int:
+    """Cycles between the last base fold and the first conditional fold: OS must first shift
+    the last base fold's accumulators out (R cycles), then the gate compacts the lists.  None
+    when nothing is active (the base drain is then the layer's ordinary epilogue)."""
+    if not cond.folds:
+        return 0
+    return (rows if dataflow == "os" else 0) + gate_latency
+
+
 @dataclass(frozen=True)
 class GatedCounts:
-    """Cycle and action counts of one gated layer (compute only; stalls come from memory)."""
+    """Cycle and action counts of one gated layer under the chosen schedule (compute only;
+    stalls come from memory)."""
 
+    schedule: str          # "<base mapping>+<conditional mapping>", or "dense" (gate not worth it)
     base_cycles: int
     cond_cycles: int
     gate_cycles: int
     folds: int
     base_macs: int
-    executed_macs: int
+    gated_macs: int        # MACs the gated schedule needs (base + active x conditional)
+    executed_macs: int     # MACs the chosen schedule runs (= all MACs when it fell back to dense)
     skipped_macs: int
     active_outputs: int
     compares: int
@@ -66,53 +287,26 @@ class GatedCounts:
     ofmap_reads: int
     active_channels: int   # output channels with at least one active output
     active_pixels: int     # output pixels with at least one active output
-    cond_balanced_cycles: int  # conditional pass if every column of a fold had the mean list
-    fill_drain_cycles: int     # fold fill/drain of both passes (fold cycles with T = 0)
+    cond_balanced_cycles: int  # conditional pass if every stream were its fold's mean list
+    fill_drain_cycles: int     # fold fill/drain of all folds (fold cycles with T = 0)
+    gated_compute_cycles: int  # best gated schedule, also when the dense mapping was cheaper
+    candidates: dict           # "<base>+<cond>" -> compute cycles of every legal gated schedule
 
     @property
     def compute_cycles(self) -> int:
         return self.base_cycles + self.gate_cycles + self.cond_cycles
 
 
-def conditional_schedule(dataflow: str, rows: int, cols: int, mask: np.ndarray, k_c: int,
-                         schedule: str) -> dict[str, int]:
-    """Cycles and SRAM reads of the conditional pass for the active outputs in ``mask`` [M, N]."""
-    x = mask.T if dataflow == "is" else mask        # x[list item, column]
-    n_col = x.shape[1]
-    cf = -(-n_col // cols)
-    pad = np.zeros((x.shape[0], cf * cols), dtype=bool)
-    pad[:, :n_col] = x
-    per_fold = pad.reshape(x.shape[0], cf, cols)
-    if schedule == "column":
-        length = per_fold.sum(axis=0).max(axis=1)          # longest list in the fold
-    else:
-        length = per_fold.any(axis=2).sum(axis=0)          # union of the fold's lists
-    cols_in_fold = np.minimum(cols, n_col - np.arange(cf) * cols)
-    balanced = ceil_div(per_fold.sum(axis=(0, 2)), cols_in_fold)
-    work = length > 0
-    active = int(x.sum())
-    stream = active * k_c if schedule == "column" else int(length.sum()) * k_c
-    if dataflow == "os":
-        row_folds = ceil_div(length, rows)
-        cycles = int((row_folds * fold_cycles("os", rows, cols, k_c)).sum())
-        bal = int((ceil_div(balanced, rows) * fold_cycles("os", rows, cols, k_c)).sum())
-        other = int((row_folds * k_c * cols_in_fold).sum())          # filters, per row fold
-        reads = {"ifmap_reads": stream, "filter_reads": other}
-        psum_passes, folds = 1, int(row_folds.sum())
-    else:
-        rf = int(ceil_div(k_c, rows))
-        cycles = int((rf * fold_cycles(dataflow, rows, cols, length[work])).sum())
-        bal = int((rf * fold_cycles(dataflow, rows, cols, balanced[work])).sum())
-        stationary = int(k_c * cols_in_fold[work].sum())
-        reads = ({"ifmap_reads": stream, "filter_reads": stationary} if dataflow == "ws"
-                 else {"ifmap_reads": stationary, "filter_reads": stream})
-        psum_passes, folds = rf, int(rf * work.sum())
-    return {"cycles": cycles, "balanced_cycles": bal, "folds": folds, **reads,
-            "ofmap_writes": active * psum_passes, "ofmap_reads": active * psum_passes}
+def _best(options: dict[str, PassCounts]) -> tuple[str, PassCounts]:
+    """Fewest cycles; ties go to fewer SRAM reads (more reuse, less energy)."""
+    return min(options.items(), key=lambda kv: (kv[1].cycles, kv[1].sram_reads))
 
 
-def gated_layer(layer: Layer, spec: GateSpec, cfg: AccelConfig, rng: np.random.Generator) -> GatedCounts:
-    """Schedule one gated layer (base pass, gate, conditional pass) on the configured array."""
+def gated_layer(layer: Layer, spec: GateSpec, cfg: AccelConfig, rng: np.random.Generator,
+                mask: np.ndarray | None = None) -> GatedCounts:
+    """Schedule one gated layer: the cheapest legal base and conditional mappings, or the
+    dense mapping when that is faster (and ``cfg.dense_fallback``).  ``mask`` [M, N] overrides
+    the drawn gate pattern."""
     if layer.groups != 1:
         raise ValueError(f"layer {layer.name}: gated layers must have groups 1, got {layer.groups}")
     p = spec.partitions
@@ -123,29 +317,40 @@ def gated_layer(layer: Layer, spec: GateSpec, cfg: AccelConfig, rng: np.random.G
                          f"out_channels is {layer.out_channels}")
     df, r, c = cfg.dataflow, cfg.rows, cfg.cols
     m, n, k = layer.gemm_m, layer.gemm_n, layer.gemm_k
-    k_b = k // p
-    k_c = k - k_b
-    if spec.grouped and n % p == 0:
-        base_dims = dict(m=m, n=n // p, k=k_b, groups=p)
-    else:
-        base_dims = dict(m=m, n=n, k=k_b, groups=1)
-    base_cycles = int(folded_cycles(df, r, c, **base_dims))
-    base_folds = int(total_folds(df, r, c, **base_dims))
-    base_sram = {key: int(v) for key, v in sram_accesses(df, r, c, **base_dims).items()}
-    mask = draw_mask(layer, spec, rng)
-    cond = conditional_schedule(df, r, c, mask, k_c, cfg.gate_schedule)
+    grouped = spec.grouped and n % p == 0
+    cls, base_set, cond_set = gate_classes(n, k, p, grouped)
+    if mask is None:
+        mask = draw_mask(layer, spec, rng)
+    everything = np.ones((m, n), dtype=bool)
+    base_modes = ("packed", "group") if grouped else ("packed",)
+    cond_modes = tuple(md for md in COND_MODES[cfg.gate_schedule] if grouped or md != "group")
+    bases = {md: pass_counts(df, r, c, everything, cls, base_set, md, False) for md in base_modes}
+    conds = {md: pass_counts(df, r, c, mask, cls, cond_set, md, True) for md in cond_modes}
+    candidates = {f"{b}+{cm}": bp.cycles + gate_drain(df, r, cp, cfg.gate_latency) + cp.cycles
+                  for b, bp in bases.items() for cm, cp in conds.items()}
+    b_name, base = _best(bases)
+    c_name, cond = _best(conds)
+    gate = gate_drain(df, r, cond, cfg.gate_latency)
+    gated_total = base.cycles + gate + cond.cycles
     active = int(mask.sum())
-    base_macs = m * n * k_b
+    fill = int(fold_cycles(df, r, c, 0))
+    common = dict(active_outputs=active, gated_macs=base.macs + cond.macs,
+                  active_channels=int(mask.any(axis=0).sum()), active_pixels=int(mask.any(axis=1).sum()),
+                  gated_compute_cycles=gated_total, candidates=candidates)
+    dense_total = int(folded_cycles(df, r, c, m, n, k))
+    if cfg.dense_fallback and dense_total <= gated_total:
+        sram = {key: int(v) for key, v in sram_accesses(df, r, c, m, n, k).items()}
+        folds = int(total_folds(df, r, c, m, n, k))
+        return GatedCounts(schedule="dense", base_cycles=dense_total, cond_cycles=0, gate_cycles=0,
+                           folds=folds, base_macs=m * n * k, executed_macs=m * n * k, skipped_macs=0,
+                           compares=0, cond_balanced_cycles=0, fill_drain_cycles=fill * folds, **sram,
+                           **common)
     return GatedCounts(
-        base_cycles=base_cycles, cond_cycles=cond["cycles"], gate_cycles=cfg.gate_latency,
-        folds=base_folds + cond["folds"], base_macs=base_macs,
-        executed_macs=base_macs + active * k_c, skipped_macs=(m * n - active) * k_c,
-        active_outputs=active, compares=m * n,
-        ifmap_reads=base_sram["ifmap_reads"] + cond["ifmap_reads"],
-        filter_reads=base_sram["filter_reads"] + cond["filter_reads"],
-        ofmap_writes=base_sram["ofmap_writes"] + cond["ofmap_writes"],
-        ofmap_reads=base_sram["ofmap_reads"] + cond["ofmap_reads"],
-        active_channels=int(mask.any(axis=0).sum()), active_pixels=int(mask.any(axis=1).sum()),
-        cond_balanced_cycles=cond["balanced_cycles"],
-        fill_drain_cycles=int(fold_cycles(df, r, c, 0)) * (base_folds + cond["folds"]),
-    )
+        schedule=f"{b_name}+{c_name}" if cond.folds else b_name,
+        base_cycles=base.cycles, cond_cycles=cond.cycles, gate_cycles=gate,
+        folds=base.folds + cond.folds, base_macs=base.macs, executed_macs=base.macs + cond.macs,
+        skipped_macs=m * n * k - base.macs - cond.macs, compares=m * n,
+        ifmap_reads=base.ifmap_reads + cond.ifmap_reads, filter_reads=base.filter_reads + cond.filter_reads,
+        ofmap_writes=base.ofmap_writes + cond.ofmap_writes, ofmap_reads=base.ofmap_reads + cond.ofmap_reads,
+        cond_balanced_cycles=cond.balanced_cycles, fill_drain_cycles=fill * (base.folds + cond.folds),
+        **common)

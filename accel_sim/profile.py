@@ -147,12 +147,15 @@ def match_profile(profile: Profile, layers: list[Layer]) -> dict[str, GateSpec]:
     by_name = {e["name"]: e for e in profile.layers}
     topo_names = [l.name for l in layers]
     missing = [n for n in topo_names if n not in by_name]
+    who = f"{profile.source} (profile of model {profile.model!r})" if profile.model else profile.source
     if missing:
-        raise ProfileError(f"{profile.source}: layer {missing[0]} of the topology is missing from the profile"
+        raise ProfileError(f"{who}: does not match the topology: layer {missing[0]} of the topology is missing "
+                           f"from the profile"
                            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
     extra = [n for n in by_name if n not in set(topo_names)]
     if extra:
-        raise ProfileError(f"{profile.source}: layer {extra[0]} in the profile is not in the topology"
+        raise ProfileError(f"{who}: does not match the topology: layer {extra[0]} in the profile is not in "
+                           f"the topology"
                            + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""))
     specs: dict[str, GateSpec] = {}
     for l in layers:

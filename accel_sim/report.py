@@ -9,7 +9,7 @@ from typing import Any
 
 from accel_sim.simulate import ROW_KEYS, SimResult
 
-_TABLE_COLS = [("name", "layer", "{}"), ("density", "dens", "{:.2f}"), ("macs", "MACs", "{:,}"),
+_TABLE_COLS = [("name", "layer", "{}"), ("schedule", "schedule", "{}"), ("density", "dens", "{:.2f}"), ("macs", "MACs", "{:,}"),
                ("dense_cycles", "dense cyc", "{:,}"), ("gated_cycles", "gated cyc", "{:,}"),
                ("speedup", "speedup", "{:.2f}x"), ("theoretical_speedup", "MAC ratio", "{:.2f}x"),
                ("utilization", "util", "{:.0%}"), ("dense_stall_cycles", "stall", "{:,}"),
@@ -30,7 +30,7 @@ def format_table(result: SimResult) -> str:
     body = [[_fmt(k, f, r[k]) + ("*" if k == "name" and r["gated"] else "") for k, _, f in _TABLE_COLS]
             for r in result.rows]
     t = result.totals
-    total = ["TOTAL", "", f"{t['macs']:,}", f"{t['dense_cycles']:,}", f"{t['gated_cycles']:,}",
+    total = ["TOTAL", "", "", f"{t['macs']:,}", f"{t['dense_cycles']:,}", f"{t['gated_cycles']:,}",
              f"{t['speedup']:.2f}x", f"{t['theoretical_speedup']:.2f}x", f"{t['utilization']:.0%}", "",
              f"{t['gated_dram_bytes']:,}", f"{t['energy_pj'] / 1e6:.1f}"]
     widths = [max(len(row[i]) for row in [head, *body, total]) for i in range(len(head))]
@@ -43,7 +43,8 @@ def format_table(result: SimResult) -> str:
            f"{cfg.clock_mhz:g} MHz  {cfg.tech_nm} nm  gate schedule {cfg.gate_schedule}"
            + ("  [SCALE-Sim compat]" if result.compat else ""),
            line(head), line(["-" * w for w in widths]), *map(line, body), line(["-" * w for w in widths]),
-           line(total), "(* gated layer; cycles include DRAM stalls; energy is the gated run)",
+           line(total), "(* gated layer; schedule = base+conditional mapping, dense-fallback where the gate "
+           "would not pay; cycles include DRAM stalls; energy is the gated run)",
            f"gated layers only: speedup {t['gated_layers_speedup']:.2f}x vs MAC ratio "
            f"{t['gated_layers_theoretical_speedup']:.2f}x;  off-chip traffic reduction "
            f"{t['traffic_reduction']:.2f}x;  energy {t['dense_energy_pj'] / 1e6:.1f} -> "

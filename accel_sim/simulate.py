@@ -1,8 +1,11 @@
 """Whole-network simulation: dense and gated execution of every layer, side by side.
 
 Dense numbers for all layers are one vectorised numpy evaluation of the closed forms; each
-gated layer adds one pass of :func:`accel_sim.gating.gated_layer`.  Layers without a gate spec
-run dense in the gated network too.
+gated layer adds one pass of :func:`accel_sim.gating.gated_layer`, which picks the layer's
+cheapest schedule (``schedule`` in the rows; ``dense-fallback`` when the layer's gate would not
+pay and it runs dense).  Layers without a gate spec run dense in the gated network too.
+``theoretical_speedup`` is the gate's MAC ratio (all MACs over base + active x conditional),
+also for a layer that fell back, so the rows show what the gate offered and what was taken.
 """
 from __future__ import annotations
 
@@ -19,14 +22,14 @@ from accel_sim.memory import dram_words, stall_cycles, usable_words
 from accel_sim.profile import GateSpec
 from accel_sim.topology import Layer
 
-ROW_KEYS = ("name", "kind", "gated", "density", "macs", "executed_macs", "skipped_macs",
+ROW_KEYS = ("name", "kind", "gated", "schedule", "density", "macs", "executed_macs", "skipped_macs",
             "dense_compute_cycles", "dense_stall_cycles", "dense_cycles",
             "gated_compute_cycles", "gated_stall_cycles", "gated_cycles", "cycles",
             "speedup", "theoretical_speedup", "utilization", "mapping_efficiency",
             "ifmap_sram_reads", "filter_sram_reads", "ofmap_sram_writes", "ofmap_sram_reads",
             "dense_dram_bytes", "gated_dram_bytes", "traffic_reduction",
             "dense_energy_pj", "energy_pj", "ideal_gated_cycles", "fill_drain_cycles",
-            "imbalance_cycles")
+            "imbalance_cycles", "best_gated_compute_cycles")
 
 
 @dataclass
@@ -84,6 +87,9 @@ def simulate(layers: list[Layer], cfg: AccelConfig, gates: dict[str, GateSpec] |
     g_comp = d_comp.astype(np.float64).copy()
     g_folds = folds.astype(np.float64).copy()
     exe = macs.astype(np.float64).copy()
+    gated_macs = macs.astype(np.float64).copy()
+    schedule = ["dense"] * len(layers)
+    best_gated = d_comp.astype(np.float64).copy()
     skipped = np.zeros(len(layers))
     compares = np.zeros(len(layers))
     g_sram = {key: v.astype(np.float64).copy() for key, v in sram.items()}
@@ -102,6 +108,9 @@ def simulate(layers: list[Layer], cfg: AccelConfig, gates: dict[str, GateSpec] |
         gc = gated_layer(layer, spec, cfg, rng)
         epi = layer_epilogue(df, R, compat)  # gated layers have groups 1
         g_comp[idx] = gc.compute_cycles + epi
+        best_gated[idx] = gc.gated_compute_cycles + epi
+        gated_macs[idx] = gc.gated_macs
+        schedule[idx] = "dense-fallback" if gc.schedule == "dense" else gc.schedule
         g_folds[idx] = gc.folds
         ideal[idx] = gc.executed_macs / (R * C)
         fill[idx] = gc.fill_drain_cycles
@@ -110,6 +119,8 @@ def simulate(layers: list[Layer], cfg: AccelConfig, gates: dict[str, GateSpec] |
         density[idx] = gc.active_outputs / (m[idx] * n[idx])
         g_sram["ifmap_reads"][idx], g_sram["filter_reads"][idx] = gc.ifmap_reads, gc.filter_reads
         g_sram["ofmap_writes"][idx], g_sram["ofmap_reads"][idx] = gc.ofmap_writes, gc.ofmap_reads
+        if gc.schedule == "dense":
+            continue  # the layer runs its dense mapping: dense DRAM traffic
         p = spec.partitions
         px_frac, ch_frac = gc.active_pixels / m[idx], gc.active_channels / n[idx]
         base_share = 1.0 if spec.grouped else 1.0 / p
@@ -132,13 +143,14 @@ def simulate(layers: list[Layer], cfg: AccelConfig, gates: dict[str, GateSpec] |
     rows = []
     for i, l in enumerate(layers):
         rows.append({
-            "name": l.name, "kind": l.kind, "gated": l.name in gates, "density": float(density[i]),
+            "name": l.name, "kind": l.kind, "gated": l.name in gates, "schedule": schedule[i],
+            "density": float(density[i]),
             "macs": int(macs[i]), "executed_macs": int(exe[i]), "skipped_macs": int(skipped[i]),
             "dense_compute_cycles": int(d_comp[i]), "dense_stall_cycles": int(d_stall[i]),
             "dense_cycles": int(d_total[i]),
             "gated_compute_cycles": int(g_comp[i]), "gated_stall_cycles": int(g_stall[i]),
             "gated_cycles": int(g_total[i]), "cycles": int(g_total[i]),
-            "speedup": _ratio(d_total[i], g_total[i]), "theoretical_speedup": _ratio(macs[i], exe[i]),
+            "speedup": _ratio(d_total[i], g_total[i]), "theoretical_speedup": _ratio(macs[i], gated_macs[i]),
             "utilization": _ratio(macs[i], d_total[i] * R * C),
             "mapping_efficiency": float(map_eff[i]),
             "ifmap_sram_reads": int(sram["ifmap_reads"][i]), "filter_sram_reads": int(sram["filter_reads"][i]),
@@ -147,7 +159,7 @@ def simulate(layers: list[Layer], cfg: AccelConfig, gates: dict[str, GateSpec] |
             "traffic_reduction": _ratio(d_bytes[i], g_bytes[i]),
             "dense_energy_pj": float(d_energy["total"][i]), "energy_pj": float(g_energy["total"][i]),
             "ideal_gated_cycles": float(ideal[i]), "fill_drain_cycles": int(fill[i]),
-            "imbalance_cycles": int(imbalance[i]),
+            "imbalance_cycles": int(imbalance[i]), "best_gated_compute_cycles": int(best_gated[i]),
         })
     dense_c, gated_c = float(d_total.sum()), float(g_total.sum())
     totals = {
@@ -155,11 +167,12 @@ def simulate(layers: list[Layer], cfg: AccelConfig, gates: dict[str, GateSpec] |
         "macs": int(macs.sum()), "executed_macs": int(exe.sum()), "skipped_macs": int(skipped.sum()),
         "dense_compute_cycles": int(d_comp.sum()), "gated_compute_cycles": int(g_comp.sum()),
         "dense_cycles": int(dense_c), "gated_cycles": int(gated_c),
-        "speedup": _ratio(dense_c, gated_c), "theoretical_speedup": _ratio(macs.sum(), exe.sum()),
+        "speedup": _ratio(dense_c, gated_c), "theoretical_speedup": _ratio(macs.sum(), gated_macs.sum()),
         "gated_layers_speedup": _ratio(d_total[[r["gated"] for r in rows]].sum(),
                                        g_total[[r["gated"] for r in rows]].sum()),
         "gated_layers_theoretical_speedup": _ratio(macs[[r["gated"] for r in rows]].sum(),
-                                                   exe[[r["gated"] for r in rows]].sum()),
+                                                   gated_macs[[r["gated"] for r in rows]].sum()),
+        "dense_fallback_layers": [r["name"] for r in rows if r["schedule"] == "dense-fallback"],
         "utilization": _ratio(macs.sum(), dense_c * R * C),
         "dense_dram_bytes": int(d_bytes.sum()), "gated_dram_bytes": int(g_bytes.sum()),
         "traffic_reduction": _ratio(d_bytes.sum(), g_bytes.sum()),

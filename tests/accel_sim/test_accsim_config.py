@@ -17,7 +17,8 @@ def test_defaults_are_int8_32x32():
     ("tech_nm", 7, "tech_nm: got 7; allowed: 16, 22"),
     ("ifmap_sram_kb", -1, "ifmap_sram_kb: -1 out of range"),
     ("dram_bytes_per_cycle", "fast", "dram_bytes_per_cycle: expected a number"),
-    ("gate_schedule", "greedy", "allowed: column, union"),
+    ("gate_schedule", "greedy", "allowed: auto, column, union"),
+    ("dense_fallback", 1, "dense_fallback: expected true or false"),
     ("double_buffer", "yes", "double_buffer: expected true or false"),
 ])
 def test_bad_field_is_named(field, value, needle):

@@ -7,7 +7,8 @@ import pytest
 import yaml
 
 from accel_sim import AccelConfig, GateSpec, ProfileError, build_network, load_profile, match_profile, simulate
-from accel_sim.gating import conditional_schedule, gated_layer
+from accel_sim.dataflow import dense_cycles, layer_epilogue
+from accel_sim.gating import gate_classes, gated_layer, pass_counts
 from accel_sim.networks import cgnet_gated
 from accel_sim.topology import conv
 
@@ -85,35 +86,87 @@ def test_cgnet_rule():
     assert "features.2.conv.0.0" in mb and "features.2.conv.1.0" not in mb  # depthwise stays dense
 
 
-def test_conditional_schedule_by_hand():
-    # OS on a 2x2 array, 4 pixels x 3 channels; column 0 has 3 active, column 1 has 1, column 2 has 2
+def test_conditional_pass_by_hand():
+    # 4 pixels x 3 filters, ungrouped base (p=3, K=6: base rows 0-1, conditional rows 2-5);
+    # column 0 has 3 active pixels, column 1 has 1, column 2 has 2
     mask = np.array([[1, 0, 1], [1, 0, 0], [1, 1, 1], [0, 0, 0]], dtype=bool)
-    col = conditional_schedule("os", 2, 2, mask, k_c=5, schedule="column")
-    # fold 0 (cols 0,1): longest list 3 -> 2 row folds; fold 1 (col 2): 2 -> 1 row fold; 2+2+5-2 = 7 each
-    assert col["cycles"] == 3 * 7 and col["folds"] == 3
-    uni = conditional_schedule("os", 2, 2, mask, k_c=5, schedule="union")
-    assert uni["cycles"] == 3 * 7          # union of fold 0 = 3 pixels, fold 1 = 2
-    ws = conditional_schedule("ws", 2, 2, mask, k_c=5, schedule="column")
-    # 3 row folds of the reduction; fold 0 streams 3, fold 1 streams 2: 3*(4+2+3-2) + 3*(4+2+2-2)
-    assert ws["cycles"] == 3 * 7 + 3 * 6
-    assert ws["ifmap_reads"] == 6 * 5 and ws["ofmap_writes"] == 6 * 3
+    cls, _, cond = gate_classes(3, 6, 3, grouped=False)
+    col = pass_counts("os", 2, 2, mask, cls, cond, "column", accumulate=True)
+    # OS 2x2: fold 0 (cols 0,1) longest list 3 -> 2 row folds; fold 1 (col 2) 2 -> 1; 2+2+4-2 = 6 each
+    assert col.cycles == 3 * 6 and col.folds == 3
+    uni = pass_counts("os", 2, 2, mask, cls, cond, "packed", accumulate=True)
+    assert uni.cycles == 3 * 6      # unions: pixels {0,1,2} then {0,2}
+    ws = pass_counts("ws", 2, 2, mask, cls, cond, "column", accumulate=True)
+    # 2 row folds of the 4 conditional rows; fold 0 streams 3, fold 1 streams 2
+    assert ws.cycles == 2 * (4 + 2 + 3 - 2) + 2 * (4 + 2 + 2 - 2)
+    # per-column lists: each active output reads its own 4 inputs; 2 psum updates per output
+    assert ws.ifmap_reads == 6 * 4 and ws.ofmap_writes == ws.ofmap_reads == 6 * 2
+    wsu = pass_counts("ws", 2, 2, mask, cls, cond, "packed", accumulate=True)
+    assert wsu.ifmap_reads == (3 + 2) * 4   # the shared stream reads each union pixel once per row
+
+
+def test_grouped_base_packed_vs_group_by_hand():
+    # WS 8x8, 5 pixels, 4 filters in p=2 groups, K=8 (partition 0: rows 0-3, partition 1: 4-7)
+    cls, base, _ = gate_classes(4, 8, 2, grouped=True)
+    every = np.ones((5, 4), dtype=bool)
+    packed = pass_counts("ws", 8, 8, every, cls, base, "packed", accumulate=False)
+    group = pass_counts("ws", 8, 8, every, cls, base, "group", accumulate=False)
+    # both groups share the column tile: one block-diagonal fold of 8 rows, 2*8+8+5-2 = 27
+    assert packed.cycles == 27 and packed.macs == 5 * 4 * 4
+    assert group.cycles == 2 * 27       # group by group streams the pixels twice
+    assert packed.cycles == int(dense_cycles("ws", 8, 8, 5, 4, 8))   # and equals the dense fold
 
 
 @pytest.mark.parametrize("dataflow", ["os", "ws", "is"])
 def test_gated_counters(dataflow):
     layer = conv("c", 64, 64, 3, (14, 14))
-    cfg = AccelConfig(dataflow=dataflow, rows=16, cols=16)
+    cfg = AccelConfig(dataflow=dataflow, rows=16, cols=16, dense_fallback=False)
     rng = lambda: np.random.default_rng(0)  # noqa: E731
     full = gated_layer(layer, GateSpec(4, np.ones(64)), cfg, rng())
     assert full.executed_macs == layer.macs and full.skipped_macs == 0
     none = gated_layer(layer, GateSpec(4, np.zeros(64)), cfg, rng())
-    assert none.executed_macs == layer.macs // 4 and none.cond_cycles == 0
+    assert none.executed_macs == layer.macs // 4 and none.cond_cycles == 0 and none.gate_cycles == 0
     half = gated_layer(layer, GateSpec(4, np.full(64, 0.35)), cfg, rng())
     assert half.executed_macs + half.skipped_macs == layer.macs
     assert none.compute_cycles < half.compute_cycles < full.compute_cycles
     assert half.cond_balanced_cycles <= half.cond_cycles
+    assert half.compute_cycles == min(half.candidates.values())
     union = gated_layer(layer, GateSpec(4, np.full(64, 0.35)), cfg.replace(gate_schedule="union"), rng())
-    assert union.cond_cycles >= half.cond_cycles   # a shared stream cannot beat per-column lists
+    assert union.cond_cycles >= half.cond_cycles   # auto may also pick lists; never worse
+    assert union.schedule.split("+")[1] in ("packed", "group")
+    streamed = lambda g: g.ifmap_reads + g.filter_reads  # noqa: E731
+    assert streamed(union) < streamed(half)        # the shared stream keeps operand reuse
+
+
+@pytest.mark.parametrize("dataflow", ["os", "ws", "is"])
+def test_gated_never_slower_than_dense_with_fallback(dataflow):
+    rng = np.random.default_rng(3)
+    for cin, cout, hw in [(16, 16, 28), (32, 32, 14), (64, 128, 7), (128, 256, 14)]:
+        layer = conv("c", cin, cout, 3, (hw, hw))
+        spec = GateSpec(4, rng.uniform(0.1, 0.9, cout))
+        cfg = AccelConfig(dataflow=dataflow)
+        g = gated_layer(layer, spec, cfg, np.random.default_rng(0))
+        dense = int(dense_cycles(dataflow, 32, 32, layer.gemm_m, layer.gemm_n, layer.gemm_k)) \
+            - layer_epilogue(dataflow, 32, False)
+        assert g.compute_cycles <= dense
+        if g.schedule == "dense":   # fell back: its best gated schedule really was not faster
+            assert g.gated_compute_cycles >= dense and g.executed_macs == layer.macs
+        else:
+            assert g.compute_cycles < dense and g.executed_macs == g.gated_macs
+
+
+def test_fallback_reported_and_switchable():
+    layers = build_network("resnet20", (1, 28, 28))
+    gates = {n: GateSpec(4, np.full(16, 0.5)) for n in ("layer1.0.conv1",)}
+    on = simulate(layers, AccelConfig(), gates)
+    row = next(r for r in on.rows if r["name"] == "layer1.0.conv1")
+    # WS, N=16 <= C=32: the block-diagonal base pass alone already costs the dense folds
+    assert row["schedule"] == "dense-fallback" and row["gated_cycles"] == row["dense_cycles"]
+    assert row["best_gated_compute_cycles"] > row["dense_compute_cycles"]
+    assert on.totals["dense_fallback_layers"] == ["layer1.0.conv1"]
+    off = simulate(layers, AccelConfig(dense_fallback=False), gates)
+    row = next(r for r in off.rows if r["name"] == "layer1.0.conv1")
+    assert row["schedule"] == "packed+column" and row["gated_cycles"] > row["dense_cycles"]
 
 
 def test_network_totals_and_seed():
