@@ -32,12 +32,12 @@ def main() -> int:
     layers = build_network("resnet18")
     base = AccelConfig()
     scenarios = {
-        "cgnet-rule ws column": (base, lambda d: uniform_gates(layers, d)),
-        "cgnet-rule ws union": (base.replace(gate_schedule="union"), lambda d: uniform_gates(layers, d)),
-        "cgnet-rule os column": (base.replace(dataflow="os"), lambda d: uniform_gates(layers, d)),
-        "all-3x3 ws column": (base, lambda d: all_3x3(layers, d)),
-        "all-3x3 ws column, ungrouped base": (base, lambda d: all_3x3(layers, d, grouped=False)),
-        "all-3x3 os column, ungrouped base": (base.replace(dataflow="os"), lambda d: all_3x3(layers, d, False)),
+        "cgnet-rule ws auto": (base, lambda d: uniform_gates(layers, d)),
+        "cgnet-rule ws union-only": (base.replace(gate_schedule="union"), lambda d: uniform_gates(layers, d)),
+        "cgnet-rule os auto": (base.replace(dataflow="os"), lambda d: uniform_gates(layers, d)),
+        "all-3x3 ws auto": (base, lambda d: all_3x3(layers, d)),
+        "all-3x3 ws auto, ungrouped base": (base, lambda d: all_3x3(layers, d, grouped=False)),
+        "all-3x3 os auto, ungrouped base": (base.replace(dataflow="os"), lambda d: all_3x3(layers, d, False)),
     }
     curves = {}
     for label, (cfg, gates) in scenarios.items():
