@@ -127,13 +127,14 @@ class GatedConv2d(nn.Module):
         if self.training:
             return self._forward_train(x)
         tau, inv_sigma = self.folded_threshold()
-        run = (kernels.conditional_conv2d_reference if self.backend == "reference"
-               else kernels.conditional_conv2d)
-        out, d = run(
-            x, self.weight, self.bias, tau, inv_sigma, stride=self.stride, padding=self.padding,
-            dilation=self.dilation, partitions=self.partitions, grouped=self.grouped,
-            granularity=self.granularity, return_gate=True,
-            **({} if self.backend == "reference" else {"backend": self.backend}))
+        kw = dict(stride=self.stride, padding=self.padding, dilation=self.dilation,
+                  partitions=self.partitions, grouped=self.grouped, granularity=self.granularity,
+                  return_gate=self._stats is not None)  # the gate map costs a pass: only when profiling
+        res = kernels.conditional_conv2d(x, self.weight, self.bias, tau, inv_sigma,
+                                         backend=self.backend, **kw)
+        if self._stats is None:
+            return res
+        out, d = res
         self._record(d)
         return out
 

@@ -134,3 +134,20 @@ def test_bad_layer_arguments():
         g(torch.randn(1, 4, 5, 5))
     with pytest.raises(ValueError, match="unknown backend"):
         dyngate.set_backend(g, "cuda-magic")
+
+
+@pytest.mark.parametrize("backend", ["cpu", "auto"])
+def test_model_backends_match_reference(backend):
+    """A converted ResNet-20 in eval mode on the CPU fast path equals the reference backend
+    (fp32, 1e-4 absolute after 20 layers)."""
+    import models
+    g = dyngate.convert(models.build("resnet20", in_channels=1)).train()
+    g(torch.randn(16, 1, 28, 28))  # non-trivial decision-BN statistics
+    g.eval()
+    x = torch.randn(4, 1, 28, 28)
+    with torch.no_grad():
+        ref = dyngate.set_backend(g, "reference")(x)
+        out = dyngate.set_backend(g, backend)(x)
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="triton"):
+        dyngate.set_backend(g, "triton")(x)  # CPU tensors without the interpreter

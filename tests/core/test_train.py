@@ -73,8 +73,8 @@ def test_resume_continues_bit_identically(tmp_path):
 
 @pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason="dataset-fashion-mnist not installed")
 def test_fashion_mnist_slice_learns(tmp_path):
-    t = Trainer(TrainConfig(model="resnet20", dataset="fashion-mnist", epochs=2, batch_size=64,
-                            train_limit=384, test_limit=256, lr=0.05, threads=1,
+    t = Trainer(TrainConfig(model="resnet20", dataset="fashion-mnist", epochs=2, batch_size=32,
+                            train_limit=512, test_limit=256, lr=0.05, threads=1, augment=False,
                             out=str(tmp_path / "f")), progress=False)
     hist = t.fit()
     assert hist[-1]["train_loss"] < hist[0]["train_loss"]
