@@ -1,0 +1,390 @@
+"""Physical channel removal ("surgery") driven by the graph view's channel groups.
+
+``prune_groups(model, example_input, keep)`` keeps, for every channel group listed in ``keep``,
+only the given rows, and returns a smaller deep copy with new ``nn.Conv2d``/``BatchNorm2d``/
+``nn.Linear`` modules. Everything is expressed as a *plan*: per module the sorted old indices it
+keeps (``out``/``in`` for conv and linear, one list per BN, new widths for option-A shortcuts).
+The plan is plain data, so it doubles as the pruning history that ``dyngate.save`` writes and
+``apply_pruning_history`` replays on a freshly built model before ``load_state_dict``.
+
+Semantics: the pruned model computes what the original computes when the removed channels'
+producing filters (and biases) are zero, in eval mode. A zeroed filter still emits the constant
+``act(BN shift)`` (``beta - gamma * mu / sigma``) into the next layer; dropping the channel would
+silently lose that constant, so surgery *folds* it: each consumer's missing contribution
+``sum_k c_k * sum(W[:, k])`` goes into the consumer's bias, or into the running mean of the BN
+that follows it (exact in eval; in training, batch-statistics BN cancels a constant anyway), or
+into a new bias (recorded in the history so replay adds it too). The fold is exact for linear
+and 1x1 consumers and for the interior of k x k convs; at zero-padded borders a k x k conv sees
+fewer taps of the constant, so border outputs differ by the missing taps. When the removed
+channels' BN shift is zero (e.g. soft pruning zeroed beta too) there is nothing to fold and the
+result is exact everywhere.
+
+Option-A shortcuts (``models.resnet.PadShortcut``) map input channel c to c + pad and pad both
+sides with zero channels. ``PadShortcut`` has one symmetric ``pad``, so after surgery the kept
+zero-channels below and above the copied block must be equally many; keep sets that break this
+are refused, naming the shortcut. ``dyngate.prune`` selects balanced pairs in those groups.
+
+Gated models are refused: pruning happens before ``dyngate.convert`` (``dyngate.load`` replays
+the pruning history first and gates afterwards), because a gate's base partition is defined
+over the pruned channel layout.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.fx as fx
+import torch.nn as nn
+
+from dyngate.errors import ConversionError
+from dyngate.gating import GatedConv2d
+from dyngate.graph import GraphView, capture
+from models.resnet import PadShortcut
+
+HISTORY_VERSION = 1
+_WALK_THROUGH = (nn.BatchNorm2d, nn.ReLU, nn.Identity, nn.Dropout, nn.Dropout2d)
+
+
+class SurgeryError(ConversionError):
+    """A keep set or model that surgery cannot turn into a smaller exact model."""
+
+
+def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def refuse_gated(model: nn.Module, what: str) -> None:
+    """Pruning happens before gating; say so instead of producing inconsistent gate masks."""
+    gated = [n for n, m in model.named_modules() if isinstance(m, GatedConv2d)]
+    if gated:
+        raise SurgeryError(f"{what}: layer '{gated[0]}' is a GatedConv2d; prune the dense model "
+                           "first and call dyngate.convert on the pruned model (gate partitions "
+                           "are defined over the pruned channel layout)")
+
+
+# --- option-A shortcuts ------------------------------------------------------------------------
+
+def shortcut_zones(view: GraphView) -> dict[str, tuple[str, int, int]]:
+    """For each ``PadShortcut``: (partner layer, pad, in_planes), where the partner is the conv
+    whose output is added to the shortcut's output. Partner output index p is a low pad-zone
+    channel if p < pad, a high one if p >= pad + in_planes, else a copied channel."""
+    gm = view.graph
+    zones = {}
+    for node in gm.graph.nodes:
+        if node.op != "call_module" or not isinstance(gm.get_submodule(node.target), PadShortcut):
+            continue
+        sc: PadShortcut = gm.get_submodule(node.target)
+        partner = None
+        for user in node.users:
+            others = [a for a in user.args if isinstance(a, fx.Node) and a is not node]
+            if len(others) == 1:
+                partner = _producer_layer(gm, others[0], view)
+        if partner is None:
+            raise SurgeryError(f"shortcut '{node.target}': cannot find the conv whose output it is "
+                               "added to, so its zero-padded channels cannot be mapped")
+        zones[str(node.target)] = (partner, sc.pad, sc.in_planes)
+    return zones
+
+
+def _producer_layer(gm: fx.GraphModule, node: fx.Node, view: GraphView) -> str | None:
+    while node.op == "call_module":
+        if str(node.target) in view.layers:
+            return str(node.target)
+        if not isinstance(gm.get_submodule(node.target), _WALK_THROUGH):
+            return None
+        node = node.args[0]
+    return None
+
+
+def zone_of_rows(view: GraphView, zones: dict[str, tuple[str, int, int]]) -> dict[int, dict[str, np.ndarray]]:
+    """Per group id and shortcut: an array over the group's rows, -1 low pad zone, +1 high pad
+    zone, 0 elsewhere. Only groups that touch a pad zone appear."""
+    out: dict[int, dict[str, np.ndarray]] = {}
+    for sc, (partner, pad, cin) in zones.items():
+        for g in view.group_of(partner, "out"):
+            idx = g.members[(partner, "out")][:, 0]
+            z = np.where(idx < pad, -1, np.where(idx >= pad + cin, 1, 0))
+            if z.any():
+                out.setdefault(g.id, {})[sc] = z
+    return out
+
+
+# --- planning ----------------------------------------------------------------------------------
+
+def _validate_keep(view: GraphView, keep: Mapping[int, Sequence[int]]) -> dict[int, np.ndarray]:
+    by_id = {g.id: g for g in view.groups}
+    rows: dict[int, np.ndarray] = {}
+    for gid, sel in keep.items():
+        if gid not in by_id:
+            raise SurgeryError(f"keep: no channel group {gid!r} (groups are 0..{len(view.groups) - 1})")
+        g = by_id[gid]
+        arr = np.asarray(sorted(int(i) for i in sel), dtype=np.int64)
+        layers = ", ".join(g.layers[:4]) + (" ..." if len(g.layers) > 4 else "")
+        if len(set(arr.tolist())) != len(arr):
+            raise SurgeryError(f"keep[{gid}] (layers {layers}): duplicate rows")
+        if len(arr) and (arr[0] < 0 or arr[-1] >= g.size):
+            raise SurgeryError(f"keep[{gid}] (layers {layers}): rows must lie in [0, {g.size})")
+        if len(arr) < g.size and not g.prunable:
+            raise SurgeryError(f"keep[{gid}] (layers {layers}): group is not prunable ({g.reason})")
+        rows[gid] = arr
+    return rows
+
+
+def _index_sets(view: GraphView, rows: dict[int, np.ndarray]):
+    """Removed indices per (layer, role) and per BN, from the groups' removed rows."""
+    removed: dict[tuple[str, str], set[int]] = {}
+    removed_bn: dict[str, set[int]] = {}
+    for g in view.groups:
+        if g.id not in rows:
+            continue
+        gone = np.setdiff1d(np.arange(g.size), rows[g.id])
+        for key, arr in g.members.items():
+            removed.setdefault(key, set()).update(arr[gone].ravel().tolist())
+        for bn, arr in g.bns.items():
+            removed_bn.setdefault(bn, set()).update(arr[gone].ravel().tolist())
+    return removed, removed_bn
+
+
+def _build_plan(model: nn.Module, view: GraphView, rows: dict[int, np.ndarray]) -> dict[str, Any]:
+    removed, removed_bn = _index_sets(view, rows)
+    layers: dict[str, dict[str, list[int]]] = {}
+    for name, info in view.layers.items():
+        gone_out = removed.get((name, "out"), set())
+        gone_in = removed.get((name, "in"), set())
+        if info.kind == "linear" and gone_in:
+            factor = _in_factor(view, name)
+            gone_in = {c * factor + j for c in gone_in for j in range(factor)}
+        if not gone_out and not gone_in:
+            continue
+        if info.groups > 1 and gone_in != gone_out:
+            raise SurgeryError(f"layer '{name}': depthwise conv would lose different input and "
+                               "output channels")
+        keep_out = [i for i in range(info.out_channels) if i not in gone_out]
+        keep_in = [i for i in range(info.in_channels) if i not in gone_in]
+        for role, kept in (("output", keep_out), ("input", keep_in)):
+            if not kept:
+                raise SurgeryError(f"layer '{name}': the keep set removes every {role} channel")
+        layers[name] = {"out": keep_out, "in": keep_in}
+    bns = {}
+    for bn, gone in removed_bn.items():
+        if gone:
+            n = model.get_submodule(bn).num_features
+            bns[bn] = [i for i in range(n) if i not in gone]
+    shortcuts = {}
+    for sc, (partner, pad, cin) in shortcut_zones(view).items():
+        if partner not in layers:
+            continue
+        kept = np.asarray(layers[partner]["out"])
+        lo, hi = int((kept < pad).sum()), int((kept >= pad + cin).sum())
+        mid = len(kept) - lo - hi
+        if lo != hi:
+            raise SurgeryError(f"shortcut '{sc}': keeps {lo} zero-padded channels below and {hi} "
+                               f"above the copied block of layer '{partner}'; PadShortcut pads "
+                               "symmetrically, so keep as many low as high pad-zone channels")
+        shortcuts[sc] = [mid, mid + 2 * lo]
+    return {"layers": layers, "bns": bns, "shortcuts": shortcuts}
+
+
+def _in_factor(view: GraphView, name: str) -> int:
+    for g in view.groups:
+        if name in g.in_factor:
+            return g.in_factor[name]
+    return 1
+
+
+# --- the BN-shift fold -------------------------------------------------------------------------
+
+def _fold_deltas(model: nn.Module, view: GraphView, plan: dict[str, Any],
+                 example_input: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per consumer layer, the per-output-channel contribution its removed inputs made when their
+    producing filters are zero (the constant act(BN shift)), measured in eval mode."""
+    ref = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        for name, p in plan["layers"].items():
+            m = ref.get_submodule(name)
+            gone = sorted(set(range(m.weight.shape[0])) - set(p["out"]))
+            if gone:
+                m.weight[gone] = 0
+                if m.bias is not None:
+                    m.bias[gone] = 0
+    consumers = {n: p for n, p in plan["layers"].items()
+                 if len(p["in"]) < view.layers[n].in_channels and view.layers[n].groups == 1}
+    seen: dict[str, torch.Tensor] = {}
+    hooks = [ref.get_submodule(n).register_forward_pre_hook(
+        lambda mod, args, n=n: seen.__setitem__(n, args[0][:1].detach())) for n in consumers]
+    try:
+        with torch.no_grad():
+            ref(example_input[:1])
+    finally:
+        for h in hooks:
+            h.remove()
+    deltas = {}
+    for name, p in consumers.items():
+        m, x = ref.get_submodule(name), seen[name][0]
+        gone = sorted(set(range(view.layers[name].in_channels)) - set(p["in"]))
+        if x.dim() == 3:  # conv input (C, H, W): a removed channel is constant; take its centre
+            c = x[gone, x.shape[1] // 2, x.shape[2] // 2]
+            delta = (m.weight[:, gone].sum(dim=(2, 3)) * c).sum(1)
+        else:             # linear input (features,)
+            delta = m.weight[:, gone] @ x[gone]
+        if delta.abs().max() > 0:
+            deltas[name] = delta.detach()
+    return deltas
+
+
+def _apply_folds(new: nn.Module, view: GraphView, plan: dict[str, Any],
+                 deltas: dict[str, torch.Tensor]) -> list[str]:
+    bias_added = []
+    with torch.no_grad():
+        for name, delta in deltas.items():
+            delta = delta[plan["layers"][name]["out"]]
+            m = new.get_submodule(name)
+            bn = view.layers[name].bn
+            if m.bias is not None:
+                m.bias += delta
+            elif bn is not None:
+                new.get_submodule(bn).running_mean -= delta.to(new.get_submodule(bn).running_mean)
+            else:
+                m.bias = nn.Parameter(delta.clone().to(m.weight))
+                bias_added.append(name)
+    return bias_added
+
+
+# --- applying a plan ---------------------------------------------------------------------------
+
+def _slice_conv(m: nn.Conv2d, keep_out: list[int], keep_in: list[int], name: str) -> nn.Conv2d:
+    if type(m) is not nn.Conv2d:
+        raise SurgeryError(f"layer '{name}': {type(m).__name__} is not a plain nn.Conv2d")
+    depthwise = m.groups > 1
+    if m.groups > 1 and not (m.groups == m.in_channels == m.out_channels):
+        raise SurgeryError(f"layer '{name}': grouped conv (groups={m.groups}) cannot be sliced")
+    groups = len(keep_out) if depthwise else 1
+    new = nn.Conv2d(len(keep_in), len(keep_out), m.kernel_size, m.stride, m.padding, m.dilation,
+                    groups, m.bias is not None, m.padding_mode, m.weight.device, m.weight.dtype)
+    with torch.no_grad():
+        w = m.weight[keep_out]
+        new.weight.copy_(w if depthwise else w[:, keep_in])
+        if m.bias is not None:
+            new.bias.copy_(m.bias[keep_out])
+    return new
+
+
+def _slice_linear(m: nn.Linear, keep_out: list[int], keep_in: list[int], name: str) -> nn.Linear:
+    if type(m) is not nn.Linear:
+        raise SurgeryError(f"layer '{name}': {type(m).__name__} is not a plain nn.Linear")
+    new = nn.Linear(len(keep_in), len(keep_out), m.bias is not None, m.weight.device, m.weight.dtype)
+    with torch.no_grad():
+        new.weight.copy_(m.weight[keep_out][:, keep_in])
+        if m.bias is not None:
+            new.bias.copy_(m.bias[keep_out])
+    return new
+
+
+def _slice_bn(m: nn.BatchNorm2d, keep: list[int], name: str) -> nn.BatchNorm2d:
+    if type(m) is not nn.BatchNorm2d:
+        raise SurgeryError(f"'{name}': {type(m).__name__} is not a plain nn.BatchNorm2d")
+    new = nn.BatchNorm2d(len(keep), m.eps, m.momentum, m.affine, m.track_running_stats,
+                         device=m.running_mean.device if m.running_mean is not None else None)
+    with torch.no_grad():
+        if m.affine:
+            new.weight.copy_(m.weight[keep])
+            new.bias.copy_(m.bias[keep])
+        if m.track_running_stats:
+            new.running_mean.copy_(m.running_mean[keep])
+            new.running_var.copy_(m.running_var[keep])
+            new.num_batches_tracked.copy_(m.num_batches_tracked)
+    return new
+
+
+def apply_plan(model: nn.Module, plan: Mapping[str, Any]) -> nn.Module:
+    """Replace the modules named in ``plan`` by sliced copies, in place; returns ``model``."""
+    for name, p in plan.get("layers", {}).items():
+        m = _get(model, name)
+        fn = _slice_linear if isinstance(m, nn.Linear) else _slice_conv
+        new = fn(m, list(p["out"]), list(p["in"]), name)
+        new.train(m.training)
+        _set_submodule(model, name, new)
+    for name, keep in plan.get("bns", {}).items():
+        m = _get(model, name)
+        new = _slice_bn(m, list(keep), name)
+        new.train(m.training)
+        _set_submodule(model, name, new)
+    for name, (cin, cout) in plan.get("shortcuts", {}).items():
+        m = _get(model, name)
+        if not isinstance(m, PadShortcut):
+            raise SurgeryError(f"'{name}' is {type(m).__name__}, not a PadShortcut")
+        _set_submodule(model, name, PadShortcut(int(cin), int(cout), m.stride))
+    for name in plan.get("bias_added", []):
+        m = _get(model, name)
+        if m.bias is None:
+            m.bias = nn.Parameter(torch.zeros(m.weight.shape[0], device=m.weight.device,
+                                              dtype=m.weight.dtype))
+    return model
+
+
+def _get(model: nn.Module, name: str) -> nn.Module:
+    try:
+        return model.get_submodule(name)
+    except AttributeError as e:
+        raise SurgeryError(f"pruning history names module '{name}', which the model lacks") from e
+
+
+# --- public API --------------------------------------------------------------------------------
+
+def prune_groups(model: nn.Module, example_input: torch.Tensor, keep: Mapping[int, Sequence[int]],
+                 *, fold_shift: bool = True, meta: Mapping[str, Any] | None = None) -> nn.Module:
+    """Return a physically smaller deep copy of ``model`` keeping, for each channel-group id in
+    ``keep`` (ids from ``dyngate.capture(model, example_input)``), only the listed rows.
+
+    Groups not in ``keep`` are untouched. ``fold_shift`` folds the constant that removed
+    channels would still emit (see the module docstring). ``meta`` (plain data, e.g. the
+    criterion) is stored with this step of ``model.dyngate_pruning``.
+    """
+    refuse_gated(model, "prune_groups")
+    view = capture(model, example_input)
+    rows = _validate_keep(view, keep)
+    plan = _build_plan(model, view, rows)
+    deltas = _fold_deltas(model, view, plan, example_input) if fold_shift and plan["layers"] else {}
+    new = apply_plan(copy.deepcopy(model), plan)
+    plan["bias_added"] = _apply_folds(new, view, plan, deltas)
+    _check_runs(new, example_input)
+    step = {"keep": {str(g): r.tolist() for g, r in rows.items()}, **plan,
+            "meta": dict(meta or {})}
+    history = copy.deepcopy(getattr(model, "dyngate_pruning", None)) or {"version": HISTORY_VERSION, "steps": []}
+    history["steps"].append(step)
+    new.dyngate_pruning = history
+    return new
+
+
+def _check_runs(model: nn.Module, example_input: torch.Tensor) -> None:
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(example_input[:1])
+    except RuntimeError as e:  # a slicing bug or a layer surgery does not know about
+        raise SurgeryError(f"the pruned model does not run on the example input: {e}") from e
+    finally:
+        model.train(was)
+
+
+def apply_pruning_history(model: nn.Module, history: Mapping[str, Any]) -> nn.Module:
+    """Replay a recorded pruning history (``model.dyngate_pruning`` of a pruned model) on a
+    freshly built model: returns a deep copy with the pruned shapes (weights are whatever the
+    fresh model had, sliced; ``load_state_dict`` fills them)."""
+    if not isinstance(history, Mapping) or history.get("version") != HISTORY_VERSION:
+        raise SurgeryError(f"pruning history has version {getattr(history, 'get', lambda k: None)('version')!r}, "
+                           f"expected {HISTORY_VERSION}")
+    refuse_gated(model, "apply_pruning_history")
+    new = copy.deepcopy(model)
+    for i, step in enumerate(history.get("steps", [])):
+        try:
+            apply_plan(new, step)
+        except (IndexError, RuntimeError) as e:
+            raise SurgeryError(f"pruning history step {i} does not fit this model: {e}") from e
+    new.dyngate_pruning = copy.deepcopy(dict(history))
+    return new
