@@ -47,6 +47,8 @@ def main() -> None:
     ap.add_argument("--gated-lr", type=float, default=0.02)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--skip-dense", action="store_true", help="reuse OUT/dense/final.pt")
+    ap.add_argument("--report-only", action="store_true",
+                    help="train nothing: evaluate the finished runs under OUT and write the results")
     args = ap.parse_args()
     py = sys.executable
     out = os.path.join(ROOT, args.out)
@@ -58,7 +60,7 @@ def main() -> None:
     dense_cmd = [py, "-m", "dyngate", "train", *common, "--epochs", str(args.dense_epochs),
                  "--lr", "0.1", "--out", dense_dir]
     commands.append(dense_cmd)
-    if not args.skip_dense:
+    if not (args.skip_dense or args.report_only):
         run(dense_cmd, os.path.join(out, "dense.log"))
     dense_ckpt = os.path.join(dense_dir, "final.pt")
     hist = json.load(open(os.path.join(ROOT, dense_dir, "metrics.json")))["epochs"]
@@ -72,8 +74,12 @@ def main() -> None:
                "--gated", "--partitions", str(args.partitions), "--target", str(t),
                "--threshold-init", str(t), "--gate-lambda", str(args.gate_lambda),
                "--lr", str(args.gated_lr), "--teacher", dense_ckpt, "--init", dense_ckpt, "--out", d]
+        if args.report_only and not os.path.exists(os.path.join(ROOT, d, "final.pt")):
+            print(f"skipping T={t:g}: {d}/final.pt not found (run not finished)")
+            continue
         commands.append(cmd)
-        run(cmd, os.path.join(out, f"gated_T{t:g}.log"))
+        if not args.report_only:
+            run(cmd, os.path.join(out, f"gated_T{t:g}.log"))
         hist = json.load(open(os.path.join(ROOT, d, "metrics.json")))["epochs"]
         res = evaluate(os.path.join(d, "final.pt"))
         rows.append({"name": f"gated T={t:g}", "target": t, "accuracy": res["accuracy"],
