@@ -85,6 +85,85 @@ def bench_network(net: str, args) -> dict:
     return dict(network=net, batch=batch, layers=rows, ungated_dense_ms=dense_ms, whole=whole)
 
 
+def bench_checkpoint(path: str, args) -> dict:
+    """Time every conv of a trained gated checkpoint on real test images with its own gates.
+
+    Each layer's real input is captured with a forward hook on one batch of the checkpoint's
+    test set; dense = torch conv on that input, gated = the CPU fast path with the layer's
+    folded thresholds, so the masks (and their spatial structure) are the trained ones.
+    """
+    import dyngate  # noqa: PLC0415 (only this mode needs the runtime)
+    from dyngate.checkpoint import read  # noqa: PLC0415
+    from dyngate.gating import GatedConv2d  # noqa: PLC0415
+    from models.data import load_dataset  # noqa: PLC0415
+
+    model = dyngate.load(path)
+    cfg = read(path)["extra"].get("trainer", {}).get("config", {})
+    x = load_dataset(cfg.get("dataset", "fashion-mnist"), "test", cfg.get("data_dir"),
+                     limit=args.checkpoint_batch).tensors[0].contiguous(memory_format=torch.channels_last)
+    inputs: dict[str, torch.Tensor] = {}
+
+    def keep_input(name):
+        def hook(mod, inp, out):  # returns None: the forward is left unchanged
+            inputs.setdefault(name, inp[0])
+        return hook
+
+    hooks = [m.register_forward_hook(keep_input(n))
+             for n, m in model.named_modules() if isinstance(m, (torch.nn.Conv2d, GatedConv2d))]
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    rows, t_dense_all, t_gated_all, mac_dense_all, mac_gated_all = [], 0.0, 0.0, 0, 0.0
+    for name, xin in inputs.items():
+        m = model.get_submodule(name)
+        xin = xin.contiguous(memory_format=torch.channels_last)
+        with torch.no_grad():
+            t_dense = median_time(lambda: F.conv2d(xin, m.weight, m.bias, m.stride, m.padding), args.repeats)
+            out_hw = F.conv2d(xin[:1], m.weight, m.bias, m.stride, m.padding).shape[2:]
+            macs = xin.shape[0] * out_hw[0] * out_hw[1] * m.weight[0].numel() * m.out_channels
+            if not isinstance(m, GatedConv2d):
+                t_dense_all += t_dense
+                t_gated_all += t_dense
+                mac_dense_all += macs
+                mac_gated_all += macs
+                continue
+            tau, isg = m.folded_threshold()
+            kw = dict(stride=m.stride, padding=m.padding, partitions=m.partitions, grouped=m.grouped,
+                      granularity=m.granularity, backend="cpu")
+            _, gate = conditional_conv2d(xin, m.weight, m.bias, tau, isg, return_gate=True, **kw)
+            density = float(gate.float().mean())
+            t_gated = median_time(lambda: conditional_conv2d(xin, m.weight, m.bias, tau, isg, **kw),
+                                  args.repeats)
+        theo = theoretical_speedup(density, m.partitions)
+        rows.append(dict(layer=name, shape=f"{m.in_channels}->{m.out_channels} s{m.stride[0]} @{out_hw[0]}",
+                         density=density, dense_ms=t_dense * 1e3, gated_ms=t_gated * 1e3,
+                         real_speedup=t_dense / t_gated, theoretical_speedup=theo,
+                         efficiency=t_dense / t_gated / theo))
+        t_dense_all += t_dense
+        t_gated_all += t_gated
+        mac_dense_all += macs
+        mac_gated_all += macs / theo
+        release()
+    real, theo = t_dense_all / t_gated_all, mac_dense_all / mac_gated_all
+    return dict(checkpoint=path, batch=x.shape[0], layers=rows,
+                whole=dict(dense_ms=t_dense_all * 1e3, gated_ms=t_gated_all * 1e3, real_speedup=real,
+                           theoretical_speedup=theo, efficiency=real / theo))
+
+
+def print_checkpoint_table(res: dict) -> None:
+    print(f"\n## {res['checkpoint']} (batch {res['batch']} real test images, trained gates)\n")
+    print("| layer | shape | density | dense ms | gated ms | real | theoretical | efficiency |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in res["layers"]:
+        print(f"| {r['layer']} | {r['shape']} | {r['density']:.3f} | {r['dense_ms']:.2f} | {r['gated_ms']:.2f} | "
+              f"{r['real_speedup']:.2f} | {r['theoretical_speedup']:.2f} | {r['efficiency']:.2f} |")
+    w = res["whole"]
+    print(f"\nWhole network (all convs, ungated at dense time): dense {w['dense_ms']:.1f} ms, gated "
+          f"{w['gated_ms']:.1f} ms, real {w['real_speedup']:.2f}x, theoretical {w['theoretical_speedup']:.2f}x, "
+          f"efficiency {w['efficiency']:.2f}")
+
+
 def _progress(row: dict) -> None:
     print(f"  {row['layer']:<22} {row['kind']:<9} d={row['density']:.2f} dense {row['dense_ms']:7.2f} ms "
           f"gated {row['gated_ms']:7.2f} ms", file=sys.stderr, flush=True)
@@ -118,10 +197,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ungrouped", action="store_true", help="base path = first C_in/p inputs")
     ap.add_argument("--networks", default="resnet18,resnet20")
     ap.add_argument("--out-json", help="also write the JSON document to this file")
+    ap.add_argument("--checkpoint", help="also time a trained gated dyngate checkpoint on real test "
+                                         "images with its own gates")
+    ap.add_argument("--checkpoint-batch", type=int, default=64)
+    ap.add_argument("--checkpoint-only", action="store_true", help="skip the synthetic-mask tables")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.checkpoint_only and not args.checkpoint:
+        ap.error("--checkpoint-only needs --checkpoint")
     load_before = os.getloadavg()
-    results = [bench_network(n, args) for n in args.networks.split(",")]
+    results = [] if args.checkpoint_only else [bench_network(n, args) for n in args.networks.split(",")]
+    ckpt = bench_checkpoint(args.checkpoint, args) if args.checkpoint else None
     meta = dict(threads=torch.get_num_threads(), repeats=args.repeats, rule=args.rule,
                 partitions=args.partitions, grouped=not args.ungrouped, granularity=args.granularity,
                 torch=torch.__version__, loadavg_before=load_before, loadavg_after=os.getloadavg(),
@@ -136,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     top = {}
     if r18 is not None:  # headline: ResNet-18 at density 0.3, random per-element gates
         top = {k: r18["whole"]["random@0.3"][k] for k in ("real_speedup", "theoretical_speedup")}
-    doc = json.dumps(dict(meta=meta, **top, summary=summary, results=results), indent=1)
+    doc = json.dumps(dict(meta=meta, **top, summary=summary, results=results, checkpoint=ckpt), indent=1)
     if args.out_json:
         with open(args.out_json, "w") as f:
             f.write(doc + "\n")
@@ -148,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
           f"after={meta['loadavg_after']}")
     for res in results:
         print_tables(res)
+    if ckpt is not None:
+        print_checkpoint_table(ckpt)
     return 0
 
 
