@@ -10,7 +10,8 @@ from dyngate.gating import GatedConv2d, gate_loss, gates_closed, gates_open, set
 from dyngate.graph import capture
 from dyngate.profile import SparsityProfile, profile
 from dyngate.checkpoint import load, save
+from dyngate.cucb import CUCBTrainer
 
 __all__ = ["convert", "profile", "save", "load", "gates_open", "gates_closed", "gate_loss",
            "set_backend", "capture", "GatedConv2d", "SparsityProfile", "DyngateError",
-           "GraphError", "ConversionError", "ProfileError", "CheckpointError"]
+           "GraphError", "ConversionError", "ProfileError", "CheckpointError", "CUCBTrainer"]

@@ -84,7 +84,11 @@ def _eval_data(args, payload_cfg: dict):
 
 def cmd_train(args) -> int:
     cfg = _cfg_from_args(args)
-    trainer = Trainer(cfg)
+    if cfg.cucb:
+        from dyngate.cucb import CUCBTrainer  # noqa: PLC0415 (only CUCB runs need it)
+        trainer: Trainer = CUCBTrainer(cfg)
+    else:
+        trainer = Trainer(cfg)
     if args.resume:
         trainer.resume(args.resume)
     history = trainer.fit()
@@ -95,12 +99,18 @@ def cmd_train(args) -> int:
     return 0
 
 
-def cmd_eval(args) -> int:
+def _evaluate_checkpoint(args, progress: bool):
+    """Load a checkpoint and measure accuracy and the sparsity profile on its test set."""
     payload = dyngate.checkpoint.read(args.checkpoint)
     tcfg = payload["extra"].get("trainer", {}).get("config", {})
     model = _load_eval_model(args.checkpoint, args.backend)
     data = _eval_data(args, tcfg)
-    acc, prof = evaluate(model, data, progress=not args.json)
+    acc, prof = evaluate(model, data, progress=progress)
+    return acc, prof, data
+
+
+def cmd_eval(args) -> int:
+    acc, prof, data = _evaluate_checkpoint(args, progress=not args.json)
     if args.profile_out:
         prof.to_yaml(args.profile_out)
     if args.json:
@@ -123,11 +133,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_profile(args) -> int:
-    payload = dyngate.checkpoint.read(args.checkpoint)
-    tcfg = payload["extra"].get("trainer", {}).get("config", {})
-    model = _load_eval_model(args.checkpoint, args.backend)
-    data = _eval_data(args, tcfg)
-    _, prof = evaluate(model, data, progress=True)
+    _, prof, _ = _evaluate_checkpoint(args, progress=True)
     prof.to_yaml(args.out)
     print(prof.table())
     print(f"wrote {args.out}")

@@ -56,6 +56,12 @@ class TrainConfig:
     test_limit: int | None = None
     threads: int | None = None
     out: str = "runs/train"
+    cucb: bool = False                # CUCB dynamic channel execution (dyngate.cucb)
+    keep: float = 0.5                 # CUCB target fraction of each group's channels
+    ucb_c: float = 1.5                # CUCB exploration constant c (3/2: Chen et al. 2013)
+    cucb_warmup: int = 1              # epochs over which keep anneals from 1.0 to --keep
+    cucb_finetune: int = 1            # epochs of fine-tuning the extracted compact model
+    cucb_finetune_lr: float = 0.01
 
     def validate(self) -> None:
         if self.model not in models.REGISTRY:
@@ -67,6 +73,13 @@ class TrainConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.kd_weight <= 1:
             raise ValueError(f"--kd-weight must be in [0, 1], got {self.kd_weight}")
+        if not 0 < self.keep <= 1:
+            raise ValueError(f"--keep must be in (0, 1], got {self.keep}")
+        for name in ("ucb_c", "cucb_warmup", "cucb_finetune", "cucb_finetune_lr"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if self.cucb and self.gated:
+            raise ValueError("--cucb and --gated are exclusive: CUCB trains a dense model")
         for name in ("teacher", "init"):
             p = getattr(self, name)
             if p is not None and not os.path.exists(p):

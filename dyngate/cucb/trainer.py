@@ -1,0 +1,237 @@
+"""CUCB training: bandit-chosen channels per step, sliced forward/backward, compact model out.
+
+Phases (all epochs of ``cfg.epochs`` are bandit epochs):
+
+1. Bandit phase. Each step the keep fraction is annealed linearly from 1.0 to ``cfg.keep`` over
+   ``cfg.cucb_warmup`` epochs; every prunable group plays its top-k arms by UCB index; the
+   sliced sub-network runs forward and backward on the batch; the sliced SGD step updates only
+   the kept blocks; the played arms get their Taylor rewards. Each epoch logs the training MACs
+   actually executed against those of a dense step on the same images, and evaluates the
+   exploitation sub-network (top-k by empirical mean) on the test set. Resumable like
+   :class:`~dyngate.train.Trainer` (the bandit statistics travel in the checkpoint).
+2. Extraction. The top-k rows by empirical mean at the target keep fraction become a physically
+   smaller model (:func:`dyngate.cucb.extract.extract`).
+3. Fine-tune. ``cfg.cucb_finetune`` epochs of plain SGD on the compact model at
+   ``cfg.cucb_finetune_lr`` (cosine), then the final evaluation with ``dyngate.profile``.
+
+Training MACs are counted as 3x the forward MACs of the executed layers (forward, gradient with
+respect to the input, gradient with respect to the weights), for the sliced and the dense step
+alike; BN, activations and the bandit's bookkeeping are not counted (they are linear in the
+activations and small next to the convolutions).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+import warnings
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from dyngate.checkpoint import read as read_checkpoint
+from dyngate.cucb.bandit import ChannelBandits, keep_fraction
+from dyngate.cucb.extract import count_params, extract, save_compact
+from dyngate.cucb.plan import full_selection, make_plan
+from dyngate.cucb.reward import row_scores, taylor_scores
+from dyngate.cucb.sliced import SlicedExecutor, sliced_sgd_step
+from dyngate.errors import CheckpointError
+from dyngate.graph import capture
+from dyngate.train import TrainConfig, Trainer, _augment, evaluate, kd_loss, param_groups
+from models.data import dataset_geometry
+
+TRAIN_MACS_PER_FORWARD = 3
+
+
+class CUCBTrainer(Trainer):
+    """:class:`~dyngate.train.Trainer` with CUCB channel selection; same data, logging and
+    checkpoint options. ``self.model`` is the dense model during the bandit phase and the
+    compact model after :meth:`finish`."""
+
+    def __init__(self, cfg: TrainConfig, progress: bool = True) -> None:
+        if not cfg.cucb:
+            raise ValueError("CUCBTrainer needs cfg.cucb = True (--cucb)")
+        super().__init__(cfg, progress)
+        cin, size, _ = dataset_geometry(cfg.dataset)
+        self.example_shape = (1, cin, size, size)
+        self.dense_model = self.model
+        self.view = capture(self.model, torch.zeros(self.example_shape))
+        self.executor = SlicedExecutor(self.view)
+        self.full_plan = make_plan(self.view, full_selection(self.view))
+        self.bandits = ChannelBandits({g.id: g.size for g in self.view.groups if g.prunable},
+                                      cfg.ucb_c)
+        self.steps_per_epoch = math.ceil(len(self.train_set) / cfg.batch_size)
+        self.warmup_steps = cfg.cucb_warmup * self.steps_per_epoch
+        self.compact_selection: dict[int, np.ndarray] | None = None
+
+    # --- schedule ---------------------------------------------------------------------------
+    @property
+    def step(self) -> int:
+        return self.epoch * self.steps_per_epoch
+
+    def keep_at(self, step: int) -> float:
+        return keep_fraction(step, self.warmup_steps, self.cfg.keep)
+
+    # --- checkpoints ------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return {**super().state(), "cucb": self.bandits.state_dict()}
+
+    def save(self, path: str) -> None:
+        if self.compact_selection is None:
+            return super().save(path)
+        save_compact(self.model, path, self.dense_model.dyngate_arch, self.example_shape,
+                     self.compact_selection, extra={"metrics": self.history[-1] if self.history
+                                                    else {}, "config": asdict(self.cfg),
+                                                    "history": self.history})
+
+    def resume(self, path: str) -> None:
+        try:
+            payload = read_checkpoint(path)
+        except CheckpointError as e:
+            raise CheckpointError(f"{e} (a compact CUCB checkpoint is final; resume from the "
+                                  "bandit phase's last.pt)") from e
+        st = payload["extra"].get("trainer", {}).get("cucb")
+        if st is None:
+            raise CheckpointError(f"{path}: no CUCB bandit state (was it written by --cucb?)")
+        super().resume(path)
+        self.bandits.load_state_dict(st)
+
+    # --- bandit phase -----------------------------------------------------------------------
+    def train_epoch(self) -> dict[str, float]:
+        if self.compact_selection is not None:  # fine-tune: plain dense steps on the compact model
+            return super().train_epoch()
+        cfg, model = self.cfg, self.model
+        model.train()
+        x_all, y_all = self.train_set.tensors
+        order = torch.randperm(len(x_all), generator=self.gen)
+        total, correct, loss_sum, macs, dense_macs = 0, 0, 0.0, 0, 0
+        step0 = self.step
+        bar = tqdm(range(self.steps_per_epoch), desc=f"cucb {self.epoch + 1}/{cfg.epochs}",
+                   disable=not self.progress, leave=False)
+        for b in bar:
+            idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+            x, y = x_all[idx], y_all[idx]
+            if cfg.augment:
+                x = _augment(x, self.gen)
+            x = x.contiguous(memory_format=torch.channels_last)
+            selection = self.bandits.select(self.keep_at(step0 + b))
+            plan = make_plan(self.view, selection)
+            run = self.executor.run(x, plan, train=True, record=True)
+            loss = F.cross_entropy(run.output, y)
+            if self.teacher is not None:
+                with torch.no_grad():
+                    t = self.teacher(x)
+                loss = (1 - cfg.kd_weight) * loss + cfg.kd_weight * kd_loss(run.output, t,
+                                                                            cfg.kd_temperature)
+            loss.backward()
+            sliced_sgd_step(self.opt, run.slices)
+            self.bandits.update(selection, row_scores(self.view, plan, taylor_scores(run.measured)))
+            n = len(y)
+            total += n
+            correct += int((run.output.argmax(1) == y).sum())
+            loss_sum += float(loss.detach()) * n
+            macs += TRAIN_MACS_PER_FORWARD * plan.total_macs * n
+            dense_macs += TRAIN_MACS_PER_FORWARD * self.full_plan.total_macs * n
+            if b % 20 == 0:
+                bar.set_postfix(loss=f"{loss_sum / total:.3f}", keep=f"{self.keep_at(step0 + b):.2f}")
+        with warnings.catch_warnings():  # the sliced step bypasses opt.step(), which torch checks
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+            self.sched.step()
+        return {"train_loss": loss_sum / total, "train_acc": correct / total,
+                "keep": self.keep_at(step0 + self.steps_per_epoch - 1),
+                "train_macs": float(macs), "dense_train_macs": float(dense_macs),
+                "train_mac_reduction": dense_macs / macs}
+
+    @torch.no_grad()
+    def evaluate_subnet(self, selection: dict[int, np.ndarray], batch_size: int = 500) -> float:
+        """Test accuracy of the sub-network that keeps ``selection`` (eval-mode BN)."""
+        plan = make_plan(self.view, selection)
+        x_all, y_all = self.test_set.tensors
+        correct = 0
+        for i in range(0, len(x_all), batch_size):
+            x = x_all[i:i + batch_size].contiguous(memory_format=torch.channels_last)
+            out = self.executor.run(x, plan, train=False).output
+            correct += int((out.argmax(1) == y_all[i:i + batch_size]).sum())
+        return correct / len(x_all)
+
+    def subnet_params(self, selection: dict[int, np.ndarray]) -> int:
+        """Parameters the sub-network keeping ``selection`` has (conv/linear/BN weights)."""
+        plan = make_plan(self.view, selection)
+        n = 0
+        for name, info in self.view.layers.items():
+            m = self.model.get_submodule(name)
+            cin = len(plan.in_features(name)) if info.groups == 1 else 1
+            kh, kw = info.kernel_size
+            cout = len(plan.layer_out[name])
+            n += cout * cin * kh * kw + (cout if m.bias is not None else 0)
+            if info.bn:
+                n += 2 * cout
+        return n
+
+    # --- the whole run ----------------------------------------------------------------------
+    def fit(self, stop_after: int | None = None) -> list[dict[str, Any]]:
+        """Bandit epochs to ``cfg.epochs`` (or stop after epoch ``stop_after``); once all ran,
+        :meth:`finish` extracts and fine-tunes the compact model."""
+        cfg = self.cfg
+        last = min(cfg.epochs, stop_after or cfg.epochs)
+        while self.epoch < last:
+            t0 = time.perf_counter()
+            row = {"phase": "cucb", "epoch": self.epoch + 1, "lr": self.opt.param_groups[0]["lr"],
+                   **self.train_epoch()}
+            row["train_seconds"] = time.perf_counter() - t0
+            best = self.bandits.best(row["keep"])
+            row.update(test_acc=self.evaluate_subnet(best), params=self.subnet_params(best))
+            self._record(row)
+        if self.epoch >= cfg.epochs and self.compact_selection is None:
+            self.finish()
+        return self.history
+
+    def finish(self) -> None:
+        """Extract the compact model from the most-rewarded rows and fine-tune it."""
+        cfg = self.cfg
+        self.compact_selection = self.bandits.best(cfg.keep)
+        self.model = extract(self.dense_model, torch.zeros(self.example_shape),
+                             self.compact_selection).to(memory_format=torch.channels_last)
+        self.opt = torch.optim.SGD(param_groups(self.model, cfg.weight_decay), lr=cfg.cucb_finetune_lr,
+                                   momentum=cfg.momentum, nesterov=True)
+        self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, max(1, cfg.cucb_finetune))
+        rows = [("extract", 0)] + [("finetune", e + 1) for e in range(cfg.cucb_finetune)]
+        for phase, e in rows:
+            t0 = time.perf_counter()
+            row: dict[str, Any] = {"phase": phase, "epoch": self.epoch + e,
+                                   "lr": self.opt.param_groups[0]["lr"] if e else 0.0}
+            if e:
+                row.update(self.train_epoch())
+            row["train_seconds"] = time.perf_counter() - t0
+            acc, prof = evaluate(self.model, self.test_set)
+            row.update(test_acc=acc, params=count_params(self.model),
+                       inference_macs=prof.totals["dense_macs"])
+            self._record(row)
+
+    def _record(self, row: dict[str, Any]) -> None:
+        if row["phase"] == "cucb":
+            self.epoch += 1
+        self.history.append(row)
+        self._log()
+        self.save(os.path.join(self.cfg.out, "last.pt"))
+        if self.progress:
+            tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                for k, v in row.items()))
+
+    def _log(self) -> None:
+        """As the base class, but rows of different phases carry different columns."""
+        with open(os.path.join(self.cfg.out, "metrics.json"), "w") as f:
+            json.dump({"config": asdict(self.cfg), "epochs": self.history}, f, indent=1)
+        keys: list[str] = []
+        for r in self.history:
+            keys += [k for k in r if k not in keys]
+        with open(os.path.join(self.cfg.out, "metrics.csv"), "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=keys, restval="")
+            w.writeheader()
+            w.writerows(self.history)
