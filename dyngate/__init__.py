@@ -10,6 +10,7 @@ from dyngate.gating import GatedConv2d, gate_loss, gates_closed, gates_open, set
 from dyngate.graph import capture
 from dyngate.profile import SparsityProfile, profile
 from dyngate.checkpoint import load, save
+from dyngate.prune import prune
 from dyngate.cucb import CUCBTrainer
 
 __all__ = ["convert", "profile", "save", "load", "gates_open", "gates_closed", "gate_loss",

@@ -1,0 +1,165 @@
+"""``dyngate.prune``: static channel pruning = criterion -> selection -> surgery.
+
+The three stages are separate on purpose (Torch-Pruning mixes them in one pruner object):
+``criteria`` scores every row of every prunable channel group, ``select_keep`` turns scores and
+a ratio into a keep set per group (local or global ranking, rounding, balanced option-A pad
+zones), and ``surgery.prune_groups`` builds the smaller model and records the history.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from dyngate import criteria
+from dyngate.errors import ConversionError
+from dyngate.graph import ChannelGroup, GraphView, capture
+from dyngate.surgery import prune_groups, refuse_gated, shortcut_zones, zone_of_rows
+
+
+def _check_ratio(r: Any, what: str) -> float:
+    if isinstance(r, bool) or not isinstance(r, (int, float)) or not (0 <= r < 1) or math.isnan(r):
+        raise ConversionError(f"{what} must be a number in [0, 1), got {r!r}")
+    return float(r)
+
+
+def _label(g: ChannelGroup) -> str:
+    outs = [l for l, role in g.members if role == "out"]
+    return f"group {g.id} (layers {', '.join(outs[:4])}{' ...' if len(outs) > 4 else ''})"
+
+
+def _round_keep(n_keep: int, size: int, round_to: int | None) -> int:
+    if round_to:
+        if size <= round_to:
+            return size
+        n_keep = max(round_to, (n_keep // round_to) * round_to)
+    return n_keep
+
+
+def _choose(scores: np.ndarray, n_keep: int, zones: np.ndarray | None) -> list[int]:
+    """Rows with the highest scores; in an option-A pad-zone group, equally many from the low
+    and the high zone (PadShortcut pads symmetrically), the copied block ranked freely."""
+    if zones is None:
+        return sorted(np.argsort(-scores, kind="stable")[:n_keep].tolist())
+    lo, hi, mid = (np.flatnonzero(zones == v) for v in (-1, 1, 0))
+    n_mid = min(len(mid), n_keep)
+    n_pad = (n_keep - n_mid) // 2
+    pick = lambda rows, k: rows[np.argsort(-scores[rows], kind="stable")[:k]].tolist()  # noqa: E731
+    return sorted(pick(mid, n_mid) + pick(lo, n_pad) + pick(hi, n_pad))
+
+
+def select_keep(view: GraphView, scores: Mapping[int, np.ndarray], ratio: float, *,
+                scope: str = "global", round_to: int | None = None,
+                per_group_ratio: Mapping[int, float] | None = None,
+                max_group_ratio: float | None = None) -> dict[int, list[int]]:
+    """Keep sets from scores. ``local``: each group drops floor(ratio * size) of its own lowest
+    rows. ``global``: one ranking over all groups' scores drops ratio * (all rows) in total.
+    ``max_group_ratio`` caps what global ranking may take from one group (Torch-Pruning's
+    ``max_pruning_ratio``). Groups in ``per_group_ratio`` always use their own local ratio. A
+    group is never emptied: that is an error naming it."""
+    per_group_ratio = per_group_ratio or {}
+    by_id = {g.id: g for g in view.groups}
+    zones = {gid: next(iter(z.values())) for gid, z in zone_of_rows(view, shortcut_zones(view)).items()}
+    counts: dict[int, int] = {}
+    free = [gid for gid in scores if gid not in per_group_ratio]
+    if scope == "global" and free:
+        # one ranking; ties (e.g. equal |gamma| in an untrained net) are broken by each row's
+        # relative position in its own group, so they spread over groups instead of emptying one
+        vals = np.concatenate([scores[g] for g in free])
+        frac = np.concatenate([np.argsort(np.argsort(scores[g], kind="stable")) / len(scores[g]) for g in free])
+        owner = np.concatenate([np.full(len(scores[g]), g) for g in free])
+        order = owner[np.lexsort((frac, vals))]
+        n_drop = int(ratio * len(vals))
+        if max_group_ratio is None:
+            dropped = order[:n_drop]
+        else:  # skip rows of groups that reached their cap; the next-lowest rows go instead
+            cap = {g: int(max_group_ratio * by_id[g].size) for g in free}
+            dropped = []
+            for g in order.tolist():
+                if len(dropped) == n_drop:
+                    break
+                if cap[g] > 0:
+                    cap[g] -= 1
+                    dropped.append(g)
+            dropped = np.asarray(dropped, dtype=np.int64)
+        counts = {g: by_id[g].size - int((dropped == g).sum()) for g in free}
+    else:
+        for g in free:
+            counts[g] = by_id[g].size - int(ratio * by_id[g].size)
+    for g, r in per_group_ratio.items():
+        counts[g] = by_id[g].size - int(r * by_id[g].size)
+    keep = {}
+    for gid, n_keep in counts.items():
+        g = by_id[gid]
+        n_keep = _round_keep(n_keep, g.size, round_to)
+        if gid in zones:
+            n_mid = int((zones[gid] == 0).sum())
+            if n_keep > n_mid and (n_keep - n_mid) % 2:
+                n_keep += 1 if n_keep < g.size else -1
+        if n_keep <= 0:
+            raise ConversionError(f"ratio {ratio} ({scope}) would remove every channel of {_label(g)}; "
+                                  "use a smaller ratio, scope='local', max_group_ratio=, or ignore/per_layer for it")
+        if n_keep < g.size:
+            keep[gid] = _choose(scores[gid], n_keep, zones.get(gid))
+    return keep
+
+
+def prune(model: nn.Module, method: str, ratio: float, *, scope: str = "global",
+          example_input: torch.Tensor, data: Any = None, round_to: int | None = None,
+          ignore: Iterable[str] = (), per_layer: Mapping[str, float] | None = None,
+          max_group_ratio: float | None = None, max_batches: int = 4, seed: int = 0,
+          fold_shift: bool = True) -> nn.Module:
+    """Return a physically smaller copy of ``model`` with ``ratio`` of its prunable channels
+    removed by criterion ``method`` (see :mod:`dyngate.criteria`).
+
+    Coupled channels (residual adds, concats, depthwise pairs, the linear after flatten) are
+    scored and removed together as one group row. ``scope`` is "global" (one ranking over all
+    groups; per-layer scores are normalized first) or "local" (the same ratio in every group).
+    ``round_to`` keeps each group's width a multiple of it. ``ignore`` names layers whose output
+    channels must stay; ``per_layer`` maps a layer name to its own (local) ratio for the groups it
+    produces. ``max_group_ratio`` caps the share global ranking may take from any one group
+    (without it, a global ranking that would empty a group is an error). Data-driven criteria (hrank, ezcrop, taylor) read up to ``max_batches`` batches of
+    ``data``. The input model is never modified.
+    """
+    ratio = _check_ratio(ratio, "ratio")
+    if method not in criteria.CRITERIA:
+        raise ConversionError(f"unknown pruning method {method!r}; known: {', '.join(sorted(criteria.CRITERIA))}")
+    if scope not in ("global", "local"):
+        raise ConversionError(f"scope must be 'global' or 'local', got {scope!r}")
+    if round_to is not None and (isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1):
+        raise ConversionError(f"round_to must be a positive integer or None, got {round_to!r}")
+    if method in criteria.DATA_DRIVEN and data is None:
+        raise ConversionError(f"criterion '{method}' is data-driven: pass data= (a DataLoader or an "
+                              "iterable of (x, y) batches)")
+    refuse_gated(model, "prune")
+    view = capture(model, example_input)
+    ignore = list(ignore)
+    per_layer = dict(per_layer or {})
+    for label, names in (("ignore", ignore), ("per_layer", list(per_layer))):
+        for n in names:
+            if n not in view.layers:
+                raise ConversionError(f"{label}: no conv/linear layer named '{n}'; layers are: "
+                                      f"{', '.join(view.layers)}")
+    for n, r in per_layer.items():
+        _check_ratio(r, f"per_layer['{n}']")
+    if max_group_ratio is not None:
+        _check_ratio(max_group_ratio, "max_group_ratio")
+    groups = [g for g in view.groups if g.prunable
+              and not any(role == "out" and l in ignore for l, role in g.members)]
+    per_group: dict[int, float] = {}
+    for g in groups:
+        rs = [per_layer[l] for l, role in g.members if role == "out" and l in per_layer]
+        if rs:
+            per_group[g.id] = min(rs)
+    if not groups:
+        raise ConversionError("no prunable channel group left (every group carries the model "
+                              "input/output or is ignored)")
+    ctx = criteria.Context(model, view, groups, data, max_batches, seed)
+    scores = criteria.score(method, ctx)
+    keep = select_keep(view, scores, ratio, scope=scope, round_to=round_to, per_group_ratio=per_group,
+                       max_group_ratio=max_group_ratio)
+    meta = {"method": method, "ratio": ratio, "scope": scope, "round_to": round_to or 0}
+    return prune_groups(model, example_input, keep, fold_shift=fold_shift, meta=meta)
