@@ -1,0 +1,233 @@
+"""Static pruning benchmark: ResNet-20 on Fashion-MNIST pruned to about a target share of the
+dense MACs with each criterion, a fixed small fine-tuning budget, then accuracy, MACs, params and
+CPU latency (batch 64) against dense; Torch-Pruning side by side where it can run.
+
+Two comparisons:
+  * "full": dyngate.prune over every prunable group (residual streams through the option-A
+    shortcuts included), global ranking, the ratio bisected per criterion to hit the MAC target.
+  * "inner": only the block-internal groups (conv1 outputs of each block), local ranking, the same
+    ratio for dyngate and Torch-Pruning. Torch-Pruning cannot prune the option-A residual streams
+    (it treats F.pad as element-wise, so the stage boundaries come out with mismatched widths),
+    hence this restricted setting for the side-by-side.
+
+    python benchmarks/bench_pruning.py --checkpoint runs/fmnist/dense/final.pt
+Rows are appended to --json as they finish (a rerun skips rows already there); the markdown
+table is regenerated from it each time.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import sys
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import dyngate  # noqa: E402
+from dyngate.criteria import CRITERIA  # noqa: E402
+from dyngate.prune_schedule import ScheduledTrainer  # noqa: E402
+from dyngate.train import TrainConfig  # noqa: E402
+from models.data import load_dataset  # noqa: E402
+
+X1 = torch.zeros(1, 1, 28, 28)
+
+
+def macs_params(model: nn.Module) -> tuple[int, int]:
+    return (int(dyngate.profile(model, X1).totals["dense_macs"]),
+            sum(p.numel() for p in model.parameters()))
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, data, limit: int | None = None) -> float:
+    model.eval()
+    x, y = data.tensors
+    if limit:
+        x, y = x[:limit], y[:limit]
+    correct = sum(int((model(x[i:i + 500]).argmax(1) == y[i:i + 500]).sum()) for i in range(0, len(x), 500))
+    return correct / len(x)
+
+
+@torch.inference_mode()
+def latency_ratio(dense: nn.Module, pruned: nn.Module, rounds: int = 20) -> tuple[float, float, float]:
+    """Fastest-of-``rounds`` ms of dense and pruned at batch 64, measured interleaved. The box is
+    shared with a training run, so medians swing by 30%+ between calls; the minimum is the least
+    disturbed estimate and alternating keeps both models under the same drift.
+    Returns (dense, pruned, ratio)."""
+    x = torch.randn(64, 1, 28, 28)
+    dense.eval(), pruned.eval()
+    for _ in range(3):
+        dense(x), pruned(x)
+    td, tp_ = [], []
+    for _ in range(rounds):
+        for m, acc in ((dense, td), (pruned, tp_)):
+            t0 = time.perf_counter()
+            m(x)
+            acc.append((time.perf_counter() - t0) * 1e3)
+    d, p = min(td), min(tp_)
+    return d, p, p / d
+
+
+def inner_ignore(model: nn.Module) -> list[str]:
+    """Every layer except the block-internal conv1s: their output groups stay whole."""
+    return [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))
+            and not (n.startswith("layer") and n.endswith("conv1"))]
+
+
+def bisect_ratio(fn, dense_macs: int, target: float, lo: float = 0.0, hi: float = 0.95,
+                 iters: int = 9) -> tuple[float, nn.Module]:
+    """Largest ratio whose pruned model keeps >= target of the dense MACs (MACs fall with ratio)."""
+    best = (lo, None)
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        try:
+            m = fn(mid)
+            ok = macs_params(m)[0] >= target * dense_macs
+        except dyngate.ConversionError:
+            m, ok = None, False
+        if ok:
+            lo, best = mid, (mid, m)
+        else:
+            hi = mid
+    if best[1] is None:
+        best = (lo, fn(lo))
+    return best
+
+
+def tp_prune(model: nn.Module, criterion: str, ratio: float, data) -> nn.Module:
+    import torch_pruning as tp
+    m = copy.deepcopy(model).eval()
+    imp = {"l1": lambda: tp.importance.GroupMagnitudeImportance(p=1, group_reduction="first", normalizer=None),
+           "l2": lambda: tp.importance.GroupMagnitudeImportance(p=2),
+           "fpgm": lambda: tp.importance.FPGMImportance(),
+           "bn_scale": lambda: tp.importance.BNScaleImportance(),
+           "taylor": lambda: tp.importance.GroupTaylorImportance(),
+           "random": lambda: tp.importance.RandomImportance()}[criterion]()
+    ignored = [m.get_submodule(n) for n in inner_ignore(m)]
+    pr = tp.pruner.BasePruner(m, X1, importance=imp, pruning_ratio=ratio, global_pruning=False,
+                              ignored_layers=ignored)
+    if criterion == "taylor":
+        m.zero_grad()
+        for x, y in data:
+            F.cross_entropy(m(x), y).backward()
+    pr.step()
+    m.zero_grad(set_to_none=True)
+    return m
+
+
+def finetune(model: nn.Module, args) -> tuple[nn.Module, float, float]:
+    cfg = TrainConfig(model="resnet20", dataset="fashion-mnist", epochs=args.ft_epochs, batch_size=128,
+                      lr=args.ft_lr, train_limit=args.ft_images, threads=args.threads, seed=0,
+                      out=os.path.join(args.work, "ft"))
+    t = ScheduledTrainer(cfg, model=copy.deepcopy(model), progress=False)
+    t0 = time.perf_counter()
+    hist = t.fit()
+    return t.model.to(memory_format=torch.contiguous_format), hist[-1]["test_acc"], time.perf_counter() - t0
+
+
+def run_row(name: str, tool: str, criterion: str, scope: str, ratio: float, pruned: nn.Module,
+            dense: nn.Module, base: dict, test, args) -> dict:
+    macs, params = macs_params(pruned)
+    acc0 = accuracy(pruned, test, args.quick_eval)
+    _, ft_acc, ft_s = finetune(pruned, args)
+    d_ms, p_ms, lat = latency_ratio(dense, pruned)
+    row = dict(name=name, tool=tool, criterion=criterion, scope=scope, ratio=round(ratio, 4),
+               macs=macs, params=params, mac_ratio=macs / base["macs"], param_ratio=params / base["params"],
+               acc_pruned=acc0, acc_ft=ft_acc, dense_ms=d_ms, pruned_ms=p_ms, latency_ratio=lat,
+               speedup_vs_mac=(1 - lat) / max(1e-9, 1 - macs / base["macs"]), ft_seconds=ft_s)
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def write_markdown(rows: list[dict], base: dict, args, path: str) -> None:
+    head = ("| setting | tool | criterion | ratio | MACs (M) | MACs / dense | params / dense | acc after prune* | "
+            "acc after FT | latency / dense | latency gain / MAC gain |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
+    lines = [head]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['scope']} | {r['tool']} | {r['criterion']} | failed: {r['error'][:120]} |\n")
+            continue
+        lines.append(f"| {r['scope']} | {r['tool']} | {r['criterion']} | {r['ratio']:.3f} | {r['macs'] / 1e6:.2f} | "
+                     f"{r['mac_ratio']:.3f} | {r['param_ratio']:.3f} | {100 * r['acc_pruned']:.2f} | "
+                     f"{100 * r['acc_ft']:.2f} | {r['latency_ratio']:.3f} | {r['speedup_vs_mac']:.2f} |\n")
+    with open(path, "w") as f:
+        f.write(f"Dense: {base['macs'] / 1e6:.2f} M MACs, {base['params']} params, test accuracy "
+                f"{100 * base['acc']:.2f}%.\n\n" + "".join(lines))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", default=None)
+    ap.add_argument("--target", type=float, default=0.5, help="share of dense MACs to keep")
+    ap.add_argument("--criteria", nargs="+", default=sorted(CRITERIA))
+    ap.add_argument("--tp-criteria", nargs="+", default=["l1", "fpgm", "taylor", "random"])
+    ap.add_argument("--ft-images", type=int, default=12000)
+    ap.add_argument("--ft-epochs", type=int, default=1)
+    ap.add_argument("--ft-lr", type=float, default=0.01)
+    ap.add_argument("--quick-eval", type=int, default=2000, help="test images for the no-FT accuracy")
+    ap.add_argument("--max-group-ratio", type=float, default=0.75)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--json", default="results/pruning_fashion_mnist.json")
+    ap.add_argument("--work", default="/tmp/bench_pruning")
+    ap.add_argument("--skip-full", action="store_true")
+    ap.add_argument("--skip-inner", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    ckpt = args.checkpoint or next((p for p in ("checkpoints/resnet20_fmnist_dense.pt", "runs/fmnist/dense/final.pt")
+                                    if os.path.exists(p)), None)
+    if ckpt is None:
+        sys.exit("no dense checkpoint yet (checkpoints/resnet20_fmnist_dense.pt or runs/fmnist/dense/final.pt)")
+    dense = dyngate.load(ckpt).eval()
+    test = load_dataset("fashion-mnist", "test")
+    train = load_dataset("fashion-mnist", "train", limit=256)
+    data = [(train.tensors[0][i:i + 64], train.tensors[1][i:i + 64]) for i in range(0, 256, 64)]
+    macs, params = macs_params(dense)
+    base = dict(macs=macs, params=params, acc=accuracy(dense, test), checkpoint=ckpt)
+    rows = json.load(open(args.json))["rows"] if os.path.exists(args.json) else []
+    done = {r["name"] for r in rows}
+
+    def save():
+        with open(args.json, "w") as f:
+            json.dump({"base": base, "args": vars(args), "rows": rows}, f, indent=1)
+        write_markdown(rows, base, args, args.json.replace(".json", "_table.md"))
+
+    jobs = []
+    if not args.skip_full:
+        for c in args.criteria:
+            jobs.append((f"full/{c}", "dyngate", c, "global", lambda r, c=c: dyngate.prune(
+                dense, c, r, scope="global", example_input=X1, data=data, max_group_ratio=args.max_group_ratio)))
+    if not args.skip_inner:
+        ign = inner_ignore(dense)
+        for c in args.tp_criteria:
+            jobs.append((f"inner/{c}", "dyngate", c, "local-inner", lambda r, c=c: dyngate.prune(
+                dense, c, r, scope="local", example_input=X1, data=data, ignore=ign)))
+            jobs.append((f"inner-tp/{c}", "torch-pruning", c, "local-inner", lambda r, c=c: tp_prune(dense, c, r, data)))
+    inner_ratio = {}
+    for name, tool, c, scope, fn in jobs:
+        if name in done:
+            continue
+        if tool == "torch-pruning":
+            ratio = inner_ratio.get(c) or next(r["ratio"] for r in rows if r["name"] == f"inner/{c}")
+            try:
+                pruned = fn(ratio)
+                pruned(X1)
+            except Exception as e:  # report, never hide: TP fails on some graphs
+                rows.append(dict(name=name, tool=tool, criterion=c, scope=scope, error=f"{type(e).__name__}: {e}"))
+                save()
+                continue
+        else:
+            ratio, pruned = bisect_ratio(fn, macs, args.target)
+            inner_ratio[c] = ratio
+        rows.append(run_row(name, tool, c, scope, ratio, pruned, dense, base, test, args))
+        save()
+    save()
+
+
+if __name__ == "__main__":
+    main()
