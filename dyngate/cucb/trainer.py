@@ -88,7 +88,8 @@ class CUCBTrainer(Trainer):
         save_compact(self.model, path, self.dense_model.dyngate_arch, self.example_shape,
                      self.compact_selection, extra={"metrics": self.history[-1] if self.history
                                                     else {}, "config": asdict(self.cfg),
-                                                    "history": self.history})
+                                                    "history": self.history,
+                                                    "bandits": self.bandits.state_dict()})
 
     def resume(self, path: str) -> None:
         try:
@@ -153,11 +154,15 @@ class CUCBTrainer(Trainer):
         """Test accuracy of the sub-network that keeps ``selection`` (eval-mode BN)."""
         plan = make_plan(self.view, selection)
         x_all, y_all = self.test_set.tensors
-        correct = 0
-        for i in range(0, len(x_all), batch_size):
-            x = x_all[i:i + batch_size].contiguous(memory_format=torch.channels_last)
-            out = self.executor.run(x, plan, train=False).output
-            correct += int((out.argmax(1) == y_all[i:i + batch_size]).sum())
+        correct, was_training = 0, self.model.training
+        self.model.eval()  # modules the executor calls as they are (dropout) must not sample
+        try:
+            for i in range(0, len(x_all), batch_size):
+                x = x_all[i:i + batch_size].contiguous(memory_format=torch.channels_last)
+                out = self.executor.run(x, plan, train=False).output
+                correct += int((out.argmax(1) == y_all[i:i + batch_size]).sum())
+        finally:
+            self.model.train(was_training)
         return correct / len(x_all)
 
     def subnet_params(self, selection: dict[int, np.ndarray]) -> int:

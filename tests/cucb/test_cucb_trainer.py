@@ -28,7 +28,10 @@ def test_trainer_phases_macs_and_compact_model(tmp_path):
     assert second["dense_train_macs"] == pytest.approx(second["train_mac_reduction"] * second["train_macs"])
     dense_params = sum(p.numel() for p in t.dense_model.parameters())
     assert hist[-1]["params"] < dense_params / 3
-    assert hist[1]["params"] == hist[2]["params"]  # the sub-network's count is the compact model's
+    # the last bandit epoch evaluates the very sub-network that is extracted (eval-mode BN)
+    assert hist[1]["params"] == hist[2]["params"]
+    assert hist[1]["test_acc"] == hist[2]["test_acc"]
+    assert t.dense_model.training  # evaluate_subnet restores the mode it found
     t.save(str(tmp_path / "final.pt"))
     again = load_compact(str(tmp_path / "final.pt"))
     acc, _ = evaluate(again, t.test_set)
