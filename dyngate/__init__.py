@@ -11,6 +11,7 @@ from dyngate.graph import capture
 from dyngate.profile import SparsityProfile, profile
 from dyngate.checkpoint import load, save
 from dyngate.prune import prune
+from dyngate.compile import compile
 from dyngate.cucb import CUCBTrainer
 
 __all__ = ["convert", "profile", "save", "load", "gates_open", "gates_closed", "gate_loss",

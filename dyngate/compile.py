@@ -1,0 +1,85 @@
+"""``dyngate.compile``: a static (pruned, ungated) model through ``torch.export`` and TVM Relax.
+
+The compiled path is for deployment targets where torch is not available or not tuned; on this
+project's x86 CPU, untuned TVM is far slower than torch's oneDNN convolutions (see
+``results/pruning_fashion_mnist.md``), so use it for portability, not speed, unless you tune.
+TVM is optional (``pip install apache-tvm``) and imported only here. Shapes are static: the
+compiled function takes inputs shaped like ``example_input``. Every compile checks the TVM
+output against torch on ``example_input``; a mismatch is an error, not a warning.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from dyngate.errors import ConversionError
+from dyngate.gating import GatedConv2d
+
+
+@dataclass
+class CompiledModel:
+    """A TVM Relax executable plus what it was checked against."""
+
+    vm: Any
+    device: Any
+    input_shape: tuple[int, ...]
+    target: Any
+    max_abs_error: float
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if tuple(x.shape) != self.input_shape:
+            raise ValueError(f"compiled for input shape {self.input_shape}, got {tuple(x.shape)}")
+        import tvm  # noqa: PLC0415
+        arr = x.detach().cpu().contiguous().numpy()
+        inp = tvm.runtime.tensor(arr, self.device) if hasattr(tvm.runtime, "tensor") else tvm.nd.array(arr, self.device)
+        out = self.vm["main"](inp)
+        if not hasattr(out, "numpy"):  # Relax returns a tuple for the exported program's outputs
+            out = out[0]
+        return torch.from_numpy(np.asarray(out.numpy()))
+
+
+def compile(model: nn.Module, target: str | dict = "llvm", *, example_input: torch.Tensor,
+            rtol: float = 1e-4, atol: float = 1e-4) -> CompiledModel:
+    """Export ``model`` (eval mode) with ``torch.export``, import it into TVM Relax, build it for
+    ``target`` ("llvm", or TVM's dict form such as {"kind": "llvm", "mcpu": "skylake-avx512"}:
+    TVM 0.27 no longer parses "llvm -mcpu=..." strings) and check it against torch on
+    ``example_input``. Gated models are refused (their conditional kernels are torch/Triton code;
+    prune statically, compile, and gate in torch)."""
+    gated = [n for n, m in model.named_modules() if isinstance(m, GatedConv2d)]
+    if gated:
+        raise ConversionError(f"compile: layer '{gated[0]}' is a GatedConv2d; only static (pruned, "
+                              "ungated) models are compiled")
+    try:
+        import tvm  # noqa: PLC0415
+        from tvm import relax  # noqa: PLC0415
+        from tvm.relax.frontend.torch import from_exported_program  # noqa: PLC0415
+    except ImportError as e:
+        raise ConversionError(f"compile needs TVM with Relax (pip install apache-tvm): {e}") from e
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            ref = model(example_input)
+            try:
+                exported = torch.export.export(model, (example_input,))
+            except Exception as e:  # export errors are long; name the stage
+                raise ConversionError(f"compile: torch.export failed: {type(e).__name__}: {e}") from e
+        mod = from_exported_program(exported, keep_params_as_input=False)
+        try:
+            tgt = tvm.target.Target(target)
+        except Exception as e:
+            raise ConversionError(f"compile: bad TVM target {target!r}: {e}") from e
+        vm = relax.VirtualMachine(relax.build(mod, target=tgt), tvm.cpu())
+    finally:
+        model.train(was)
+    compiled = CompiledModel(vm, tvm.cpu(), tuple(example_input.shape), target, 0.0)
+    out = compiled(example_input)
+    compiled.max_abs_error = float((out - ref).abs().max())
+    if not torch.allclose(out, ref, rtol=rtol, atol=atol):
+        raise ConversionError(f"compile: TVM output differs from torch by up to "
+                              f"{compiled.max_abs_error:.3g} (rtol={rtol}, atol={atol})")
+    return compiled

@@ -1,0 +1,36 @@
+import importlib.util
+
+import pytest
+import torch
+
+import dyngate
+import models
+from dyngate import ConversionError
+from dyngate.compile import compile as tvm_compile
+
+X = torch.randn(2, 1, 28, 28)
+
+
+def test_compile_refuses_gated_models_before_touching_tvm():
+    gated = dyngate.convert(models.build("resnet20", in_channels=1))
+    with pytest.raises(ConversionError, match="GatedConv2d"):
+        tvm_compile(gated, example_input=X)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tvm") is not None, reason="TVM is installed")
+def test_compile_without_tvm_says_how_to_get_it():
+    with pytest.raises(ConversionError, match="pip install apache-tvm"):
+        tvm_compile(models.build("resnet20", in_channels=1), example_input=X)
+
+
+def test_compiled_pruned_model_matches_torch():
+    pytest.importorskip("tvm.relax")
+    net = models.build("resnet20", in_channels=1).eval()
+    pruned = dyngate.prune(net, "l1", 0.4, example_input=X, round_to=4)
+    c = tvm_compile(pruned, example_input=X)
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(c(x), pruned(x), rtol=1e-4, atol=1e-4)
+    assert c.max_abs_error < 1e-4
+    with pytest.raises(ValueError, match="input shape"):
+        c(torch.randn(3, 1, 28, 28))
