@@ -1,7 +1,8 @@
 """dyngate: a dynamic-inference runtime for channel-gated convolutional networks.
 
-Public API: :func:`convert`, :func:`profile`, :func:`save`/:func:`load`, the gate contexts
-:func:`gates_open`/:func:`gates_closed`, :func:`gate_loss` and :func:`set_backend`.
+Public API: :func:`convert`, :func:`profile`, :func:`prune`, :func:`save`/:func:`load`, the
+CUCB trainer :class:`CUCBTrainer`, the gate contexts :func:`gates_open`/:func:`gates_closed`,
+:func:`gate_loss` and :func:`set_backend`; the CLI is ``python -m dyngate``.
 """
 from dyngate.convert import convert
 from dyngate.errors import (CheckpointError, ConversionError, DyngateError, GraphError,
@@ -14,6 +15,6 @@ from dyngate.prune import prune
 from dyngate.compile import compile
 from dyngate.cucb import CUCBTrainer
 
-__all__ = ["convert", "profile", "save", "load", "gates_open", "gates_closed", "gate_loss",
+__all__ = ["convert", "profile", "prune", "save", "load", "gates_open", "gates_closed", "gate_loss",
            "set_backend", "capture", "GatedConv2d", "SparsityProfile", "DyngateError",
            "GraphError", "ConversionError", "ProfileError", "CheckpointError", "CUCBTrainer"]
