@@ -19,6 +19,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from dyngate.train import TrainConfig  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -47,6 +49,7 @@ def main() -> None:
     ap.add_argument("--gated-lr", type=float, default=0.02)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--skip-dense", action="store_true", help="reuse OUT/dense/final.pt")
+    ap.add_argument("--tag", default="", help="suffix of the gated run folders (gated_T<T><tag>)")
     ap.add_argument("--report-only", action="store_true",
                     help="train nothing: evaluate the finished runs under OUT and write the results")
     args = ap.parse_args()
@@ -63,32 +66,53 @@ def main() -> None:
     if not (args.skip_dense or args.report_only):
         run(dense_cmd, os.path.join(out, "dense.log"))
     dense_ckpt = os.path.join(dense_dir, "final.pt")
-    hist = json.load(open(os.path.join(ROOT, dense_dir, "metrics.json")))["epochs"]
+    dense_meta = json.load(open(os.path.join(ROOT, dense_dir, "metrics.json")))
+    hist = dense_meta["epochs"]
+    commands[0] = _command_of(dense_meta["config"], py)
     res = evaluate(dense_ckpt)
     rows.append({"name": "dense", "target": None, "accuracy": res["accuracy"],
                  "mac_reduction": res["mac_reduction"], "gated_mac_reduction": 1.0,
                  "train_minutes": sum(h["train_seconds"] for h in hist) / 60, "ckpt": dense_ckpt})
-    for t in args.targets:
-        d = os.path.join(args.out, f"gated_T{t:g}")
-        cmd = [py, "-m", "dyngate", "train", *common, "--epochs", str(args.gated_epochs),
-               "--gated", "--partitions", str(args.partitions), "--target", str(t),
-               "--threshold-init", str(t), "--gate-lambda", str(args.gate_lambda),
-               "--lr", str(args.gated_lr), "--teacher", dense_ckpt, "--init", dense_ckpt, "--out", d]
-        if args.report_only and not os.path.exists(os.path.join(ROOT, d, "final.pt")):
-            print(f"skipping T={t:g}: {d}/final.pt not found (run not finished)")
-            continue
-        commands.append(cmd)
+    runs = [(t, os.path.join(args.out, f"gated_T{t:g}{args.tag}")) for t in args.targets]
+    if args.report_only:  # every finished gated run under OUT, whatever made it
+        runs = []
+        for name in sorted(os.listdir(out)):
+            cfg_path = os.path.join(out, name, "metrics.json")
+            if name.startswith("gated_") and os.path.exists(os.path.join(out, name, "final.pt")):
+                runs.append((json.load(open(cfg_path))["config"]["target"], os.path.join(args.out, name)))
+    for t, d in runs:
         if not args.report_only:
-            run(cmd, os.path.join(out, f"gated_T{t:g}.log"))
-        hist = json.load(open(os.path.join(ROOT, d, "metrics.json")))["epochs"]
+            cmd = [py, "-m", "dyngate", "train", *common, "--epochs", str(args.gated_epochs),
+                   "--gated", "--partitions", str(args.partitions), "--target", str(t),
+                   "--threshold-init", str(t), "--gate-lambda", str(args.gate_lambda),
+                   "--lr", str(args.gated_lr), "--teacher", dense_ckpt, "--init", dense_ckpt, "--out", d]
+            run(cmd, os.path.join(out, os.path.basename(d) + ".log"))
+        meta = json.load(open(os.path.join(ROOT, d, "metrics.json")))
+        commands.append(_command_of(meta["config"], py))
+        hist = meta["epochs"]
         res = evaluate(os.path.join(d, "final.pt"))
-        rows.append({"name": f"gated T={t:g}", "target": t, "accuracy": res["accuracy"],
-                     "mac_reduction": res["mac_reduction"],
+        rows.append({"name": f"gated T={t:g}, {len(hist)} ep", "target": t, "epochs": len(hist),
+                     "accuracy": res["accuracy"], "mac_reduction": res["mac_reduction"],
                      "gated_mac_reduction": res["gated_mac_reduction"],
                      "train_minutes": sum(h["train_seconds"] for h in hist) / 60,
                      "ckpt": os.path.join(d, "final.pt")})
         print(rows[-1], flush=True)
     write_results(rows, commands, args)
+
+
+def _command_of(cfg: dict, py: str) -> list[str]:
+    """The ``dyngate train`` command line that reproduces a run from its logged config."""
+    defaults = TrainConfig()
+    cmd = [py, "-m", "dyngate", "train"]
+    for key, value in cfg.items():
+        if value == getattr(defaults, key) and key not in ("model", "dataset", "seed"):
+            continue
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            cmd.append(flag if value else "--no-" + key.replace("_", "-"))
+        else:
+            cmd += [flag, str(value)]
+    return cmd
 
 
 def write_results(rows: list[dict], commands: list[list[str]], args) -> None:
@@ -104,7 +128,7 @@ def write_results(rows: list[dict], commands: list[list[str]], args) -> None:
     ax.plot([r["mac_reduction"] for r in g], [100 * r["accuracy"] for r in g], "s--",
             label="CGNet ResNet-20 (whole network)")
     for r in g:
-        ax.annotate(f"T={r['target']:g}", (r["gated_mac_reduction"], 100 * r["accuracy"]),
+        ax.annotate(r["name"].replace("gated ", ""), (r["gated_mac_reduction"], 100 * r["accuracy"]),
                     textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax.axhline(100 * dense["accuracy"], color="k", lw=1, label="dense ResNet-20")
     ax.axhline(100 * dense["accuracy"] - 0.5, color="k", lw=0.8, ls=":", label="dense - 0.5 pt")
