@@ -161,12 +161,42 @@ def write_markdown(rows: list[dict], base: dict, args, path: str) -> None:
                 f"{100 * base['acc']:.2f}%.\n\n" + "".join(lines))
 
 
+def tvm_latency(dense: nn.Module, out: str, rounds: int = 5) -> None:
+    """torch eager vs dyngate.compile (TVM Relax, untuned) at batch 64 for dense and an l1-pruned
+    model at the MAC target; needs apache-tvm (run with an interpreter that has it)."""
+    x = torch.randn(64, 1, 28, 28)
+    pruned = dyngate.prune(dense, "l1", 0.32, example_input=X1, round_to=4)
+    rows = []
+    for name, m in (("dense", dense), ("l1-pruned", pruned)):
+        t0 = time.perf_counter()
+        c = dyngate.compile(m, "llvm", example_input=x)
+        build = time.perf_counter() - t0
+        with torch.inference_mode():
+            m.eval()
+            tt = []
+            for _ in range(rounds):
+                t0 = time.perf_counter()
+                m(x)
+                tt.append((time.perf_counter() - t0) * 1e3)
+        tv = []
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            c(x)
+            tv.append((time.perf_counter() - t0) * 1e3)
+        rows.append(dict(model=name, macs=macs_params(m)[0], torch_ms=min(tt), tvm_ms=min(tv),
+                         tvm_over_torch=min(tv) / min(tt), build_s=build, max_abs_error=c.max_abs_error))
+        print(json.dumps(rows[-1]), flush=True)
+    with open(out, "w") as f:
+        json.dump(rows, f, indent=1)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", default=None)
     ap.add_argument("--target", type=float, default=0.5, help="share of dense MACs to keep")
     ap.add_argument("--criteria", nargs="+", default=sorted(CRITERIA))
     ap.add_argument("--tp-criteria", nargs="+", default=["l1", "fpgm", "taylor", "random"])
+    ap.add_argument("--round8", nargs="*", default=["l1"], help="criteria also run with round_to=8")
     ap.add_argument("--ft-images", type=int, default=12000)
     ap.add_argument("--ft-epochs", type=int, default=1)
     ap.add_argument("--ft-lr", type=float, default=0.01)
@@ -177,6 +207,8 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/bench_pruning")
     ap.add_argument("--skip-full", action="store_true")
     ap.add_argument("--skip-inner", action="store_true")
+    ap.add_argument("--tvm-only", default=None, metavar="JSON",
+                    help="only compare torch and dyngate.compile (TVM) latency, write JSON")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     ckpt = args.checkpoint or next((p for p in ("checkpoints/resnet20_fmnist_dense.pt", "runs/fmnist/dense/final.pt")
@@ -184,9 +216,12 @@ def main() -> None:
     if ckpt is None:
         sys.exit("no dense checkpoint yet (checkpoints/resnet20_fmnist_dense.pt or runs/fmnist/dense/final.pt)")
     dense = dyngate.load(ckpt).eval()
+    if args.tvm_only:
+        return tvm_latency(dense, args.tvm_only)
     test = load_dataset("fashion-mnist", "test")
     train = load_dataset("fashion-mnist", "train", limit=256)
     data = [(train.tensors[0][i:i + 64], train.tensors[1][i:i + 64]) for i in range(0, 256, 64)]
+    xb = train.tensors[0][:128]  # example input: shapes, and the removed channels' mean activations
     macs, params = macs_params(dense)
     base = dict(macs=macs, params=params, acc=accuracy(dense, test), checkpoint=ckpt)
     rows = json.load(open(args.json))["rows"] if os.path.exists(args.json) else []
@@ -201,12 +236,16 @@ def main() -> None:
     if not args.skip_full:
         for c in args.criteria:
             jobs.append((f"full/{c}", "dyngate", c, "global", lambda r, c=c: dyngate.prune(
-                dense, c, r, scope="global", example_input=X1, data=data, max_group_ratio=args.max_group_ratio)))
+                dense, c, r, scope="global", example_input=xb, data=data, max_group_ratio=args.max_group_ratio)))
+        for c in args.round8:
+            jobs.append((f"full-r8/{c}", "dyngate", c, "global, round_to=8", lambda r, c=c: dyngate.prune(
+                dense, c, r, scope="global", example_input=xb, data=data, round_to=8,
+                max_group_ratio=args.max_group_ratio)))
     if not args.skip_inner:
         ign = inner_ignore(dense)
         for c in args.tp_criteria:
             jobs.append((f"inner/{c}", "dyngate", c, "local-inner", lambda r, c=c: dyngate.prune(
-                dense, c, r, scope="local", example_input=X1, data=data, ignore=ign)))
+                dense, c, r, scope="local", example_input=xb, data=data, ignore=ign)))
             jobs.append((f"inner-tp/{c}", "torch-pruning", c, "local-inner", lambda r, c=c: tp_prune(dense, c, r, data)))
     inner_ratio = {}
     for name, tool, c, scope, fn in jobs:

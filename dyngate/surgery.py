@@ -7,17 +7,19 @@ keeps (``out``/``in`` for conv and linear, one list per BN, new widths for optio
 The plan is plain data, so it doubles as the pruning history that ``dyngate.save`` writes and
 ``apply_pruning_history`` replays on a freshly built model before ``load_state_dict``.
 
-Semantics: the pruned model computes what the original computes when the removed channels'
-producing filters (and biases) are zero, in eval mode. A zeroed filter still emits the constant
-``act(BN shift)`` (``beta - gamma * mu / sigma``) into the next layer; dropping the channel would
-silently lose that constant, so surgery *folds* it: each consumer's missing contribution
-``sum_k c_k * sum(W[:, k])`` goes into the consumer's bias, or into the running mean of the BN
-that follows it (exact in eval; in training, batch-statistics BN cancels a constant anyway), or
-into a new bias (recorded in the history so replay adds it too). The fold is exact for linear
-and 1x1 consumers and for the interior of k x k convs; at zero-padded borders a k x k conv sees
-fewer taps of the constant, so border outputs differ by the missing taps. When the removed
-channels' BN shift is zero (e.g. soft pruning zeroed beta too) there is nothing to fold and the
-result is exact everywhere.
+Semantics: a removed channel is replaced by its mean activation (over ``example_input``, in
+eval mode) and that constant's effect is folded into each consumer: ``sum_k m_k * sum(W[:, k])``
+goes into the consumer's bias, or into the running mean of the BN that follows it (exact in
+eval; in training, batch-statistics BN cancels a constant anyway), or into a new bias (recorded
+in the history so replay adds it too). Why: a channel whose filter was zeroed (soft pruning)
+still emits the constant ``act(BN shift)`` (``beta - gamma * mu / sigma``); dropping it would
+silently lose that constant. For such channels the mean *is* the constant, so the pruned model
+equals the soft-pruned one exactly for linear and 1x1 consumers and in the interior of k x k
+convs (at zero-padded borders a k x k conv sees fewer taps of the constant). For live channels
+the mean is the best constant stand-in ("mean replacement"); pass a real batch as
+``example_input`` for it, or ``fold_shift=False`` to drop channels outright. When the removed
+channels are exactly zero (soft pruning that also zeroed gamma and beta, as
+``prune_schedule`` does) there is nothing to fold and the result is exact everywhere.
 
 Option-A shortcuts (``models.resnet.PadShortcut``) map input channel c to c + pad and pad both
 sides with zero channels. ``PadShortcut`` has one symmetric ``pad``, so after surgery the kept
@@ -200,37 +202,32 @@ def _in_factor(view: GraphView, name: str) -> int:
 
 def _fold_deltas(model: nn.Module, view: GraphView, plan: dict[str, Any],
                  example_input: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per consumer layer, the per-output-channel contribution its removed inputs made when their
-    producing filters are zero (the constant act(BN shift)), measured in eval mode."""
+    """Per consumer layer, the per-output-channel contribution of its removed inputs when each
+    removed channel is replaced by its mean over ``example_input`` (batch and space), measured
+    on the unpruned model in eval mode. A zeroed filter makes its channel the constant
+    act(BN shift), so for soft-pruned channels this is exactly that constant."""
     ref = copy.deepcopy(model).eval()
-    with torch.no_grad():
-        for name, p in plan["layers"].items():
-            m = ref.get_submodule(name)
-            gone = sorted(set(range(m.weight.shape[0])) - set(p["out"]))
-            if gone:
-                m.weight[gone] = 0
-                if m.bias is not None:
-                    m.bias[gone] = 0
     consumers = {n: p for n, p in plan["layers"].items()
                  if len(p["in"]) < view.layers[n].in_channels and view.layers[n].groups == 1}
     seen: dict[str, torch.Tensor] = {}
+
+    def mean_of(mod, args, n):
+        x = args[0].detach()
+        seen[n] = x.mean(dim=(0, 2, 3)) if x.dim() == 4 else x.reshape(-1, x.shape[-1]).mean(0)
     hooks = [ref.get_submodule(n).register_forward_pre_hook(
-        lambda mod, args, n=n: seen.__setitem__(n, args[0][:1].detach())) for n in consumers]
+        lambda mod, args, n=n: mean_of(mod, args, n)) for n in consumers]
     try:
         with torch.no_grad():
-            ref(example_input[:1])
+            ref(example_input)
     finally:
         for h in hooks:
             h.remove()
     deltas = {}
     for name, p in consumers.items():
-        m, x = ref.get_submodule(name), seen[name][0]
+        m, mean = ref.get_submodule(name), seen[name]
         gone = sorted(set(range(view.layers[name].in_channels)) - set(p["in"]))
-        if x.dim() == 3:  # conv input (C, H, W): a removed channel is constant; take its centre
-            c = x[gone, x.shape[1] // 2, x.shape[2] // 2]
-            delta = (m.weight[:, gone].sum(dim=(2, 3)) * c).sum(1)
-        else:             # linear input (features,)
-            delta = m.weight[:, gone] @ x[gone]
+        w = m.weight[:, gone]
+        delta = (w.sum(dim=(2, 3)) if w.dim() == 4 else w) @ mean[gone]
         if delta.abs().max() > 0:
             deltas[name] = delta.detach()
     return deltas
@@ -340,8 +337,8 @@ def prune_groups(model: nn.Module, example_input: torch.Tensor, keep: Mapping[in
     """Return a physically smaller deep copy of ``model`` keeping, for each channel-group id in
     ``keep`` (ids from ``dyngate.capture(model, example_input)``), only the listed rows.
 
-    Groups not in ``keep`` are untouched. ``fold_shift`` folds the constant that removed
-    channels would still emit (see the module docstring). ``meta`` (plain data, e.g. the
+    Groups not in ``keep`` are untouched. ``fold_shift`` folds each removed channel's mean
+    activation over ``example_input`` into its consumers (see the module docstring). ``meta`` (plain data, e.g. the
     criterion) is stored with this step of ``model.dyngate_pruning``.
     """
     refuse_gated(model, "prune_groups")

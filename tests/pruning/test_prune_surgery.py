@@ -38,7 +38,7 @@ def _keep_half(view, rng):
     return keep
 
 
-def _zero_removed(model, view, keep, zero_shift, zero_filters=True):
+def _zero_removed(model, view, keep, zero_shift):
     """Reference: the original with removed channels' filters and biases (and optionally BN
     shift) zeroed."""
     ref = copy.deepcopy(model)
@@ -48,7 +48,7 @@ def _zero_removed(model, view, keep, zero_shift, zero_filters=True):
                 continue
             gone = np.setdiff1d(np.arange(g.size), keep[g.id])
             for (layer, role), idx in g.members.items():
-                if role == "out" and zero_filters:
+                if role == "out":
                     m = ref.get_submodule(layer)
                     m.weight[idx[gone].ravel()] = 0
                     if m.bias is not None:
@@ -67,10 +67,9 @@ def test_resnet20_pruned_equals_zeroed_original_exactly(shortcut):
     x = torch.randn(3, 1, 28, 28)
     view = dyngate.capture(model, x)
     keep = _keep_half(view, np.random.default_rng(1))
-    # removed channels have zero BN shift, so zeroing their filters makes them exactly zero
-    model = _zero_removed(model, view, keep, zero_shift=True, zero_filters=False)
+    # soft-pruned reference: removed filters and BN shifts zero, so those channels are exactly 0
     ref = _zero_removed(model, view, keep, zero_shift=True)
-    pruned = prune_groups(model, x, keep)
+    pruned = prune_groups(ref, x, keep)
     with torch.no_grad():
         torch.testing.assert_close(pruned(x), ref(x), rtol=1e-4, atol=1e-5)
         assert not torch.allclose(model(x), ref(x), atol=1e-3)  # the removal did change something
@@ -130,14 +129,27 @@ def test_bn_shift_is_folded_exactly_into_1x1_and_linear_consumers():
     view = dyngate.capture(net, x)
     ga, gb, gc = view.group_of("a")[0], view.group_of("b")[0], view.group_of("c")[0]
     keep = {ga.id: [0, 2, 5], gb.id: [1, 3, 4], gc.id: [0, 4]}
-    ref = _zero_removed(net, view, keep, zero_shift=False)   # removed channels still emit relu(shift)
+    # soft-pruned: removed filters are zero, so those channels emit the constant relu(shift)
+    soft = _zero_removed(net, view, keep, zero_shift=False)
     with torch.no_grad():
-        pruned = prune_groups(net, x, keep)
-        torch.testing.assert_close(pruned(x), ref(x), rtol=1e-4, atol=1e-5)
-        unfolded = prune_groups(net, x, keep, fold_shift=False)
-        assert not torch.allclose(unfolded(x), ref(x), atol=1e-3)  # without the fold it leaks
+        pruned = prune_groups(soft, x, keep)
+        torch.testing.assert_close(pruned(x), soft(x), rtol=1e-4, atol=1e-5)
+        unfolded = prune_groups(soft, x, keep, fold_shift=False)
+        assert not torch.allclose(unfolded(x), soft(x), atol=1e-3)  # without the fold it leaks
     assert pruned.dw.groups == 3 and pruned.dw.weight.shape == (3, 1, 3, 3)
     assert pruned.fc.in_features == 2
+
+
+def test_live_channel_is_replaced_by_its_mean_activation():
+    net = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 3, 1)).eval()
+    x = torch.randn(5, 2, 6, 6)
+    view = dyngate.capture(net, x)
+    g = view.group_of("0")[0]
+    pruned = prune_groups(net, x, {g.id: [0, 1, 3]})
+    with torch.no_grad():
+        h = torch.relu(net[0](x))
+        h[:, 2] = h[:, 2].mean()   # channel 2 replaced by its mean over the batch and space
+        torch.testing.assert_close(pruned(x), net[2](h), rtol=1e-4, atol=1e-5)
 
 
 def test_flatten_linear_in_factor_slices_feature_blocks():
@@ -145,8 +157,8 @@ def test_flatten_linear_in_factor_slices_feature_blocks():
     x = torch.randn(2, 2, 3, 3)
     view = dyngate.capture(net, x)
     g = view.group_of("0")[0]
-    pruned = prune_groups(net, x, {g.id: [1, 3]})
     ref = _zero_removed(net, view, {g.id: [1, 3]}, zero_shift=False)
+    pruned = prune_groups(ref, x, {g.id: [1, 3]})
     with torch.no_grad():
         torch.testing.assert_close(pruned(x), ref(x), rtol=1e-4, atol=1e-5)
     assert pruned[3].in_features == 18
