@@ -122,7 +122,9 @@ def prune(model: nn.Module, method: str, ratio: float, *, scope: str = "global",
     channels must stay; ``per_layer`` maps a layer name to its own (local) ratio for the groups it
     produces. ``max_group_ratio`` caps the share global ranking may take from any one group
     (without it, a global ranking that would empty a group is an error). Data-driven criteria (hrank, ezcrop, taylor) read up to ``max_batches`` batches of
-    ``data``. The input model is never modified.
+    ``data``. ``example_input`` gives the shapes and, with ``fold_shift``, the batch over which
+    each removed channel's mean activation is measured and folded into its consumers (see
+    :mod:`dyngate.surgery`): pass a real batch, not zeros. The input model is never modified.
     """
     ratio = _check_ratio(ratio, "ratio")
     if method not in criteria.CRITERIA:
