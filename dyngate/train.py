@@ -62,6 +62,7 @@ class TrainConfig:
     cucb_warmup: int = 1              # epochs over which keep anneals from 1.0 to --keep
     cucb_finetune: int = 1            # epochs of fine-tuning the extracted compact model
     cucb_finetune_lr: float = 0.01
+    cucb_bn_batches: int = 0          # forward-only BN re-calibration batches after extraction
 
     def validate(self) -> None:
         if self.model not in models.REGISTRY:
@@ -75,7 +76,7 @@ class TrainConfig:
             raise ValueError(f"--kd-weight must be in [0, 1], got {self.kd_weight}")
         if not 0 < self.keep <= 1:
             raise ValueError(f"--keep must be in (0, 1], got {self.keep}")
-        for name in ("ucb_c", "cucb_warmup", "cucb_finetune", "cucb_finetune_lr"):
+        for name in ("ucb_c", "cucb_warmup", "cucb_finetune", "cucb_finetune_lr", "cucb_bn_batches"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if self.cucb and self.gated:

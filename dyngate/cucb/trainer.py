@@ -10,7 +10,8 @@ Phases (all epochs of ``cfg.epochs`` are bandit epochs):
    exploitation sub-network (top-k by empirical mean) on the test set. Resumable like
    :class:`~dyngate.train.Trainer` (the bandit statistics travel in the checkpoint).
 2. Extraction. The top-k rows by empirical mean at the target keep fraction become a physically
-   smaller model (:func:`dyngate.cucb.extract.extract`).
+   smaller model (:func:`dyngate.cucb.extract.extract`); with ``cfg.cucb_bn_batches`` its BN
+   statistics are then recomputed on that many training batches (:meth:`recalibrate_bn`).
 3. Fine-tune. ``cfg.cucb_finetune`` epochs of plain SGD on the compact model at
    ``cfg.cucb_finetune_lr`` (cosine), then the final evaluation with ``dyngate.profile``.
 
@@ -203,6 +204,8 @@ class CUCBTrainer(Trainer):
         self.compact_selection = self.bandits.best(cfg.keep)
         self.model = extract(self.dense_model, torch.zeros(self.example_shape),
                              self.compact_selection).to(memory_format=torch.channels_last)
+        if cfg.cucb_bn_batches:
+            self.recalibrate_bn(cfg.cucb_bn_batches)
         self.opt = torch.optim.SGD(param_groups(self.model, cfg.weight_decay), lr=cfg.cucb_finetune_lr,
                                    momentum=cfg.momentum, nesterov=True)
         self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, max(1, cfg.cucb_finetune))
@@ -218,6 +221,32 @@ class CUCBTrainer(Trainer):
             row.update(test_acc=acc, params=count_params(self.model),
                        inference_macs=prof.totals["dense_macs"])
             self._record(row)
+
+    @torch.no_grad()
+    def recalibrate_bn(self, batches: int) -> None:
+        """Recompute every BN's running statistics of ``self.model`` from ``batches`` training
+        batches (forward only, no augmentation; the data order is not drawn from ``self.gen``).
+
+        Why: during the bandit phase a channel's running statistics average over steps in which
+        different subsets of its input channels ran, so they do not match the fixed sub-network
+        that is extracted; batch statistics of that very sub-network do.
+        """
+        bns = [m for m in self.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        saved = [m.momentum for m in bns]
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the calibration batches
+        was_training = self.model.training
+        self.model.train()
+        x_all = self.train_set.tensors[0]
+        bs = self.cfg.batch_size
+        try:
+            for i in range(min(batches, math.ceil(len(x_all) / bs))):
+                self.model(x_all[i * bs:(i + 1) * bs].contiguous(memory_format=torch.channels_last))
+        finally:
+            for m, mom in zip(bns, saved):
+                m.momentum = mom
+            self.model.train(was_training)
 
     def _record(self, row: dict[str, Any]) -> None:
         if row["phase"] == "cucb":

@@ -40,6 +40,18 @@ def test_trainer_phases_macs_and_compact_model(tmp_path):
     assert "train_mac_reduction" in csv_head and "inference_macs" in csv_head
 
 
+def test_bn_recalibration_uses_the_compact_models_batch_statistics(tmp_path):
+    t = CUCBTrainer(_cfg(tmp_path, epochs=1, cucb_warmup=0, cucb_finetune=0, cucb_bn_batches=2),
+                    progress=False)
+    t.fit()
+    bn = t.model.bn1  # the stem BN: its input does not depend on other BNs
+    x = t.train_set.tensors[0][:128]
+    with torch.no_grad():
+        y = t.model.conv1(x)
+    torch.testing.assert_close(bn.running_mean, y.mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
+    assert bn.momentum == 0.1 and int(bn.num_batches_tracked) == 2
+
+
 def test_resume_restores_bandit_state(tmp_path):
     a = CUCBTrainer(_cfg(tmp_path, "a", epochs=2), progress=False)
     a.fit(stop_after=1)
