@@ -48,9 +48,9 @@ def extract(model: nn.Module, example_input: torch.Tensor,
     ids of ``dyngate.capture(model, example_input)``); ``model`` is not modified.
 
     Dropped channels are *absent*, as in the sliced training steps: consumers lose their
-    contribution entirely. (``dyngate.surgery.prune_groups`` instead treats them as zeroed
-    filters and folds their constant BN shift into the consumers, and it refuses option-A
-    shortcuts with unequal kept pad zones, which the bandit's free top-k produces; so the
+    contribution entirely. (``dyngate.surgery.prune_groups(..., fold_shift=False)`` has the same
+    semantics, but it refuses option-A shortcuts whose kept pad-zone channels are unequal below
+    and above the copied block, and the bandit's free top-k produces such keep sets; so the
     compact model of a CUCB run is built here, from the same plan the training steps used.)
     """
     return _extract_local(model, example_input, selection)
