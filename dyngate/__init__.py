@@ -15,6 +15,6 @@ from dyngate.prune import prune
 from dyngate.compile import compile
 from dyngate.cucb import CUCBTrainer
 
-__all__ = ["convert", "profile", "prune", "save", "load", "gates_open", "gates_closed", "gate_loss",
+__all__ = ["convert", "profile", "prune", "compile", "save", "load", "gates_open", "gates_closed", "gate_loss",
            "set_backend", "capture", "GatedConv2d", "SparsityProfile", "DyngateError",
            "GraphError", "ConversionError", "ProfileError", "CheckpointError", "CUCBTrainer"]

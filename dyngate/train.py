@@ -185,8 +185,9 @@ class Trainer:
     def resume(self, path: str) -> None:
         payload = read_checkpoint(path)
         st = payload["extra"].get("trainer")
-        if st is None:
-            raise CheckpointError(f"{path}: no trainer state to resume from")
+        if st is None or "optimizer" not in st:
+            raise CheckpointError(f"{path}: no trainer state to resume from (a shipped checkpoint "
+                                  "keeps only its weights and config; start from it with --init)")
         dyngate.checkpoint._load_strict(self.model, payload["state_dict"], path)
         self.opt.load_state_dict(st["optimizer"])
         self.sched.load_state_dict(st["scheduler"])
