@@ -122,7 +122,7 @@ class GatedConv2d(nn.Module):
             w = self.weight if self.mode == "open" else self.weight * self.mask
             out = self._conv(x, w, self.bias)
             if self._stats is not None:  # every gate on / off: record that as the density
-                self._record(torch.full_like(out[:, :, :, :], self.mode == "open", dtype=torch.bool))
+                self._record(torch.full_like(out, self.mode == "open", dtype=torch.bool))
             return out
         if self.training:
             return self._forward_train(x)

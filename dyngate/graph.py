@@ -29,7 +29,7 @@ _LEAVES = (GatedConv2d, PadShortcut)
 _ACT_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.SiLU, nn.GELU, nn.Sigmoid, nn.Hardswish,
                 nn.Hardsigmoid, nn.Tanh, nn.ELU, nn.Mish)
 _ACT_FUNCS = {F.relu, F.relu6, F.leaky_relu, F.silu, F.gelu, F.hardswish, F.hardsigmoid, F.elu,
-              torch.relu, torch.sigmoid, torch.tanh, F.mish, torch.nn.functional.sigmoid}
+              torch.relu, torch.sigmoid, torch.tanh, F.mish, F.sigmoid}
 _ACT_METHODS = {"relu", "relu_", "sigmoid", "tanh"}
 _PASS_MODULES = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d,
                  nn.Dropout, nn.Dropout2d, nn.Identity, nn.Upsample)
