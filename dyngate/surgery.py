@@ -281,7 +281,8 @@ def _slice_linear(m: nn.Linear, keep_out: list[int], keep_in: list[int], name: s
     return new
 
 
-def _slice_bn(m: nn.BatchNorm2d, keep: list[int], name: str) -> nn.BatchNorm2d:
+def slice_batchnorm(m: nn.BatchNorm2d, keep: list[int], name: str) -> nn.BatchNorm2d:
+    """A BatchNorm2d holding only channels ``keep`` (affine params and running stats)."""
     if type(m) is not nn.BatchNorm2d:
         raise SurgeryError(f"'{name}': {type(m).__name__} is not a plain nn.BatchNorm2d")
     new = nn.BatchNorm2d(len(keep), m.eps, m.momentum, m.affine, m.track_running_stats,
@@ -307,7 +308,7 @@ def apply_plan(model: nn.Module, plan: Mapping[str, Any]) -> nn.Module:
         _set_submodule(model, name, new)
     for name, keep in plan.get("bns", {}).items():
         m = _get(model, name)
-        new = _slice_bn(m, list(keep), name)
+        new = slice_batchnorm(m, list(keep), name)
         new.train(m.training)
         _set_submodule(model, name, new)
     for name, (cin, cout) in plan.get("shortcuts", {}).items():

@@ -21,6 +21,7 @@ from dyngate.checkpoint import _load_strict
 from dyngate.cucb.plan import SlicePlan, make_plan
 from dyngate.errors import CheckpointError
 from dyngate.graph import GraphView, capture
+from dyngate.surgery import slice_batchnorm
 from models.resnet import PadShortcut
 
 FORMAT = "dyngate.cucb.compact"
@@ -69,7 +70,7 @@ def _extract_local(model: nn.Module, example_input: torch.Tensor,
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             small = _slice_layer(m, plan, name)
         elif isinstance(m, nn.BatchNorm2d):
-            small = _slice_bn(m, plan.node_kept[node.args[0].name])
+            small = slice_batchnorm(m, [int(i) for i in plan.node_kept[node.args[0].name]], name)
         elif isinstance(m, PadShortcut):
             small = _shortcut(view, plan, node, m)
         else:
@@ -96,20 +97,6 @@ def _slice_layer(m: nn.Module, plan: SlicePlan, name: str) -> nn.Module:
             small.weight.copy_(m.weight[out] if depthwise else m.weight[out][:, cin])
         if m.bias is not None:
             small.bias.copy_(m.bias[out])
-    return small
-
-
-def _slice_bn(m: nn.BatchNorm2d, kept: np.ndarray) -> nn.BatchNorm2d:
-    idx = torch.as_tensor(kept)
-    small = nn.BatchNorm2d(len(idx), m.eps, m.momentum, m.affine, m.track_running_stats)
-    with torch.no_grad():
-        if m.affine:
-            small.weight.copy_(m.weight[idx])
-            small.bias.copy_(m.bias[idx])
-        if m.track_running_stats:
-            small.running_mean.copy_(m.running_mean[idx])
-            small.running_var.copy_(m.running_var[idx])
-            small.num_batches_tracked.copy_(m.num_batches_tracked)
     return small
 
 
