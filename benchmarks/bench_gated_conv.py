@@ -22,6 +22,8 @@ import torch.nn.functional as F
 
 from bench_gated_conv_shapes import NETWORKS, ConvLayer, layer_inputs, median_time, theoretical_speedup
 from kernels import conditional_conv2d
+from kernels.api import validate
+from kernels.cpu import conditional_conv2d_cpu
 from kernels.workspace import release
 
 DENSITIES = (1.0, 0.5, 0.3, 0.1)
@@ -38,12 +40,22 @@ def bench_layer(layer: ConvLayer, batch: int, density: float, kind: str, args) -
         measured = float(gate.float().mean())
         t_dense = median_time(lambda: F.conv2d(x, w, b, layer.stride, layer.padding), args.repeats)
         t_gated = median_time(lambda: conditional_conv2d(x, w, b, tau, isg, **kw), args.repeats)
+        t_pipe = median_time(lambda: _pipeline(x, w, b, tau, isg, kw), args.repeats) if args.pipeline else None
     theo = theoretical_speedup(measured, args.partitions)
     real = t_dense / t_gated
     return dict(layer=layer.name, shape=f"{layer.c_in}->{layer.c_out} {layer.k}x{layer.k} s{layer.stride} "
                 f"@{layer.hw}", count=layer.count, density_target=density, kind=kind,
-                density=measured, dense_ms=t_dense * 1e3, gated_ms=t_gated * 1e3, real_speedup=real,
+                density=measured, dense_ms=t_dense * 1e3, gated_ms=t_gated * 1e3,
+                pipeline_ms=None if t_pipe is None else t_pipe * 1e3, real_speedup=real,
                 theoretical_speedup=theo, efficiency=real / theo, macs=layer.macs(batch))
+
+
+def _pipeline(x, w, b, tau, isg, kw):
+    """The torch-op pipeline of kernels/cpu.py (base conv + gathered GEMMs), for comparison."""
+    geo = validate(x, w, b, tau, isg, kw["stride"], kw["padding"], 1, kw["partitions"], kw["grouped"],
+                   kw["granularity"])
+    return conditional_conv2d_cpu(x, w, b, tau, isg, geo, partitions=kw["partitions"], grouped=kw["grouped"],
+                                  granularity=kw["granularity"], strategy="pipeline")
 
 
 def bench_network(net: str, args) -> dict:
@@ -79,7 +91,9 @@ def bench_network(net: str, args) -> dict:
             mac_dense = mac_ungated + sum(r["macs"] * r["count"] for r in sel)
             mac_gated = mac_ungated + sum(r["macs"] * r["count"] / r["theoretical_speedup"] for r in sel)
             real, theo = t_dense / t_gated, mac_dense / mac_gated
+            t_pipe = (t_ungated + sum(r["pipeline_ms"] * r["count"] for r in sel)) if args.pipeline else None
             whole[f"{kind}@{d}"] = dict(kind=kind, density=d, dense_ms=t_dense, gated_ms=t_gated,
+                                        pipeline_ms=t_pipe,
                                         real_speedup=real, theoretical_speedup=theo,
                                         efficiency=real / theo)
     return dict(network=net, batch=batch, layers=rows, ungated_dense_ms=dense_ms, whole=whole)
@@ -171,19 +185,28 @@ def _progress(row: dict) -> None:
 
 def print_tables(result: dict) -> None:
     print(f"\n## {result['network']} (batch {result['batch']})\n")
-    print("| layer | shape | x | gates | density | dense ms | gated ms | real | theoretical | efficiency |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| layer | shape | x | gates | density | dense ms | gated ms | real | theoretical | efficiency "
+          "| pipeline ms | pipeline real |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in result["layers"]:
         print(f"| {r['layer']} | {r['shape']} | {r['count']} | {r['kind']} | {r['density']:.2f} | "
               f"{r['dense_ms']:.2f} | {r['gated_ms']:.2f} | {r['real_speedup']:.2f} | "
-              f"{r['theoretical_speedup']:.2f} | {r['efficiency']:.2f} |")
+              f"{r['theoretical_speedup']:.2f} | {r['efficiency']:.2f} | {_pipe(r)} |")
     print(f"\nWhole network (all convs; ungated at dense time):\n")
-    print("| gates | target density | dense ms | gated ms | real | theoretical | efficiency |")
-    print("|---|---|---|---|---|---|---|")
+    print("| gates | target density | dense ms | gated ms | real | theoretical | efficiency "
+          "| pipeline ms | pipeline real |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for w in result["whole"].values():
         print(f"| {w['kind'] if w['density'] < 1 else 'any'} | {w['density']} | {w['dense_ms']:.1f} | "
               f"{w['gated_ms']:.1f} | {w['real_speedup']:.2f} | {w['theoretical_speedup']:.2f} | "
-              f"{w['efficiency']:.2f} |")
+              f"{w['efficiency']:.2f} | {_pipe(w)} |")
+
+
+def _pipe(r: dict) -> str:
+    """'ms | speedup' of the torch-op pipeline, or dashes when it was not timed."""
+    if r.get("pipeline_ms") is None:
+        return "- | -"
+    return f"{r['pipeline_ms']:.2f} | {r['dense_ms'] / r['pipeline_ms']:.2f}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -196,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--granularity", type=int, default=1)
     ap.add_argument("--ungrouped", action="store_true", help="base path = first C_in/p inputs")
     ap.add_argument("--networks", default="resnet18,resnet20")
+    ap.add_argument("--no-pipeline", dest="pipeline", action="store_false",
+                    help="skip timing the torch-op pipeline (the pre-fused CPU path) beside the fused kernel")
     ap.add_argument("--out-json", help="also write the JSON document to this file")
     ap.add_argument("--checkpoint", help="also time a trained gated dyngate checkpoint on real test "
                                          "images with its own gates")

@@ -5,6 +5,10 @@ Pipeline (all activations channels-last, fp32 arithmetic):
 1. base pass: torch conv over the base channels only (a grouped conv with ``p`` groups for
    block-diagonal base paths, a conv over the first ``C_in/p`` inputs otherwise);
 2. gate: the folded per-channel compare on the partial sum, as 0/1 floats;
+The ``fused`` strategy (default wherever it applies: a C compiler exists and the output
+chunks are multiples of 4 channels) replaces all three steps with one compiled loop, see
+:mod:`kernels.cpu_fused`. The torch pipeline below is the fallback and the comparison point:
+
 3. conditional pass, one of three strategies picked per call by a small cost model:
 
    * ``groups``: for each of the ``p`` output-channel chunks, the output positions where any
@@ -25,17 +29,19 @@ Gate decisions can only differ where the score is within rounding of the thresho
 """
 from __future__ import annotations
 
+import warnings
 import weakref
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from kernels import cpu_fused
 from kernels.geometry import ConvGeometry
 from kernels.workspace import scratch
 
 CL = torch.channels_last
-STRATEGIES = ("auto", "groups", "union", "dense")
+STRATEGIES = ("auto", "fused", "pipeline", "groups", "union", "dense")
 
 # Cost model, nanoseconds on the reference 2-core AVX-512 box (see results/gated_conv_cpu.md):
 # gathering one float of im2col, one multiply-add of the gathered GEMM, one multiply-add of
@@ -199,19 +205,45 @@ def _costs(geo: ConvGeometry, k: int, partitions: int, grouped: bool, r_union: i
     }
 
 
+_WARNED: set[str] = set()
+
+
+def _warn_fallback(reason: str) -> None:
+    """Say once per reason that the slower torch pipeline runs instead of the fused kernel."""
+    if reason not in _WARNED:
+        _WARNED.add(reason)
+        warnings.warn(f"gated conv: fused CPU kernel not used ({reason}); running the torch-op "
+                      "pipeline instead", RuntimeWarning, stacklevel=3)
+
+
 def conditional_conv2d_cpu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                            tau: torch.Tensor, inv_sigma: torch.Tensor, geo: ConvGeometry, *,
                            partitions: int, grouped: bool, granularity: int = 1,
                            return_gate: bool = False, strategy: str = "auto"):
     """Gated conv on CPU tensors; arguments already validated by :func:`kernels.conditional_conv2d`.
 
-    ``strategy`` forces one conditional-pass strategy (tests, benchmarks); "auto" asks the
-    cost model. Returns ``out`` or ``(out, gate)``; out has x's dtype and memory format.
+    ``strategy`` forces one strategy (tests, benchmarks); "auto" takes the fused kernel where
+    it applies and otherwise asks the cost model of the torch pipeline; "pipeline" always
+    asks that cost model (the comparison point of the benchmarks). Returns ``out`` or
+    ``(out, gate)``; out has x's dtype and memory format.
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
     cdt = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
     xc = x.to(cdt).contiguous(memory_format=CL)
+    if strategy in ("auto", "fused") and cdt == torch.float32:
+        reason = cpu_fused.unsupported_reason(geo, partitions, grouped, granularity)
+        if reason is None:
+            out, gate, _ = cpu_fused.run(_padded_input(xc, geo, 0), weight, bias, tau, inv_sigma, geo,
+                                         partitions=partitions, grouped=grouped,
+                                         granularity=granularity, return_gate=return_gate)
+            out = (out if x.is_contiguous(memory_format=CL) else out.contiguous()).to(x.dtype)
+            return (out, gate) if return_gate else out
+        if strategy == "fused":
+            raise ValueError(f"strategy 'fused' cannot run this layer: {reason}")
+        _warn_fallback(reason)
+    elif strategy == "fused":
+        raise ValueError(f"strategy 'fused' computes in float32, got {cdt}")
     w = weight.to(cdt) if weight.dtype != cdt else weight
     b = None if bias is None else bias.detach().to(cdt)
     prep = _prepare(w, partitions, grouped)
@@ -231,7 +263,7 @@ def conditional_conv2d_cpu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Te
     # one streaming pass, where amax over the small chunk dimension is ~20x slower.
     need = torch.mm(_chunk_indicator(p, co, g.dtype), g.t()) > 0
     need_u = need.any(dim=0)
-    if strategy == "auto":
+    if strategy in ("auto", "pipeline"):
         cost = _costs(geo, prep.rest.shape[0], p, grouped, int(need_u.sum()),
                       need.sum(dim=1).tolist())
         strategy = min(cost, key=cost.get)

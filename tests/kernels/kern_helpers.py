@@ -6,6 +6,14 @@ import torch.nn.functional as F
 
 from kernels.reference import base_mask
 
+GEOMS = [  # (stride, padding, dilation, h, w, k) shared by the CPU-path tests
+    (1, 1, 1, 7, 7, 3),
+    (2, 1, 1, 9, 8, 3),
+    (1, 2, 2, 8, 9, 3),
+    (2, 0, 1, 7, 7, 3),
+    (1, 0, 1, 5, 6, 1),
+]
+
 
 def make_case(n=2, c_in=8, c_out=8, h=7, w=7, k=3, *, seed=0, density=0.5, dtype=torch.float32,
               partitions=4, grouped=True, stride=1, padding=1, dilation=1):

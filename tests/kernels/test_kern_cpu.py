@@ -5,18 +5,11 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from kern_helpers import check_against_reference, make_case
+from kern_helpers import GEOMS, check_against_reference, make_case
 from kernels import conditional_conv2d
 from kernels.api import validate
 from kernels.cpu import _costs, conditional_conv2d_cpu
 
-GEOMS = [  # (stride, padding, dilation, h, w, k)
-    (1, 1, 1, 7, 7, 3),
-    (2, 1, 1, 9, 8, 3),
-    (1, 2, 2, 8, 9, 3),
-    (2, 0, 1, 7, 7, 3),
-    (1, 0, 1, 5, 6, 1),
-]
 
 
 def _run(case, geom, *, strategy, grouped, granularity=1, partitions=4):

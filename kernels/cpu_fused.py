@@ -1,0 +1,215 @@
+"""Fused CPU kernel of the conditional conv: base sum, gate and conditional pass in one loop.
+
+The torch-op pipeline in :mod:`kernels.cpu` pays for a separate base conv, elementwise gate
+passes and gathered GEMMs; on this CPU that left the gated model slower than dense even at
+density 0.3. ``csrc/gated_conv.c`` instead walks output tiles (R positions of a row x VW
+output channels) once: base sum, compare, and the remaining-channel sum only when a gate of
+the tile is on, all in registers. Work is skipped per tile, so the saving follows the
+spatial structure of the gates: clustered gates (what trained CGNet gates look like) skip
+tiles, per-element random gates at density >= 0.1 leave nearly every tile active.
+
+The C source is compiled per layer geometry with every size a compile-time constant (gcc,
+``-O3 -march=native -fopenmp``), cached on disk under ``$DYNGATE_KERNEL_CACHE`` (default
+``~/.cache/dyngate/kernels``) and loaded with ctypes; it links the libgomp torch already
+loaded. Without a C compiler :func:`available` is False and callers use the torch pipeline.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+from kernels.geometry import ConvGeometry
+from kernels.reference import base_mask
+
+SOURCE = Path(__file__).with_name("csrc") / "gated_conv.c"
+
+
+class NativeBuildError(RuntimeError):
+    """The C compiler failed on the fused kernel (message carries the compiler output)."""
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("DYNGATE_KERNEL_CACHE", Path.home() / ".cache" / "dyngate" / "kernels"))
+
+
+@functools.lru_cache(maxsize=1)
+def compiler() -> str | None:
+    """Path of the C compiler used (``$CC`` or gcc), None when there is none."""
+    return shutil.which(os.environ.get("CC", "gcc"))
+
+
+@functools.lru_cache(maxsize=1)
+def _max_tile() -> int:
+    """Positions per tile: R accumulators + weights must fit the vector register file."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        flags = ""
+    return 14 if "avx512f" in flags else 6
+
+
+def available() -> bool:
+    """True when the fused kernel can be built here (a C compiler exists)."""
+    return compiler() is not None
+
+
+def layout(geo: ConvGeometry, partitions: int, grouped: bool, granularity: int) -> tuple[int, bool] | None:
+    """(VW, SPAN): output channels per SIMD vector, and whether a vector spans several output
+    chunks of a grouped base path; None when the layer is outside the kernel's shapes.
+
+    A vector never splits a gate group of G channels. It holds channels of one chunk (exact
+    channel ranges) when the chunk is a multiple of 16 or, failing that, when spanning is not
+    possible; chunks narrower than a vector are spanned with pre-masked weights (SPAN, see
+    csrc/gated_conv.c), measured faster than 4- or 8-lane vectors on ResNet-20's layers.
+    """
+    grouped = grouped and partitions > 1
+    span = geo.c_out // partitions if grouped else geo.c_out
+    options = [(16, False), (16, True), (8, False), (8, True), (4, False)]
+    for vw, spanning in options:
+        if vw % granularity or geo.c_out % vw:
+            continue
+        if not spanning and span % vw == 0:
+            return vw, False
+        if spanning and grouped and vw % span == 0:
+            return vw, True
+    return None
+
+
+def vector_width(geo: ConvGeometry, partitions: int, grouped: bool, granularity: int) -> int | None:
+    """Output channels per SIMD vector (see :func:`layout`), None when unsupported."""
+    lay = layout(geo, partitions, grouped, granularity)
+    return None if lay is None else lay[0]
+
+
+def unsupported_reason(geo: ConvGeometry, partitions: int, grouped: bool, granularity: int) -> str | None:
+    """Why the fused kernel cannot run this layer (None when it can)."""
+    if not available():
+        return "no C compiler found (set $CC or install gcc)"
+    if layout(geo, partitions, grouped, granularity) is None:
+        return (f"output chunk of {geo.c_out // partitions if grouped else geo.c_out} channels with "
+                f"gate granularity {granularity}: needs a multiple of 4 channels per chunk (or "
+                "chunks that tile a 16/8-channel vector) and G dividing the vector")
+    return None
+
+
+def _blocks_per_tile(geo: ConvGeometry, partitions: int, grouped: bool, vw: int, spanning: bool) -> int:
+    """Vectors per tile: 2 halves the broadcast loads per FMA, which paid off (2 threads, this
+    CPU) for strided layers, whose broadcasts touch more cache lines, and for 512+ inputs;
+    1 keeps more positions per tile and was as fast or faster on the other ResNet-18 shapes."""
+    span = geo.c_out if spanning or not (grouped and partitions > 1) else geo.c_out // partitions
+    wants_two = max(geo.stride) > 1 or geo.c_in >= 512
+    return 2 if wants_two and span % (2 * vw) == 0 else 1
+
+
+def _tiling(wo: int, nbt: int) -> tuple[int, int]:
+    """(R, RT): tile width and last-tile width along an output row, as even as possible."""
+    rmax = _max_tile() if nbt == 1 else _max_tile() * 6 // 7
+    tiles = -(-wo // rmax)
+    r = -(-wo // tiles)
+    return r, wo - (tiles - 1) * r
+
+
+def _defines(geo: ConvGeometry, partitions: int, grouped: bool, granularity: int) -> dict[str, int]:
+    vw, spanning = layout(geo, partitions, grouped, granularity)
+    nbt = _blocks_per_tile(geo, partitions, grouped, vw, spanning)
+    r, rt = _tiling(geo.wo, nbt)
+    return dict(C_IN=geo.c_in, C_OUT=geo.c_out, KH=geo.kh, KW=geo.kw, SH=geo.stride[0],
+                SW=geo.stride[1], DH=geo.dilation[0], DW=geo.dilation[1], HP=geo.hp, WP=geo.wp,
+                HO=geo.ho, WO=geo.wo, P=partitions, GROUPED=int(grouped and partitions > 1), VW=vw,
+                NBT=nbt, G=granularity, R=r, RT=rt, SPAN=int(spanning))
+
+
+@functools.lru_cache(maxsize=256)
+def _load(defines: tuple[tuple[str, int], ...]):
+    """Compile (or reuse from the disk cache) one geometry's kernel; return its C function."""
+    cc = compiler()
+    if cc is None:
+        raise NativeBuildError("no C compiler found (set $CC or install gcc)")
+    flags = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11"]
+    flags += [f"-D{k}={v}" for k, v in defines]
+    key = hashlib.sha256((SOURCE.read_text() + " ".join([cc, *flags])).encode()).hexdigest()[:24]
+    out = _cache_dir() / f"gated_conv_{key}.so"
+    if not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+        os.close(fd)
+        proc = subprocess.run([cc, *flags, str(SOURCE), "-o", tmp], capture_output=True, text=True)
+        if proc.returncode:
+            os.unlink(tmp)
+            raise NativeBuildError(f"{cc} failed on {SOURCE} with {' '.join(flags)}:\n{proc.stderr}")
+        os.replace(tmp, out)
+    fn = ctypes.CDLL(str(out)).gated_conv
+    fn.restype = ctypes.c_longlong
+    fn.argtypes = [ctypes.c_void_p] * 8 + [ctypes.c_int, ctypes.c_int]
+    return fn
+
+
+_PACKED: dict[int, tuple] = {}
+
+
+def _pack(w: torch.Tensor, tw: int) -> torch.Tensor:
+    c_out, c_in, kh, kw = w.shape
+    return w.reshape(c_out // tw, tw, c_in, kh, kw).permute(0, 3, 4, 2, 1).contiguous()
+
+
+def _packed_weights(w: torch.Tensor, tw: int, span_mask: tuple[int, bool] | None):
+    """(C_out/TW, kh, kw, C_in, TW) contiguous, one tile's weights in stream order: W itself,
+    or with ``span_mask=(partitions, grouped)`` the pair (W*M, W*(1-M)) for SPAN tiles.
+    Cached while ``w`` is alive and unmodified (tensor version counter)."""
+    key = (w._version, tw, span_mask)
+    hit = _PACKED.get(id(w))
+    if hit is not None and hit[0] is w and hit[1] == key:
+        return hit[2]
+    wf = w.detach().float()
+    if span_mask is None:
+        packed = (_pack(wf, tw), None)
+    else:
+        m = base_mask(wf.shape[0], wf.shape[1], *span_mask, dtype=wf.dtype)
+        packed = (_pack(wf * m, tw), _pack(wf * (1 - m), tw))
+    if len(_PACKED) > 256:
+        _PACKED.clear()
+    _PACKED[id(w)] = (w, key, packed)
+    return packed
+
+
+def run(xrows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, tau: torch.Tensor,
+        inv_sigma: torch.Tensor, geo: ConvGeometry, *, partitions: int, grouped: bool,
+        granularity: int, return_gate: bool) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+    """Run the fused kernel on the padded NHWC input rows ``(N*Hp*Wp, C_in)`` (fp32).
+
+    Returns the channels-last fp32 output, the bool gate (or None) and the number of tiles
+    whose conditional pass ran (a work counter for benchmarks and tests).
+    """
+    defines = _defines(geo, partitions, grouped, granularity)
+    fn = _load(tuple(sorted(defines.items())))
+    w, w_rest = _packed_weights(weight, defines["VW"] * defines["NBT"],
+                                (partitions, grouped) if defines["SPAN"] else None)
+    out = torch.empty((geo.n, geo.c_out, geo.ho, geo.wo), dtype=torch.float32,
+                      memory_format=torch.channels_last)
+    gate = (torch.empty((geo.n, geo.c_out, geo.ho, geo.wo), dtype=torch.uint8,
+                        memory_format=torch.channels_last) if return_gate else None)
+    b = None if bias is None else bias.detach().float().contiguous()
+    t = tau.detach().float().contiguous()
+    s = inv_sigma.detach().float().contiguous()
+    xr = xrows.contiguous()
+
+    def ptr(v):
+        return None if v is None else ctypes.c_void_p(v.data_ptr())
+
+    ran = fn(ptr(xr), ptr(w), ptr(w_rest), ptr(b), ptr(t), ptr(s), ptr(out), ptr(gate), geo.n, torch.get_num_threads())
+    return out, None if gate is None else gate.bool(), int(ran)
+
+
+def tiles(geo: ConvGeometry, partitions: int, grouped: bool, granularity: int) -> int:
+    """Number of (position tile, channel tile) pairs of a layer: the denominator of ``ran``."""
+    d = _defines(geo, partitions, grouped, granularity)
+    per_row = (geo.wo - d["RT"]) // d["R"] + 1
+    return geo.n * geo.ho * per_row * (geo.c_out // (d["VW"] * d["NBT"]))

@@ -1,0 +1,123 @@
+"""Fused compiled CPU kernel against the float64 reference (rtol 1e-5 of the output scale)."""
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from kern_helpers import GEOMS as CPU_GEOMS, check_against_reference, make_case
+from kernels import conditional_conv2d, cpu_fused
+from kernels.api import validate
+from kernels.cpu import conditional_conv2d_cpu
+
+pytestmark = pytest.mark.skipif(not cpu_fused.available(), reason="no C compiler on this machine")
+
+GEOMS = CPU_GEOMS + [(1, 1, 1, 5, 31, 3)]   # a row of 31: tiles of 11, 11 and a last one of 9
+
+
+def _fused(case, geom, *, grouped=True, granularity=1, partitions=4):
+    stride, padding, dilation, _, _, _ = geom
+    x, w, b, tau, isg = case
+    geo = validate(x, w, b, tau, isg, stride, padding, dilation, partitions, grouped, granularity)
+    out, gate = conditional_conv2d_cpu(x, w, b, tau, isg, geo, partitions=partitions, grouped=grouped,
+                                       granularity=granularity, return_gate=True, strategy="fused")
+    check_against_reference(out, gate, x, w, b, tau, isg, stride=stride, padding=padding,
+                            dilation=dilation, partitions=partitions, grouped=grouped,
+                            granularity=granularity)
+    return out, gate
+
+
+@pytest.mark.parametrize("c_out", [16, 32, 64])   # channel tiles of 4, 8 and 16 at p=4
+@pytest.mark.parametrize("grouped", [True, False])
+@pytest.mark.parametrize("geom", GEOMS)
+def test_fused_matches_reference(geom, grouped, c_out):
+    stride, padding, dilation, h, w, k = geom
+    case = make_case(2, 12, c_out, h, w, k, density=0.4, grouped=grouped, stride=stride,
+                     padding=padding, dilation=dilation, seed=c_out + h)
+    _, gate = _fused(case, geom, grouped=grouped)
+    assert 0 < gate.float().mean() < 1
+
+
+@pytest.mark.parametrize("granularity", [2, 4, 8, 16])
+def test_fused_granularity(granularity):
+    case = make_case(2, 16, 64, 7, 9, 3, density=0.5, seed=granularity)
+    _, gate = _fused(case, GEOMS[0], granularity=granularity)
+    g = gate.view(2, 64 // granularity, granularity, 7, 9)
+    assert (g == g[:, :, :1]).all()
+
+
+@pytest.mark.parametrize("partitions", [1, 2, 8])
+def test_fused_partitions(partitions):
+    case = make_case(1, 16, 64, 6, 6, 3, density=0.5, partitions=partitions)
+    _fused(case, GEOMS[0], partitions=partitions)
+
+
+def _work(case):
+    x, w, b, tau, isg = case
+    geo = validate(x, w, b, tau, isg, 1, 1, 1, 4, True, 1)
+    from kernels.cpu import _padded_input
+    xc = x.contiguous(memory_format=torch.channels_last)
+    _, _, ran = cpu_fused.run(_padded_input(xc, geo, 0), w, b, tau, isg, geo, partitions=4,
+                              grouped=True, granularity=1, return_gate=False)
+    return ran, cpu_fused.tiles(geo, 4, True, 1)
+
+
+def test_work_counter_counts_skipped_tiles():
+    """All off runs no conditional pass, all on runs every tile, a gated-off half skips."""
+    ran, total = _work(make_case(2, 16, 64, 8, 28, 3, density=0.0))
+    assert ran == 0
+    ran, total = _work(make_case(2, 16, 64, 8, 28, 3, density=1.0))
+    assert ran == total == 2 * 8 * 2 * 4
+    x, w, b, _, isg = make_case(2, 16, 64, 8, 28, 3, density=1.0)
+    x[:, :, :, 13:] = 0         # Yp = bias in output columns 14.. (the second tile of each row)
+    x[:, :, :, :13] = x[:, :, :, :13].abs() + 1
+    w = w.abs()                 # and Yp > bias + 1e-3 everywhere left of it
+    ran, total = _work((x, w, b, b + 1e-3, isg))
+    assert ran == total // 2
+
+
+def test_fp16_and_memory_format():
+    x, w, b, tau, isg = make_case(2, 16, 32, 7, 7, 3, density=0.5, dtype=torch.float16)
+    out, gate = conditional_conv2d(x, w, b, tau, isg, padding=1, backend="cpu", return_gate=True)
+    assert out.dtype == torch.float16 and out.is_contiguous()
+    check_against_reference(out, gate, x, w, b, tau, isg, padding=1, tol=2e-3, margin=1e-2)
+
+
+def test_forced_fused_on_unsupported_layer_is_an_error():
+    case = make_case(1, 8, 12, 5, 5, 3, density=0.5)     # chunks of 3 channels
+    with pytest.raises(ValueError, match="fused.*3 channels"):
+        _fused(case, GEOMS[0])
+
+
+def test_auto_without_compiler_falls_back_with_warning(monkeypatch):
+    monkeypatch.setattr(cpu_fused, "available", lambda: False)
+    monkeypatch.setattr("kernels.cpu._WARNED", set())
+    x, w, b, tau, isg = make_case(2, 16, 16, 6, 6, 3, density=0.5)
+    with pytest.warns(RuntimeWarning, match="no C compiler"):
+        out, gate = conditional_conv2d(x, w, b, tau, isg, padding=1, backend="cpu", return_gate=True)
+    check_against_reference(out, gate, x, w, b, tau, isg, padding=1)
+
+
+def test_kernel_cache_dir_is_used(tmp_path, monkeypatch):
+    monkeypatch.setenv("DYNGATE_KERNEL_CACHE", str(tmp_path))
+    cpu_fused._load.cache_clear()
+    case = make_case(1, 8, 16, 5, 7, 3, density=0.5, seed=3)
+    _fused(case, GEOMS[0])
+    assert list(tmp_path.glob("gated_conv_*.so"))
+    cpu_fused._load.cache_clear()
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(1, 2), p=st.sampled_from([1, 2, 4]), cin_mult=st.integers(1, 3),
+       cout_mult=st.sampled_from([4, 8, 16]), h=st.integers(3, 9), w=st.integers(3, 17),
+       k=st.sampled_from([1, 2, 3]), stride=st.integers(1, 2), padding=st.integers(0, 2),
+       dilation=st.integers(1, 2), grouped=st.booleans(), density=st.floats(0.0, 1.0),
+       seed=st.integers(0, 99))
+def test_fused_random_shapes_property(n, p, cin_mult, cout_mult, h, w, k, stride, padding, dilation,
+                                      grouped, density, seed):
+    c_in, c_out = p * cin_mult, p * cout_mult
+    if h + 2 * padding < dilation * (k - 1) + 1 or w + 2 * padding < dilation * (k - 1) + 1:
+        return
+    case = make_case(n, c_in, c_out, h, w, k, seed=seed, density=density, partitions=p,
+                     grouped=grouped, stride=stride, padding=padding, dilation=dilation)
+    _fused(case, (stride, padding, dilation, h, w, k), grouped=grouped, partitions=p)
