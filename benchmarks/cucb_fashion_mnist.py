@@ -26,7 +26,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from dyngate.cucb import CUCBTrainer, load_compact  # noqa: E402
+from dyngate.cucb import CUCBTrainer  # noqa: E402
 from dyngate.train import TrainConfig, Trainer  # noqa: E402
 from models.data import dataset_geometry  # noqa: E402
 
@@ -59,7 +59,7 @@ def _widths(model_name: str, compact_path: str) -> tuple[list[str], list[int], l
     import models  # noqa: PLC0415
     cin, _, classes = dataset_geometry("fashion-mnist")
     dense = models.build(model_name, in_channels=cin, num_classes=classes)
-    compact = load_compact(compact_path)
+    compact = dyngate.load(compact_path)
     names, full, kept = [], [], []
     for name, m in dense.named_modules():
         if isinstance(m, torch.nn.Conv2d):

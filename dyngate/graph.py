@@ -280,8 +280,7 @@ def capture(model: nn.Module, example_input: torch.Tensor | None = None) -> Grap
                 chan[node] = c
             elif isinstance(m, PadShortcut):
                 c = arg_ids(node)
-                pad = np.full(m.pad, -1)
-                chan[node] = np.concatenate([pad, c, pad])
+                chan[node] = np.concatenate([np.full(m.pad, -1), c, np.full(m.pad_high, -1)])
             elif isinstance(m, nn.Flatten):
                 c = arg_ids(node)
                 chan[node] = c

@@ -3,7 +3,8 @@
 ``prune_groups(model, example_input, keep)`` keeps, for every channel group listed in ``keep``,
 only the given rows, and returns a smaller deep copy with new ``nn.Conv2d``/``BatchNorm2d``/
 ``nn.Linear`` modules. Everything is expressed as a *plan*: per module the sorted old indices it
-keeps (``out``/``in`` for conv and linear, one list per BN, new widths for option-A shortcuts).
+keeps (``out``/``in`` for conv and linear, one list per BN, new widths and low pad band for
+option-A shortcuts).
 The plan is plain data, so it doubles as the pruning history that ``dyngate.save`` writes and
 ``apply_pruning_history`` replays on a freshly built model before ``load_state_dict``.
 
@@ -22,9 +23,10 @@ channels are exactly zero (soft pruning that also zeroed gamma and beta, as
 ``prune_schedule`` does) there is nothing to fold and the result is exact everywhere.
 
 Option-A shortcuts (``models.resnet.PadShortcut``) map input channel c to c + pad and pad both
-sides with zero channels. ``PadShortcut`` has one symmetric ``pad``, so after surgery the kept
-zero-channels below and above the copied block must be equally many; keep sets that break this
-are refused, naming the shortcut. ``dyngate.prune`` selects balanced pairs in those groups.
+sides with zero channels. After surgery a shortcut pads as many zero channels below and above
+its copied block as the keep set kept in each band (``pad_low`` may differ from the high
+band), so any keep set works. ``dyngate.prune`` still picks equally many rows from both bands
+(its ranking predates asymmetric pads and its committed results use it).
 
 Gated models are refused: pruning happens before ``dyngate.convert`` (``dyngate.load`` replays
 the pruning history first and gates afterwards), because a gate's base partition is defined
@@ -183,11 +185,7 @@ def _build_plan(model: nn.Module, view: GraphView, rows: dict[int, np.ndarray]) 
         kept = np.asarray(layers[partner]["out"])
         lo, hi = int((kept < pad).sum()), int((kept >= pad + cin).sum())
         mid = len(kept) - lo - hi
-        if lo != hi:
-            raise SurgeryError(f"shortcut '{sc}': keeps {lo} zero-padded channels below and {hi} "
-                               f"above the copied block of layer '{partner}'; PadShortcut pads "
-                               "symmetrically, so keep as many low as high pad-zone channels")
-        shortcuts[sc] = [mid, mid + 2 * lo]
+        shortcuts[sc] = [mid, mid + lo + hi, lo]
     return {"layers": layers, "bns": bns, "shortcuts": shortcuts}
 
 
@@ -311,11 +309,13 @@ def apply_plan(model: nn.Module, plan: Mapping[str, Any]) -> nn.Module:
         new = slice_batchnorm(m, list(keep), name)
         new.train(m.training)
         _set_submodule(model, name, new)
-    for name, (cin, cout) in plan.get("shortcuts", {}).items():
+    for name, widths in plan.get("shortcuts", {}).items():
         m = _get(model, name)
         if not isinstance(m, PadShortcut):
             raise SurgeryError(f"'{name}' is {type(m).__name__}, not a PadShortcut")
-        _set_submodule(model, name, PadShortcut(int(cin), int(cout), m.stride))
+        cin, cout = widths[:2]
+        low = int(widths[2]) if len(widths) > 2 else None   # histories before asymmetric pads
+        _set_submodule(model, name, PadShortcut(int(cin), int(cout), m.stride, pad_low=low))
     for name in plan.get("bias_added", []):
         m = _get(model, name)
         if m.bias is None:

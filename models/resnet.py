@@ -69,18 +69,31 @@ class ResNet(nn.Module):
 class PadShortcut(nn.Module):
     """Option-A shortcut of CIFAR ResNets: subsample by ``stride`` and zero-pad channels.
 
-    Parameter-free; the graph view knows its channel map (input channel c -> c + pad).
+    Parameter-free; the graph view knows its channel map (input channel c -> c + pad). The
+    model zoo pads symmetrically; channel surgery may leave unequal zero bands below and above
+    the copied block (``pad_low``), e.g. when a pruning criterion or a CUCB bandit keeps more
+    rows of one band.
     """
 
-    def __init__(self, in_planes: int, out_planes: int, stride: int) -> None:
+    def __init__(self, in_planes: int, out_planes: int, stride: int, pad_low: int | None = None) -> None:
         super().__init__()
-        if (out_planes - in_planes) % 2:
-            raise ValueError(f"PadShortcut needs an even channel increase, got {in_planes}->{out_planes}")
+        if pad_low is None:
+            if (out_planes - in_planes) % 2:
+                raise ValueError(f"PadShortcut needs an even channel increase for symmetric "
+                                 f"padding, got {in_planes}->{out_planes} (pass pad_low)")
+            pad_low = (out_planes - in_planes) // 2
+        if not 0 <= pad_low <= out_planes - in_planes:
+            raise ValueError(f"PadShortcut {in_planes}->{out_planes}: pad_low={pad_low} outside "
+                             f"[0, {out_planes - in_planes}]")
         self.in_planes, self.out_planes, self.stride = in_planes, out_planes, stride
-        self.pad = (out_planes - in_planes) // 2
+        self.pad = pad_low
+        self.pad_high = out_planes - in_planes - pad_low
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.pad(x[:, :, ::self.stride, ::self.stride], (0, 0, 0, 0, self.pad, self.pad))
+        return F.pad(x[:, :, ::self.stride, ::self.stride], (0, 0, 0, 0, self.pad, self.pad_high))
+
+    def extra_repr(self) -> str:
+        return f"{self.in_planes}->{self.out_planes}, stride={self.stride}, pad=({self.pad}, {self.pad_high})"
 
 
 class CifarBasicBlock(nn.Module):

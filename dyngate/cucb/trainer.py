@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from dyngate.checkpoint import read as read_checkpoint
 from dyngate.cucb.bandit import ChannelBandits, keep_fraction
-from dyngate.cucb.extract import count_params, extract, save_compact
+from dyngate.cucb.extract import count_params, extract
 from dyngate.cucb.plan import full_selection, make_plan
 from dyngate.cucb.reward import row_scores, taylor_scores
 from dyngate.cucb.sliced import SlicedExecutor, sliced_sgd_step
@@ -81,28 +81,25 @@ class CUCBTrainer(Trainer):
 
     # --- checkpoints ------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
-        return {**super().state(), "cucb": self.bandits.state_dict()}
-
-    def save(self, path: str) -> None:
-        if self.compact_selection is None:
-            return super().save(path)
-        save_compact(self.model, path, self.dense_model.dyngate_arch, self.example_shape,
-                     self.compact_selection, extra={"metrics": self.history[-1] if self.history
-                                                    else {}, "config": asdict(self.cfg),
-                                                    "history": self.history,
-                                                    "bandits": self.bandits.state_dict()})
+        """Trainer state plus the bandits; after extraction also the kept rows per group (the
+        compact model itself is an ordinary pruned model, its history rebuilds the shapes)."""
+        st = {**super().state(), "cucb": self.bandits.state_dict()}
+        if self.compact_selection is not None:
+            st["cucb_selection"] = {str(g): [int(r) for r in rows]
+                                    for g, rows in self.compact_selection.items()}
+        return st
 
     def resume(self, path: str) -> None:
-        try:
-            payload = read_checkpoint(path)
-        except CheckpointError as e:
-            raise CheckpointError(f"{e} (a compact CUCB checkpoint is final; resume from the "
-                                  "bandit phase's last.pt)") from e
-        st = payload["extra"].get("trainer", {}).get("cucb")
-        if st is None:
+        payload = read_checkpoint(path)
+        st = payload["extra"].get("trainer", {})
+        if "cucb" not in st:
             raise CheckpointError(f"{path}: no CUCB bandit state (was it written by --cucb?)")
+        if "cucb_selection" in st:
+            raise CheckpointError(f"{path}: a compact CUCB checkpoint (after extraction) is final; "
+                                  "resume from a bandit-phase checkpoint, or fine-tune it further "
+                                  "with --init")
         super().resume(path)
-        self.bandits.load_state_dict(st)
+        self.bandits.load_state_dict(st["cucb"])
 
     # --- bandit phase -----------------------------------------------------------------------
     def train_epoch(self) -> dict[str, float]:

@@ -5,7 +5,7 @@ import torch
 
 import dyngate
 from cucb_helpers import random_selection, tiny_nets
-from dyngate.cucb import SlicedExecutor, extract, load_compact, make_plan, save_compact
+from dyngate.cucb import SlicedExecutor, extract, make_plan
 from dyngate.cucb.extract import count_params
 
 
@@ -31,19 +31,19 @@ def test_extraction_preserves_subnetwork_outputs(name, model, x):
         assert w.shape[0] == len(plan.layer_out[layer])
 
 
-def test_compact_checkpoint_roundtrip(tmp_path):
+def test_compact_model_is_a_pruned_checkpoint(tmp_path):
+    """Free top-k keep sets (unbalanced option-A pad bands included) go through the static
+    surgery; dyngate.save/load round-trip them through the pruning history."""
     import models
     model = models.build("resnet20", in_channels=1, num_classes=10).eval()
     x = torch.randn(2, 1, 28, 28)
     view = dyngate.capture(model, x[:1])
     sel = random_selection(view, 0.5, seed=2)
     compact = extract(model, x[:1], sel).eval()
-    save_compact(compact, str(tmp_path / "c.pt"), model.dyngate_arch, (1, 1, 28, 28), sel)
-    again = load_compact(str(tmp_path / "c.pt"))
+    assert compact.dyngate_pruning["steps"][-1]["meta"] == {"method": "cucb"}
+    dyngate.save(compact, tmp_path / "c.pt")
+    again = dyngate.load(tmp_path / "c.pt")
     with torch.no_grad():
-        torch.testing.assert_close(again(x), compact(x))
-    with pytest.raises(dyngate.CheckpointError, match="not a CUCB compact checkpoint"):
-        torch.save({"format": "other"}, tmp_path / "o.pt")
-        load_compact(str(tmp_path / "o.pt"))
-    with pytest.raises(dyngate.CheckpointError, match="does not exist"):
-        load_compact(str(tmp_path / "missing.pt"))
+        torch.testing.assert_close(again(x), compact(x), rtol=0, atol=0)
+    pads = [(m.pad, m.pad_high) for m in compact.modules() if type(m).__name__ == "PadShortcut"]
+    assert pads and all(lo + hi > 0 for lo, hi in pads)

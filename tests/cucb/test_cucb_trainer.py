@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from dyngate.cli import main
-from dyngate.cucb import CUCBTrainer, load_compact
+import dyngate
+from dyngate.cucb import CUCBTrainer
 from dyngate.train import TrainConfig, evaluate
 
 SMALL = dict(model="resnet20", dataset="synthetic", batch_size=64, train_limit=128,
@@ -33,9 +34,11 @@ def test_trainer_phases_macs_and_compact_model(tmp_path):
     assert hist[1]["test_acc"] == hist[2]["test_acc"]
     assert t.dense_model.training  # evaluate_subnet restores the mode it found
     t.save(str(tmp_path / "final.pt"))
-    again = load_compact(str(tmp_path / "final.pt"))
+    again = dyngate.load(str(tmp_path / "final.pt"))
     acc, _ = evaluate(again, t.test_set)
     assert acc == hist[-1]["test_acc"]
+    with pytest.raises(dyngate.CheckpointError, match="compact CUCB checkpoint"):
+        CUCBTrainer(_cfg(tmp_path, "again", epochs=2), progress=False).resume(str(tmp_path / "final.pt"))
     csv_head = (tmp_path / "run" / "metrics.csv").read_text().splitlines()[0]
     assert "train_mac_reduction" in csv_head and "inference_macs" in csv_head
 
@@ -76,7 +79,9 @@ def test_cli_cucb_train(tmp_path, capsys):
     text = capsys.readouterr().out  # per-epoch lines, then the last row as JSON, then "saved"
     final = json.loads(text[text.index("{\n"):text.index("saved")])
     assert final["phase"] == "extract"
-    assert load_compact(str(out / "final.pt")) is not None
+    assert dyngate.load(str(out / "final.pt")) is not None
+    assert main(["eval", str(out / "final.pt"), "--json", "--limit", "32"]) == 0  # plain eval reads it
+    assert json.loads(capsys.readouterr().out)["images"] == 32
 
 
 @pytest.mark.parametrize("args,msg", [

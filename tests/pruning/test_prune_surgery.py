@@ -81,7 +81,7 @@ def test_resnet20_pruned_equals_zeroed_original_exactly(shortcut):
     assert model.layer1[0].conv1.out_channels == 16
 
 
-def test_option_a_shortcut_gets_new_pad_and_unbalanced_keep_is_refused():
+def test_option_a_shortcut_gets_new_pads_including_unbalanced_bands():
     model = models.build("resnet20", in_channels=1).eval()
     x = torch.randn(2, 1, 28, 28)
     view = dyngate.capture(model, x)
@@ -94,8 +94,23 @@ def test_option_a_shortcut_gets_new_pad_and_unbalanced_keep_is_refused():
     s = pruned.layer2[0].shortcut
     assert (s.in_planes, s.out_planes, s.pad) == (10, 16, 3)
     assert pruned.layer3[0].shortcut.in_planes == 16
-    with pytest.raises(SurgeryError, match="layer2.0.shortcut"):
-        prune_groups(model, x, {gid: lo[:3].tolist() + hi[:2].tolist()})
+    # 3 rows of the low band and 1 of the high one: pads (3, 1), outputs as if the removed
+    # channels were dropped (fold_shift=False) on the original model
+    keep = lo[:3].tolist() + hi[:1].tolist()
+    lop = prune_groups(model, x, {gid: keep}, fold_shift=False)
+    s = lop.layer2[0].shortcut
+    assert (s.in_planes, s.out_planes, s.pad, s.pad_high) == (16, 20, 3, 1)
+    ref = copy.deepcopy(model)
+    gone = np.setdiff1d(np.arange(len(rows)), keep)
+    with torch.no_grad():  # removed rows emit exact zeros: conv rows and their BN's affine
+        for (layer, role), idx in sc.groups[gid].members.items():
+            if role == "out":
+                i = torch.as_tensor(idx[gone, 0])
+                ref.get_submodule(layer).weight[i] = 0
+                bn = ref.get_submodule(layer.replace("conv", "bn"))
+                bn.weight[i] = 0
+                bn.bias[i] = 0
+    torch.testing.assert_close(lop(x), ref(x), rtol=1e-5, atol=1e-5)
 
 
 def _small_net():
