@@ -54,6 +54,31 @@ def accuracy(model: nn.Module, data, limit: int | None = None) -> float:
     return correct / len(x)
 
 
+def deploy_form(model: nn.Module) -> nn.Module:
+    """Inference form of a model: eval mode, each BatchNorm folded into the conv before it
+    (``torch.fx.experimental.optimization.fuse``), as a deployment would run it."""
+    from torch.fx.experimental.optimization import fuse  # noqa: PLC0415
+    return fuse(copy.deepcopy(model).eval())
+
+
+@torch.inference_mode()
+def latency_median(dense: nn.Module, pruned: nn.Module, rounds: int = 40) -> tuple[float, float, float]:
+    """Median ms of dense and pruned at batch 64 over ``rounds`` interleaved calls (for a quiet
+    machine; :func:`latency_ratio` is the shared-machine variant). Returns (dense, pruned, ratio)."""
+    import statistics  # noqa: PLC0415
+    x = torch.randn(64, 1, 28, 28)
+    for _ in range(5):
+        dense(x), pruned(x)
+    td, tp_ = [], []
+    for _ in range(rounds):
+        for m, acc in ((dense, td), (pruned, tp_)):
+            t0 = time.perf_counter()
+            m(x)
+            acc.append((time.perf_counter() - t0) * 1e3)
+    d, p = statistics.median(td), statistics.median(tp_)
+    return d, p, p / d
+
+
 @torch.inference_mode()
 def latency_ratio(dense: nn.Module, pruned: nn.Module, rounds: int = 20) -> tuple[float, float, float]:
     """Fastest-of-``rounds`` ms of dense and pruned at batch 64, measured interleaved. The box is
@@ -123,7 +148,7 @@ def tp_prune(model: nn.Module, criterion: str, ratio: float, data) -> nn.Module:
 
 def finetune(model: nn.Module, args) -> tuple[nn.Module, float, float]:
     cfg = TrainConfig(model="resnet20", dataset="fashion-mnist", epochs=args.ft_epochs, batch_size=128,
-                      lr=args.ft_lr, train_limit=args.ft_images, threads=args.threads, seed=0,
+                      lr=args.ft_lr, train_limit=args.ft_images or None, threads=args.threads, seed=0,
                       out=os.path.join(args.work, "ft"))
     t = ScheduledTrainer(cfg, model=copy.deepcopy(model), progress=False)
     t0 = time.perf_counter()
@@ -135,7 +160,9 @@ def run_row(name: str, tool: str, criterion: str, scope: str, ratio: float, prun
             dense: nn.Module, base: dict, test, args) -> dict:
     macs, params = macs_params(pruned)
     acc0 = accuracy(pruned, test, args.quick_eval)
-    _, ft_acc, ft_s = finetune(pruned, args)
+    tuned, ft_acc, ft_s = finetune(pruned, args)
+    os.makedirs(args.work, exist_ok=True)
+    torch.save(tuned, _model_path(args, name))  # whole module: --latency-only re-times it
     d_ms, p_ms, lat = latency_ratio(dense, pruned)
     row = dict(name=name, tool=tool, criterion=criterion, scope=scope, ratio=round(ratio, 4),
                macs=macs, params=params, mac_ratio=macs / base["macs"], param_ratio=params / base["params"],
@@ -145,17 +172,55 @@ def run_row(name: str, tool: str, criterion: str, scope: str, ratio: float, prun
     return row
 
 
+def _model_path(args, name: str) -> str:
+    return os.path.join(args.work, name.replace("/", "_") + ".pt")
+
+
+def latency_only(rows: list[dict], dense: nn.Module, args) -> None:
+    """Re-time every saved model of ``rows`` against dense at ``--latency-threads`` threads,
+    medians of interleaved calls, eager and in deploy form (BN folded into the convs)."""
+    torch.set_num_threads(args.latency_threads)
+    dense_fused = deploy_form(dense)
+    for r in rows:
+        path = _model_path(args, r["name"])
+        if "error" in r or not os.path.exists(path):
+            continue
+        m = torch.load(path, weights_only=False).eval()
+        for tag, (a, b) in (("eager", (dense, m)), ("fused", (dense_fused, deploy_form(m)))):
+            d, p, lat = latency_median(a, b)
+            r[f"lat_{tag}"] = dict(threads=args.latency_threads, dense_ms=d, pruned_ms=p, ratio=lat,
+                                   gain_vs_mac=(1 - lat) / max(1e-9, 1 - r["mac_ratio"]))
+        print(r["name"], r["lat_eager"]["ratio"], r["lat_fused"]["ratio"], flush=True)
+
+
 def write_markdown(rows: list[dict], base: dict, args, path: str) -> None:
+    """Table of every row; the quiet-machine latency columns appear once --latency-only ran."""
+    timed = any("lat_fused" in r for r in rows)
     head = ("| setting | tool | criterion | ratio | MACs (M) | MACs / dense | params / dense | acc after prune* | "
-            "acc after FT | latency / dense | latency gain / MAC gain |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
-    lines = [head]
+            "acc after FT | latency / dense | latency gain / MAC gain |")
+    sep = "|---|---|---|---|---|---|---|---|---|---|---|"
+    if timed:
+        thr = next(r["lat_fused"]["threads"] for r in rows if "lat_fused" in r)
+        head += (f" eager latency / dense ({thr} thr, median) | gain / MAC gain | BN-folded latency / dense "
+                 "| gain / MAC gain |")
+        sep += "---|---|---|---|"
+    lines = [head + "\n", sep + "\n"]
+
+    def gain(g: float, r: dict) -> str:
+        return "-" if r["mac_ratio"] > 0.999 else f"{g:.2f}"
+
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['scope']} | {r['tool']} | {r['criterion']} | failed: {r['error'][:120]} |\n")
             continue
-        lines.append(f"| {r['scope']} | {r['tool']} | {r['criterion']} | {r['ratio']:.3f} | {r['macs'] / 1e6:.2f} | "
-                     f"{r['mac_ratio']:.3f} | {r['param_ratio']:.3f} | {100 * r['acc_pruned']:.2f} | "
-                     f"{100 * r['acc_ft']:.2f} | {r['latency_ratio']:.3f} | {r['speedup_vs_mac']:.2f} |\n")
+        line = (f"| {r['scope']} | {r['tool']} | {r['criterion']} | {r['ratio']:.3f} | {r['macs'] / 1e6:.2f} | "
+                f"{r['mac_ratio']:.3f} | {r['param_ratio']:.3f} | {100 * r['acc_pruned']:.2f} | "
+                f"{100 * r['acc_ft']:.2f} | {r['latency_ratio']:.3f} | {gain(r['speedup_vs_mac'], r)} |")
+        if timed:
+            for tag in ("eager", "fused"):
+                t = r.get(f"lat_{tag}")
+                line += f" {t['ratio']:.3f} | {gain(t['gain_vs_mac'], r)} |" if t else " - | - |"
+        lines.append(line + "\n")
     with open(path, "w") as f:
         f.write(f"Dense: {base['macs'] / 1e6:.2f} M MACs, {base['params']} params, test accuracy "
                 f"{100 * base['acc']:.2f}%.\n\n" + "".join(lines))
@@ -207,6 +272,11 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/bench_pruning")
     ap.add_argument("--skip-full", action="store_true")
     ap.add_argument("--skip-inner", action="store_true")
+    ap.add_argument("--only", nargs="*", default=None, help="run only these row names (e.g. full/l2 dense-ft)")
+    ap.add_argument("--dense-ft", action="store_true", help="also fine-tune the dense model with the same budget")
+    ap.add_argument("--latency-only", action="store_true",
+                    help="re-time the models saved by an earlier run (quiet machine; --latency-threads)")
+    ap.add_argument("--latency-threads", type=int, default=2)
     ap.add_argument("--tvm-only", default=None, metavar="JSON",
                     help="only compare torch and dyngate.compile (TVM) latency, write JSON")
     args = ap.parse_args()
@@ -226,6 +296,8 @@ def main() -> None:
     base = dict(macs=macs, params=params, acc=accuracy(dense, test), checkpoint=ckpt)
     rows = json.load(open(args.json))["rows"] if os.path.exists(args.json) else []
     done = {r["name"] for r in rows}
+    if args.latency_only:
+        latency_only(rows, dense, args)
 
     def save():
         with open(args.json, "w") as f:
@@ -247,6 +319,15 @@ def main() -> None:
             jobs.append((f"inner/{c}", "dyngate", c, "local-inner", lambda r, c=c: dyngate.prune(
                 dense, c, r, scope="local", example_input=xb, data=data, ignore=ign)))
             jobs.append((f"inner-tp/{c}", "torch-pruning", c, "local-inner", lambda r, c=c: tp_prune(dense, c, r, data)))
+    if args.dense_ft and "dense-ft" not in done and not args.latency_only:
+        # control: the dense model given the same extra training as every pruned row
+        rows.append(run_row("dense-ft", "none", "-", "dense + same fine-tuning", 0.0, dense, dense,
+                            base, test, args))
+        save()
+    if args.only is not None:
+        jobs = [j for j in jobs if j[0] in args.only]
+    if args.latency_only:
+        jobs = []
     inner_ratio = {}
     for name, tool, c, scope, fn in jobs:
         if name in done:
