@@ -62,12 +62,11 @@ def deploy_form(model: nn.Module) -> nn.Module:
 
 
 @torch.inference_mode()
-def latency_median(dense: nn.Module, pruned: nn.Module, rounds: int = 40) -> tuple[float, float, float]:
-    """Median ms of dense and pruned at batch 64 over ``rounds`` interleaved calls (for a quiet
-    machine; :func:`latency_ratio` is the shared-machine variant). Returns (dense, pruned, ratio)."""
-    import statistics  # noqa: PLC0415
+def _interleaved_ms(dense: nn.Module, pruned: nn.Module, rounds: int, warmup: int) -> tuple[list, list]:
+    """Per-call ms of dense and pruned at batch 64, calls alternated so drift hits both alike."""
     x = torch.randn(64, 1, 28, 28)
-    for _ in range(5):
+    dense.eval(), pruned.eval()
+    for _ in range(warmup):
         dense(x), pruned(x)
     td, tp_ = [], []
     for _ in range(rounds):
@@ -75,26 +74,23 @@ def latency_median(dense: nn.Module, pruned: nn.Module, rounds: int = 40) -> tup
             t0 = time.perf_counter()
             m(x)
             acc.append((time.perf_counter() - t0) * 1e3)
+    return td, tp_
+
+
+def latency_median(dense: nn.Module, pruned: nn.Module, rounds: int = 40) -> tuple[float, float, float]:
+    """Median ms of dense and pruned over ``rounds`` interleaved calls (for a quiet machine;
+    :func:`latency_ratio` is the shared-machine variant). Returns (dense, pruned, ratio)."""
+    import statistics  # noqa: PLC0415
+    td, tp_ = _interleaved_ms(dense, pruned, rounds, warmup=5)
     d, p = statistics.median(td), statistics.median(tp_)
     return d, p, p / d
 
 
-@torch.inference_mode()
 def latency_ratio(dense: nn.Module, pruned: nn.Module, rounds: int = 20) -> tuple[float, float, float]:
-    """Fastest-of-``rounds`` ms of dense and pruned at batch 64, measured interleaved. The box is
-    shared with a training run, so medians swing by 30%+ between calls; the minimum is the least
-    disturbed estimate and alternating keeps both models under the same drift.
+    """Fastest-of-``rounds`` ms of dense and pruned. The box is shared with a training run, so
+    medians swing by 30%+ between calls; the minimum is the least disturbed estimate.
     Returns (dense, pruned, ratio)."""
-    x = torch.randn(64, 1, 28, 28)
-    dense.eval(), pruned.eval()
-    for _ in range(3):
-        dense(x), pruned(x)
-    td, tp_ = [], []
-    for _ in range(rounds):
-        for m, acc in ((dense, td), (pruned, tp_)):
-            t0 = time.perf_counter()
-            m(x)
-            acc.append((time.perf_counter() - t0) * 1e3)
+    td, tp_ = _interleaved_ms(dense, pruned, rounds, warmup=3)
     d, p = min(td), min(tp_)
     return d, p, p / d
 

@@ -78,9 +78,10 @@ def _cucb_dir(runs: str, model: str, keep: float, c: float) -> str:
 def _arm_means(compact_path: str) -> list[tuple[list[float], int]] | None:
     """Per group, the bandit's empirical means (as stored in the compact checkpoint) and how
     many arms the compact model kept."""
-    payload = torch.load(compact_path, map_location="cpu", weights_only=True)
-    sel, st = payload["selection"], payload["extra"].get("bandits")
-    if not st:
+    from dyngate.checkpoint import read  # noqa: PLC0415
+    trainer = read(compact_path)["extra"].get("trainer", {})
+    sel, st = trainer.get("cucb_selection"), trainer.get("cucb")
+    if not st or not sel:
         return None
     return [(st[g]["means"], len(sel[g])) for g in sorted(st, key=int)]
 
