@@ -295,9 +295,13 @@ def main() -> None:
     if args.latency_only:
         latency_only(rows, dense, args)
 
+    run_args = vars(args)
+    if args.latency_only and os.path.exists(args.json):  # keep the args the rows were made with
+        run_args = {**json.load(open(args.json)).get("args", {}), "latency_threads": args.latency_threads}
+
     def save():
         with open(args.json, "w") as f:
-            json.dump({"base": base, "args": vars(args), "rows": rows}, f, indent=1)
+            json.dump({"base": base, "args": run_args, "rows": rows}, f, indent=1)
         write_markdown(rows, base, args, args.json.replace(".json", "_table.md"))
 
     jobs = []
