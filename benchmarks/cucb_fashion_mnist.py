@@ -56,6 +56,7 @@ def _dense_train_macs(model: str) -> float:
 
 
 def _widths(model_name: str, compact_path: str) -> tuple[list[str], list[int], list[int]]:
+    import dyngate  # noqa: PLC0415
     import models  # noqa: PLC0415
     cin, _, classes = dataset_geometry("fashion-mnist")
     dense = models.build(model_name, in_channels=cin, num_classes=classes)
