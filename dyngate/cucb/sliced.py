@@ -107,15 +107,7 @@ class SlicedExecutor:
         leaves that require grad and BN uses (and updates) batch statistics."""
         res = SlicedRun(output=None)  # type: ignore[arg-type]
         env: dict[str, object] = {}
-
-        def val(a):
-            if isinstance(a, fx.Node):
-                return env[a.name]
-            if isinstance(a, (list, tuple)):
-                return type(a)(val(b) for b in a)
-            if isinstance(a, dict):
-                return {k: val(v) for k, v in a.items()}
-            return a
+        val = _Values(env)
 
         def block(p: nn.Parameter, rows, cols) -> torch.Tensor:
             leaf = _take(p.detach(), rows, cols)
@@ -204,6 +196,25 @@ class SlicedExecutor:
         if t is F.relu and kwargs.get("inplace"):
             kwargs = {**kwargs, "inplace": False}
         return t(*args, **kwargs)
+
+
+class _Values:
+    """Resolves fx arguments against the step's activations. A class rather than a recursive
+    closure: a closure that calls itself is a reference cycle holding the activations dict, so
+    every step's activations waited for Python's cyclic GC (measured: 12.6 GB resident on a
+    ResNet-20 CUCB run; about 0.3 GB without the cycle)."""
+
+    def __init__(self, env: dict[str, object]) -> None:
+        self.env = env
+
+    def __call__(self, a):
+        if isinstance(a, fx.Node):
+            return self.env[a.name]
+        if isinstance(a, (list, tuple)):
+            return type(a)(self(b) for b in a)
+        if isinstance(a, dict):
+            return {k: self(v) for k, v in a.items()}
+        return a
 
 
 def _rows(kept: np.ndarray, full: int) -> torch.Tensor | None:

@@ -121,3 +121,26 @@ def test_plan_macs_and_bad_selections():
         make_plan(view, {fixed.id: [0]})
     with pytest.raises(GraphError, match="group 99"):
         make_plan(view, {99: [0]})
+
+
+def test_step_activations_are_freed_without_the_cyclic_gc():
+    """A training step leaves no reference cycle holding its activations: with the cyclic GC
+    off, they are gone as soon as the caller drops the run (a cycle here cost 12 GB of RAM)."""
+    import gc
+    import weakref
+
+    import models
+    model = models.build("resnet20", in_channels=1, num_classes=10).train()
+    x = torch.randn(4, 1, 28, 28)
+    view = dyngate.capture(model, x[:1])
+    plan = make_plan(view, random_selection(view, 0.6, seed=0))
+    gc.collect()
+    gc.disable()
+    try:
+        run = SlicedExecutor(view).run(x, plan, train=True, record=True)
+        refs = [weakref.ref(t) for t in run.measured.values()] + [weakref.ref(run.output)]
+        F.cross_entropy(run.output, torch.zeros(4, dtype=torch.long)).backward()
+        del run
+        assert all(r() is None for r in refs)
+    finally:
+        gc.enable()
