@@ -77,7 +77,7 @@ def _interleaved_ms(dense: nn.Module, pruned: nn.Module, rounds: int, warmup: in
     return td, tp_
 
 
-def latency_median(dense: nn.Module, pruned: nn.Module, rounds: int = 40) -> tuple[float, float, float]:
+def latency_median(dense: nn.Module, pruned: nn.Module, rounds: int = 100) -> tuple[float, float, float]:
     """Median ms of dense and pruned over ``rounds`` interleaved calls (for a quiet machine;
     :func:`latency_ratio` is the shared-machine variant). Returns (dense, pruned, ratio)."""
     import statistics  # noqa: PLC0415
