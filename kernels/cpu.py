@@ -1,14 +1,16 @@
 """CPU fast path of the conditional partial-sum convolution.
 
-Pipeline (all activations channels-last, fp32 arithmetic):
+The ``fused`` strategy is the default wherever it applies: float32, float16 or bfloat16 inputs
+(computed in float32), a C
+compiler that builds the kernel, and output chunks of a multiple of 4 channels. It does all
+three steps below in one compiled loop, see :mod:`kernels.cpu_fused`. The torch-op pipeline
+is the fallback (with a warning saying why) and the comparison point of the benchmarks.
+
+Pipeline (all activations channels-last, fp32 arithmetic; float64 inputs stay float64):
 
 1. base pass: torch conv over the base channels only (a grouped conv with ``p`` groups for
    block-diagonal base paths, a conv over the first ``C_in/p`` inputs otherwise);
 2. gate: the folded per-channel compare on the partial sum, as 0/1 floats;
-The ``fused`` strategy (default wherever it applies: a C compiler exists and the output
-chunks are multiples of 4 channels) replaces all three steps with one compiled loop, see
-:mod:`kernels.cpu_fused`. The torch pipeline below is the fallback and the comparison point:
-
 3. conditional pass, one of three strategies picked per call by a small cost model:
 
    * ``groups``: for each of the ``p`` output-channel chunks, the output positions where any
@@ -234,11 +236,17 @@ def conditional_conv2d_cpu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Te
     if strategy in ("auto", "fused") and cdt == torch.float32:
         reason = cpu_fused.unsupported_reason(geo, partitions, grouped, granularity)
         if reason is None:
-            out, gate, _ = cpu_fused.run(_padded_input(xc, geo, 0), weight, bias, tau, inv_sigma, geo,
-                                         partitions=partitions, grouped=grouped,
-                                         granularity=granularity, return_gate=return_gate)
-            out = (out if x.is_contiguous(memory_format=CL) else out.contiguous()).to(x.dtype)
-            return (out, gate) if return_gate else out
+            try:
+                out, gate, _ = cpu_fused.run(_padded_input(xc, geo, 0), weight, bias, tau, inv_sigma,
+                                             geo, partitions=partitions, grouped=grouped,
+                                             granularity=granularity, return_gate=return_gate)
+            except cpu_fused.NativeBuildError as e:
+                if strategy == "fused":
+                    raise
+                reason = f"the kernel did not build: {str(e).splitlines()[0]}"
+            else:
+                out = (out if x.is_contiguous(memory_format=CL) else out.contiguous()).to(x.dtype)
+                return (out, gate) if return_gate else out
         if strategy == "fused":
             raise ValueError(f"strategy 'fused' cannot run this layer: {reason}")
         _warn_fallback(reason)

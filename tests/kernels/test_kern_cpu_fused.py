@@ -121,3 +121,25 @@ def test_fused_random_shapes_property(n, p, cin_mult, cout_mult, h, w, k, stride
     case = make_case(n, c_in, c_out, h, w, k, seed=seed, density=density, partitions=p,
                      grouped=grouped, stride=stride, padding=padding, dilation=dilation)
     _fused(case, (stride, padding, dilation, h, w, k), grouped=grouped, partitions=p)
+
+
+def test_auto_falls_back_when_the_kernel_does_not_build(monkeypatch, tmp_path):
+    """A compiler that fails (here: a CC that exits 1) leaves auto on the torch pipeline with a
+    warning naming the failure; a forced 'fused' raises the compiler's error."""
+    fake = tmp_path / "cc"
+    fake.write_text("#!/bin/sh\necho 'broken compiler' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(cpu_fused, "compiler", lambda: str(fake))
+    monkeypatch.setenv("DYNGATE_KERNEL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr("kernels.cpu._WARNED", set())
+    cpu_fused._load.cache_clear()
+    try:
+        case = make_case(1, 8, 16, 5, 6, 3, density=0.5, seed=7)
+        x, w, b, tau, isg = case
+        with pytest.warns(RuntimeWarning, match="did not build"):
+            out, gate = conditional_conv2d(x, w, b, tau, isg, padding=1, backend="cpu", return_gate=True)
+        check_against_reference(out, gate, x, w, b, tau, isg, padding=1)
+        with pytest.raises(cpu_fused.NativeBuildError, match="broken compiler"):
+            _fused(case, GEOMS[0])
+    finally:
+        cpu_fused._load.cache_clear()
