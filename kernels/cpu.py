@@ -1,9 +1,8 @@
 """CPU fast path of the conditional partial-sum convolution.
 
 The ``fused`` strategy is the default wherever it applies: float32, float16 or bfloat16 inputs
-(computed in float32), a C
-compiler that builds the kernel, and output chunks of a multiple of 4 channels. It does all
-three steps below in one compiled loop, see :mod:`kernels.cpu_fused`. The torch-op pipeline
+(computed in float32), a C compiler that builds the kernel, and output chunks of a multiple of
+4 channels. It does all three steps below in one compiled loop, see :mod:`kernels.cpu_fused`. The torch-op pipeline
 is the fallback (with a warning saying why) and the comparison point of the benchmarks.
 
 Pipeline (all activations channels-last, fp32 arithmetic; float64 inputs stay float64):
