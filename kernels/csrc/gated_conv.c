@@ -7,7 +7,7 @@
  * value with a VW-wide vector of output-channel weights; the NBT*R accumulators stay in
  * registers, and each broadcast feeds NBT FMAs.
  *
- * Compiled per layer geometry (kernels/native.py passes every size as -D constants), so all
+ * Compiled per layer geometry (kernels/cpu_fused.py passes every size as -D constants), so all
  * strides are compile-time constants and the loops over positions unroll into registers.
  *
  * Semantics are kernels/reference.py's: Yp = base sum + bias; d = Yp > tau (G == 1) or
