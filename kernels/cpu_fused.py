@@ -47,13 +47,18 @@ def compiler() -> str | None:
 
 
 @functools.lru_cache(maxsize=1)
+def _cpu_flags() -> str:
+    """The CPU's feature flags (first 'flags' line of /proc/cpuinfo; empty if unreadable)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return ""
+    return next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("flags")), "")
+
+
 def _max_tile() -> int:
     """Positions per tile: R accumulators + weights must fit the vector register file."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        flags = ""
-    return 14 if "avx512f" in flags else 6
+    return 14 if "avx512f" in _cpu_flags().split() else 6
 
 
 def available() -> bool:
@@ -137,7 +142,9 @@ def _load(defines: tuple[tuple[str, int], ...]):
         raise NativeBuildError("no C compiler found (set $CC or install gcc)")
     flags = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11"]
     flags += [f"-D{k}={v}" for k, v in defines]
-    key = hashlib.sha256((SOURCE.read_text() + " ".join([cc, *flags])).encode()).hexdigest()[:24]
+    # -march=native code is only valid on this CPU: its flags are part of the cache key, so a
+    # cache directory shared between machines never hands one an instruction it lacks
+    key = hashlib.sha256((SOURCE.read_text() + " ".join([cc, *flags]) + _cpu_flags()).encode()).hexdigest()[:24]
     out = _cache_dir() / f"gated_conv_{key}.so"
     if not out.exists():
         out.parent.mkdir(parents=True, exist_ok=True)
