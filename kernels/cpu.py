@@ -31,7 +31,6 @@ Gate decisions can only differ where the score is within rounding of the thresho
 from __future__ import annotations
 
 import warnings
-import weakref
 from dataclasses import dataclass
 
 import torch
@@ -39,7 +38,7 @@ import torch.nn.functional as F
 
 from kernels import cpu_fused
 from kernels.geometry import ConvGeometry
-from kernels.workspace import scratch
+from kernels.workspace import derived, scratch
 
 CL = torch.channels_last
 STRATEGIES = ("auto", "fused", "pipeline", "groups", "union", "dense")
@@ -71,15 +70,13 @@ class _Prepared:
                                   # inputs in the order (i+1)*ci.., 0..i*ci (see _rotated_input)
 
 
-_CACHE: dict[int, tuple[weakref.ref, int, tuple, _Prepared]] = {}
-
-
 def _prepare(weight: torch.Tensor, partitions: int, grouped: bool) -> _Prepared:
     """Weight layouts for ``weight``, cached while it is alive and unmodified."""
-    key = (partitions, grouped, weight.dtype)
-    hit = _CACHE.get(id(weight))
-    if hit is not None and hit[0]() is weight and hit[1] == weight._version and hit[2] == key:
-        return hit[3]
+    return derived(weight, "cpu.prepare", (partitions, grouped, weight.dtype),
+                   lambda: _build_prepared(weight, partitions, grouped))
+
+
+def _build_prepared(weight: torch.Tensor, partitions: int, grouped: bool) -> _Prepared:
     w = weight.detach()
     c_out, c_in = w.shape[:2]
     ci, co = c_in // partitions, c_out // max(partitions, 1)
@@ -97,11 +94,7 @@ def _prepare(weight: torch.Tensor, partitions: int, grouped: bool) -> _Prepared:
         rest_w = dense_rest = w[:, ci:].contiguous()
         first, rotated = ci, None
     rest = rest_w.permute(2, 3, 1, 0).reshape(-1, c_out).contiguous()
-    prep = _Prepared(base.contiguous(), rest, dense_rest, first, rotated)
-    if len(_CACHE) > 256:
-        _CACHE.clear()
-    _CACHE[id(weight)] = (weakref.ref(weight), weight._version, key, prep)
-    return prep
+    return _Prepared(base.contiguous(), rest, dense_rest, first, rotated)
 
 
 def _chunk_indicator(partitions: int, co: int, dtype: torch.dtype) -> torch.Tensor:

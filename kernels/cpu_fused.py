@@ -28,6 +28,7 @@ import torch
 
 from kernels.geometry import ConvGeometry
 from kernels.reference import base_mask
+from kernels.workspace import derived
 
 SOURCE = Path(__file__).with_name("csrc") / "gated_conv.c"
 
@@ -161,9 +162,6 @@ def _load(defines: tuple[tuple[str, int], ...]):
     return fn
 
 
-_PACKED: dict[int, tuple] = {}
-
-
 def _pack(w: torch.Tensor, tw: int) -> torch.Tensor:
     c_out, c_in, kh, kw = w.shape
     return w.reshape(c_out // tw, tw, c_in, kh, kw).permute(0, 3, 4, 2, 1).contiguous()
@@ -172,21 +170,14 @@ def _pack(w: torch.Tensor, tw: int) -> torch.Tensor:
 def _packed_weights(w: torch.Tensor, tw: int, span_mask: tuple[int, bool] | None):
     """(C_out/TW, kh, kw, C_in, TW) contiguous, one tile's weights in stream order: W itself,
     or with ``span_mask=(partitions, grouped)`` the pair (W*M, W*(1-M)) for SPAN tiles.
-    Cached while ``w`` is alive and unmodified (tensor version counter)."""
-    key = (w._version, tw, span_mask)
-    hit = _PACKED.get(id(w))
-    if hit is not None and hit[0] is w and hit[1] == key:
-        return hit[2]
-    wf = w.detach().float()
-    if span_mask is None:
-        packed = (_pack(wf, tw), None)
-    else:
+    Cached while ``w`` is alive and unmodified (:func:`kernels.workspace.derived`)."""
+    def build():
+        wf = w.detach().float()
+        if span_mask is None:
+            return _pack(wf, tw), None
         m = base_mask(wf.shape[0], wf.shape[1], *span_mask, dtype=wf.dtype)
-        packed = (_pack(wf * m, tw), _pack(wf * (1 - m), tw))
-    if len(_PACKED) > 256:
-        _PACKED.clear()
-    _PACKED[id(w)] = (w, key, packed)
-    return packed
+        return _pack(wf * m, tw), _pack(wf * (1 - m), tw)
+    return derived(w, "cpu_fused.packed", (tw, span_mask), build)
 
 
 def run(xrows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, tau: torch.Tensor,

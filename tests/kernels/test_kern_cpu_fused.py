@@ -143,3 +143,14 @@ def test_auto_falls_back_when_the_kernel_does_not_build(monkeypatch, tmp_path):
             _fused(case, GEOMS[0])
     finally:
         cpu_fused._load.cache_clear()
+
+
+def test_packed_weight_cache_does_not_keep_weights_alive():
+    import gc
+    import weakref
+    x, w, b, tau, isg = make_case(1, 8, 16, 5, 5, 3, density=0.5)
+    conditional_conv2d(x, w, b, tau, isg, padding=1, backend="cpu")
+    ref = weakref.ref(w)
+    del w
+    gc.collect()
+    assert ref() is None
