@@ -17,6 +17,7 @@ import torch.nn as nn
 from dyngate import criteria
 from dyngate.errors import ConversionError
 from dyngate.graph import ChannelGroup, GraphView, capture
+from dyngate.latency import LatencyTable
 from dyngate.surgery import prune_groups, refuse_gated, shortcut_zones, zone_of_rows
 
 
@@ -91,6 +92,13 @@ def select_keep(view: GraphView, scores: Mapping[int, np.ndarray], ratio: float,
             counts[g] = by_id[g].size - int(ratio * by_id[g].size)
     for g, r in per_group_ratio.items():
         counts[g] = by_id[g].size - int(r * by_id[g].size)
+    return _keep_sets(view, scores, counts, zones, round_to, f"ratio {ratio} ({scope})")
+
+
+def _keep_sets(view: GraphView, scores: Mapping[int, np.ndarray], counts: Mapping[int, int],
+               zones: Mapping[int, np.ndarray], round_to: int | None, what: str) -> dict[int, list[int]]:
+    """Rounded, pad-zone-balanced row counts -> the highest-scoring rows of each group."""
+    by_id = {g.id: g for g in view.groups}
     keep = {}
     for gid, n_keep in counts.items():
         g = by_id[gid]
@@ -100,18 +108,106 @@ def select_keep(view: GraphView, scores: Mapping[int, np.ndarray], ratio: float,
             if n_keep > n_mid and (n_keep - n_mid) % 2:
                 n_keep += 1 if n_keep < g.size else -1
         if n_keep <= 0:
-            raise ConversionError(f"ratio {ratio} ({scope}) would remove every channel of {_label(g)}; "
+            raise ConversionError(f"{what} would remove every channel of {_label(g)}; "
                                   "use a smaller ratio, scope='local', max_group_ratio=, or ignore/per_layer for it")
         if n_keep < g.size:
             keep[gid] = _choose(scores[gid], n_keep, zones.get(gid))
     return keep
 
 
+def _row_widths(view: GraphView) -> dict[int, list[tuple[str, int, int]]]:
+    """Per group: (layer, dim, channels per row) for each layer dimension it feeds; dim 0 is the
+    input width, 1 the output width (a linear after flatten counts ``in_factor`` per channel)."""
+    out: dict[int, list[tuple[str, int, int]]] = {}
+    for g in view.groups:
+        for (layer, role), arr in g.members.items():
+            per = arr.shape[1] * (g.in_factor.get(layer, 1) if role == "in" else 1)
+            out.setdefault(g.id, []).append((layer, 0 if role == "in" else 1, per))
+    return out
+
+
+def select_keep_latency(view: GraphView, scores: Mapping[int, np.ndarray], ratio: float, table: LatencyTable, *,
+                        round_to: int | None = None, per_group_ratio: Mapping[int, float] | None = None,
+                        max_group_ratio: float | None = None) -> dict[int, list[int]]:
+    """Keep sets that remove ``ratio`` of the model time in ``table`` while keeping the most score.
+
+    HALP's latency-saliency knapsack (arXiv:2210.06659) solved greedily: a group's options are its
+    widths; an option's cost is the score of the rows it drops (lowest first), its gain the table
+    time it saves in every layer the group feeds, with the other groups at their current widths.
+    Each step takes the option with the least score lost per ms saved, looking past plateaus (a
+    step from 32 to 24 channels that saves nothing competes as part of the step to 16), until the
+    budget is met. Scores must be comparable across groups, as for global ranking."""
+    per_group_ratio = per_group_ratio or {}
+    by_id = {g.id: g for g in view.groups}
+    zones = {gid: next(iter(z.values())) for gid, z in zone_of_rows(view, shortcut_zones(view)).items()}
+    feeds = _row_widths(view)
+    counts = {g: by_id[g].size for g in scores}
+    for g, r in per_group_ratio.items():
+        counts[g] = _round_keep(by_id[g].size - int(r * by_id[g].size), by_id[g].size, round_to)
+    full = {n: tuple(table.shapes[n][:2]) for n in table.layers}
+
+    into: dict[str, list[tuple[int, int, int]]] = {}
+    for gid, fs in feeds.items():
+        for layer, dim, per in fs:
+            into.setdefault(layer, []).append((gid, dim, per))
+
+    def widths(layers: Iterable[str], override: tuple[int, int] | None = None) -> dict[str, list[int]]:
+        out = {}
+        for l in layers:
+            w = list(full[l])
+            for gid, dim, per in into.get(l, ()):
+                n = override[1] if override and override[0] == gid else counts.get(gid, by_id[gid].size)
+                w[dim] -= (by_id[gid].size - n) * per
+            out[l] = w
+        return out
+
+    def ms(layers: Iterable[str], override: tuple[int, int] | None = None) -> float:
+        return sum(table.layer_ms(l, *w) for l, w in widths(layers, override).items())
+
+    free = [g for g in scores if g not in per_group_ratio]
+    lost = {g: np.concatenate([[0.0], np.cumsum(np.sort(scores[g]))]) for g in free}
+    options = {}
+    for g in free:
+        size = by_id[g].size
+        low = 1 if max_group_ratio is None else max(1, size - int(max_group_ratio * size))
+        ns = [n for n in range(low, size) if _round_keep(n, size, round_to) == n]
+        if g in zones:
+            n_mid = int((zones[g] == 0).sum())
+            ns = [n for n in ns if n <= n_mid or (n - n_mid) % 2 == 0]
+        options[g] = ns
+    touched = {g: sorted({f[0] for f in feeds[g]}) for g in free}
+    dense_ms = table.model_ms()
+    now = ms(table.layers)
+    budget = (1 - ratio) * dense_ms
+    while now > budget + 1e-9:
+        best = None
+        for g in free:
+            base = ms(touched[g])
+            for n in options[g]:
+                if n >= counts[g]:
+                    break
+                saved = base - ms(touched[g], (g, n))
+                if saved <= 1e-9:
+                    continue
+                size = by_id[g].size
+                cost = (lost[g][size - n] - lost[g][size - counts[g]]) / saved
+                if best is None or cost < best[0]:
+                    best = (cost, g, n, saved)
+        if best is None:
+            raise ConversionError(f"latency budget: removing {ratio} of the table time is out of reach; "
+                                  f"the allowed widths get down to {now / dense_ms:.3f} of it "
+                                  "(raise max_group_ratio, or drop round_to / ignore)")
+        _, g, n, saved = best
+        counts[g] = n
+        now -= saved
+    return _keep_sets(view, scores, counts, zones, round_to, f"latency budget {ratio}")
+
+
 def prune(model: nn.Module, method: str, ratio: float, *, scope: str = "global",
           example_input: torch.Tensor, data: Any = None, round_to: int | None = None,
           ignore: Iterable[str] = (), per_layer: Mapping[str, float] | None = None,
           max_group_ratio: float | None = None, max_batches: int = 4, seed: int = 0,
-          fold_shift: bool = True) -> nn.Module:
+          fold_shift: bool = True, latency: LatencyTable | None = None) -> nn.Module:
     """Return a physically smaller copy of ``model`` with ``ratio`` of its prunable channels
     removed by criterion ``method`` (see :mod:`dyngate.criteria`).
 
@@ -125,6 +221,11 @@ def prune(model: nn.Module, method: str, ratio: float, *, scope: str = "global",
     ``data``. ``example_input`` gives the shapes and, with ``fold_shift``, the batch over which
     each removed channel's mean activation is measured and folded into its consumers (see
     :mod:`dyngate.surgery`): pass a real batch, not zeros. The input model is never modified.
+
+    With ``latency`` (a :class:`dyngate.latency.LatencyTable` measured for this model, on the
+    machine and thread count it will run on), ``ratio`` is the share of the table's model time to
+    remove instead of the share of channels, and the widths are chosen for it (HALP, see
+    :func:`select_keep_latency`); ``scope`` must be "global".
     """
     ratio = _check_ratio(ratio, "ratio")
     if method not in criteria.CRITERIA:
@@ -136,8 +237,14 @@ def prune(model: nn.Module, method: str, ratio: float, *, scope: str = "global",
     if method in criteria.DATA_DRIVEN and data is None:
         raise ConversionError(f"criterion '{method}' is data-driven: pass data= (a DataLoader or an "
                               "iterable of (x, y) batches)")
+    if latency is not None and not isinstance(latency, LatencyTable):
+        raise ConversionError(f"latency= must be a dyngate.latency.LatencyTable, got {type(latency).__name__}")
+    if latency is not None and scope != "global":
+        raise ConversionError("latency= ranks all groups against one time budget: use scope='global'")
     refuse_gated(model, "prune")
     view = capture(model, example_input)
+    if latency is not None:
+        latency.check(view)
     ignore = list(ignore)
     per_layer = dict(per_layer or {})
     for label, names in (("ignore", ignore), ("per_layer", list(per_layer))):
@@ -161,7 +268,12 @@ def prune(model: nn.Module, method: str, ratio: float, *, scope: str = "global",
                               "input/output or is ignored)")
     ctx = criteria.Context(model, view, groups, data, max_batches, seed)
     scores = criteria.score(method, ctx)
-    keep = select_keep(view, scores, ratio, scope=scope, round_to=round_to, per_group_ratio=per_group,
-                       max_group_ratio=max_group_ratio)
     meta = {"method": method, "ratio": ratio, "scope": scope, "round_to": round_to or 0}
+    if latency is None:
+        keep = select_keep(view, scores, ratio, scope=scope, round_to=round_to, per_group_ratio=per_group,
+                           max_group_ratio=max_group_ratio)
+    else:
+        keep = select_keep_latency(view, scores, ratio, latency, round_to=round_to, per_group_ratio=per_group,
+                                   max_group_ratio=max_group_ratio)
+        meta["latency_table"] = {"batch": latency.batch, "threads": latency.threads, "machine": latency.machine}
     return prune_groups(model, example_input, keep, fold_shift=fold_shift, meta=meta)

@@ -18,16 +18,6 @@ def _data():
             for _ in range(2)]
 
 
-@pytest.fixture(scope="module")
-def resnet():
-    torch.manual_seed(0)
-    m = models.build("resnet20", in_channels=1).eval()
-    for bn in m.modules():
-        if isinstance(bn, nn.BatchNorm2d):
-            bn.weight.data.uniform_(0.2, 1.5)
-    return m
-
-
 def _macs(m):
     return dyngate.profile(m, X).totals["dense_macs"]
 

@@ -1,0 +1,133 @@
+"""Latency tables and pruning to a latency budget (HALP-style selection)."""
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+import dyngate
+import models
+from dyngate import ConversionError, GraphError
+from dyngate.graph import capture
+from dyngate.latency import LatencyTable, measure
+
+X = torch.randn(2, 1, 28, 28)
+
+
+def _step_cost(block: int):
+    """A SIMD-like cost model: time grows with the number of ``block``-wide channel blocks."""
+    def cost(unit: nn.Module, x: torch.Tensor) -> float:
+        layer = unit[0] if isinstance(unit, nn.Sequential) else unit
+        if isinstance(layer, nn.Linear):
+            return 1e-3 * layer.in_features * layer.out_features
+        cin, cout = layer.in_channels, layer.out_channels
+        hw = x.shape[2] * x.shape[3]
+        return 1e-4 * hw * math.ceil(cin / block) * block * math.ceil(cout / block) * block / layer.groups
+    return cost
+
+
+@pytest.fixture(scope="module")
+def table(resnet):
+    return measure(resnet, X, batch=2, points=16, progress=False, timer=_step_cost(8))
+
+
+def _table_ms(table: LatencyTable, model: nn.Module) -> float:
+    """Table time of a pruned model, from the widths its layers really have."""
+    view = capture(model, X)
+    return sum(table.layer_ms(n, i.in_channels, i.out_channels) for n, i in view.layers.items())
+
+
+def test_measure_covers_every_layer_and_keeps_fixed_dims(resnet, table):
+    view = capture(resnet, X)
+    assert set(table.layers) == set(view.layers)
+    assert table.layers["conv1"].in_grid == [1]            # the model input is never pruned
+    assert table.layers["fc"].out_grid == [10]             # nor the model output
+    assert table.layers["layer3.0.conv2"].out_grid[-1] == 64
+    assert table.layer_ms("layer1.0.conv1", 16, 16) == pytest.approx(1e-4 * 784 * 16 * 16)
+    # between grid points a width costs what the next point up costs
+    assert table.layer_ms("layer1.0.conv1", 9, 16) == table.layer_ms("layer1.0.conv1", 16, 16)
+
+
+def test_wall_clock_measure_runs_and_round_trips(tmp_path):
+    m = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                      nn.Conv2d(8, 8, 3, padding=1), nn.Flatten(), nn.Linear(8 * 6 * 6, 3)).eval()
+    x = torch.randn(1, 1, 6, 6)
+    t = measure(m, x, batch=2, points=3, repeats=1, progress=False)
+    assert all(v > 0 for c in t.layers.values() for row in c.ms for v in row)
+    t.save(tmp_path / "t.yaml")
+    back = LatencyTable.load(tmp_path / "t.yaml")
+    assert back.layers == t.layers and back.shapes == t.shapes and back.threads == t.threads
+
+
+def test_latency_budget_is_met_and_widths_sit_on_blocks(resnet, table):
+    before = {k: v.clone() for k, v in resnet.state_dict().items()}
+    p = dyngate.prune(resnet, "l1", 0.4, example_input=X, latency=table, max_group_ratio=0.75)
+    assert _table_ms(table, p) <= 0.6 * table.model_ms() + 1e-6
+    # with an 8-wide step cost, a block-internal width off a multiple of 8 buys nothing
+    inner = [m.out_channels for n, m in p.named_modules() if n.endswith("conv1") and "layer" in n]
+    assert all(c % 8 == 0 for c in inner), inner
+    assert p(X).shape == (2, 10)
+    assert all(torch.equal(before[k], v) for k, v in resnet.state_dict().items())  # input untouched
+
+
+def test_latency_selection_beats_channel_ranking_at_equal_table_time(resnet, table):
+    """At the same table time the latency-aware choice keeps at least as much l1 score as global
+    channel ranking: this is what the knapsack is for."""
+    lat = dyngate.prune(resnet, "l1", 0.4, example_input=X, latency=table, max_group_ratio=0.75)
+    target = _table_ms(table, lat)
+    lo, hi = 0.0, 0.74  # bisect a channel ratio to the same table time
+    for _ in range(12):
+        mid = (lo + hi) / 2
+        plain = dyngate.prune(resnet, "l1", mid, example_input=X, max_group_ratio=0.75)
+        lo, hi = (mid, hi) if _table_ms(table, plain) > target else (lo, mid)
+    plain = dyngate.prune(resnet, "l1", hi, example_input=X, max_group_ratio=0.75)
+    assert _table_ms(table, plain) <= target + 1e-6
+
+    def kept_l1(m):
+        return sum(float(c.weight.detach().abs().sum()) for c in m.modules() if isinstance(c, nn.Conv2d))
+    assert kept_l1(lat) >= kept_l1(plain)
+
+
+def test_depthwise_layers_are_timed_on_their_diagonal():
+    m = nn.Sequential(nn.Conv2d(1, 8, 1), nn.BatchNorm2d(8), nn.ReLU(),
+                      nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.BatchNorm2d(8), nn.ReLU(),
+                      nn.Conv2d(8, 4, 1), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)).eval()
+    x = torch.randn(2, 1, 6, 6)
+    t = measure(m, x, batch=2, points=8, progress=False, timer=_step_cost(4))
+    assert t.layers["3"].depthwise and len(t.layers["3"].ms) == len(t.layers["3"].in_grid)
+    p = dyngate.prune(m, "l1", 0.5, example_input=x, latency=t)
+    dw = p[3]
+    assert dw.groups == dw.in_channels == dw.out_channels < 8
+    view = capture(p, x)
+    assert sum(t.layer_ms(n, i.in_channels, i.out_channels) for n, i in view.layers.items()) <= 0.5 * t.model_ms()
+    assert p(x).shape == (2, 3)
+
+
+def test_bad_latency_inputs_name_what_is_wrong(resnet, table, tmp_path):
+    other = models.build("resnet56", in_channels=1).eval()
+    with pytest.raises(ConversionError, match="layer 'layer1.3.conv1'"):
+        dyngate.prune(other, "l1", 0.3, example_input=X, latency=table)
+    with pytest.raises(ConversionError, match="scope='global'"):
+        dyngate.prune(resnet, "l1", 0.3, scope="local", example_input=X, latency=table)
+    with pytest.raises(ConversionError, match="out of reach"):
+        dyngate.prune(resnet, "l1", 0.9, example_input=X, latency=table, max_group_ratio=0.25)
+    with pytest.raises(ConversionError, match="LatencyTable"):
+        dyngate.prune(resnet, "l1", 0.3, example_input=X, latency={"conv1": 1.0})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("format: 1\nbatch: 2\nthreads: 1\nshapes: {}\nlayers: {a: {in_grid: [1, 2], out_grid: [1], ms: [[1.0]]}}\n")
+    with pytest.raises(ConversionError, match="bad.yaml.*layer 'a'"):
+        LatencyTable.load(bad)
+    (tmp_path / "junk.yaml").write_text("[1, 2")
+    with pytest.raises(ConversionError, match="junk.yaml"):
+        LatencyTable.load(tmp_path / "junk.yaml")
+    grouped = nn.Sequential(nn.Conv2d(1, 4, 1), nn.Conv2d(4, 4, 3, groups=2)).eval()
+    with pytest.raises(GraphError, match="module '1'.*grouped conv"):  # the graph view refuses it
+        measure(grouped, torch.randn(1, 1, 6, 6), progress=False, timer=_step_cost(4))
+
+
+def test_latency_history_rebuilds_through_save_and_load(resnet, table, tmp_path):
+    p = dyngate.prune(resnet, "fpgm", 0.3, example_input=X, latency=table)
+    dyngate.save(p, tmp_path / "p.pt")
+    back = dyngate.load(tmp_path / "p.pt").eval()
+    np.testing.assert_allclose(back(X).detach(), p.eval()(X).detach(), rtol=0, atol=1e-6)
