@@ -32,6 +32,7 @@ sys.path.insert(0, ROOT)
 
 import dyngate  # noqa: E402
 from dyngate.criteria import CRITERIA  # noqa: E402
+from dyngate.latency import LatencyTable, measure  # noqa: E402
 from dyngate.prune_schedule import ScheduledTrainer  # noqa: E402
 from dyngate.train import TrainConfig  # noqa: E402
 from models.data import load_dataset  # noqa: E402
@@ -140,6 +141,21 @@ def tp_prune(model: nn.Module, criterion: str, ratio: float, data) -> nn.Module:
     pr.step()
     m.zero_grad(set_to_none=True)
     return m
+
+
+def latency_table(dense: nn.Module, xb: torch.Tensor, args) -> LatencyTable:
+    """The table the latency-budget rows prune against: loaded, or measured now (batch 64,
+    ``--latency-threads``) and saved."""
+    path = args.latency_table or os.path.join(args.work, "latency_table.yaml")
+    if os.path.exists(path):
+        return LatencyTable.load(path)
+    t0 = time.perf_counter()
+    table = measure(dense, xb[:1], batch=64, threads=args.latency_threads, points=16, repeats=15)
+    table.meta["seconds"] = round(time.perf_counter() - t0, 1)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    table.save(path)
+    print(f"latency table: {path} ({table.meta['seconds']} s)", flush=True)
+    return table
 
 
 def finetune(model: nn.Module, args) -> tuple[nn.Module, float, float]:
@@ -258,6 +274,11 @@ def main() -> None:
     ap.add_argument("--criteria", nargs="+", default=sorted(CRITERIA))
     ap.add_argument("--tp-criteria", nargs="+", default=["l1", "fpgm", "taylor", "random"])
     ap.add_argument("--round8", nargs="*", default=["l1"], help="criteria also run with round_to=8")
+    ap.add_argument("--latency-aware", nargs="*", default=["fpgm", "l1"],
+                    help="criteria also run with a latency budget (HALP knapsack over --latency-table)")
+    ap.add_argument("--latency-table", default=None,
+                    help="dyngate.latency table (YAML); measured at --latency-threads, batch 64, and saved "
+                         "here when missing (default: WORK/latency_table.yaml). Measure on a quiet machine.")
     ap.add_argument("--ft-images", type=int, default=12000)
     ap.add_argument("--ft-epochs", type=int, default=1)
     ap.add_argument("--ft-lr", type=float, default=0.01)
@@ -312,6 +333,14 @@ def main() -> None:
         for c in args.round8:
             jobs.append((f"full-r8/{c}", "dyngate", c, "global, round_to=8", lambda r, c=c: dyngate.prune(
                 dense, c, r, scope="global", example_input=xb, data=data, round_to=8,
+                max_group_ratio=args.max_group_ratio)))
+    lat_jobs = [c for c in args.latency_aware if f"latency/{c}" not in done
+                and (args.only is None or f"latency/{c}" in args.only)]
+    if lat_jobs and not args.latency_only:
+        table = latency_table(dense, xb, args)
+        for c in lat_jobs:
+            jobs.append((f"latency/{c}", "dyngate", c, "global, latency budget", lambda r, c=c: dyngate.prune(
+                dense, c, r, scope="global", example_input=xb, data=data, latency=table,
                 max_group_ratio=args.max_group_ratio)))
     if not args.skip_inner:
         ign = inner_ignore(dense)
