@@ -1,10 +1,14 @@
-"""Static pruning benchmark: ResNet-20 on Fashion-MNIST pruned to about a target share of the
-dense MACs with each criterion, a fixed small fine-tuning budget, then accuracy, MACs, params and
-CPU latency (batch 64) against dense; Torch-Pruning side by side where it can run.
+"""Static pruning benchmark: a dense ResNet-20 or ResNet-56 (``--checkpoint``) on Fashion-MNIST
+pruned to about a target share of the dense MACs with each criterion, a fixed small fine-tuning
+budget, then accuracy, MACs, params and CPU latency (batch 64) against dense; Torch-Pruning side by
+side where it can run.
 
-Two comparisons:
+Three comparisons:
   * "full": dyngate.prune over every prunable group (residual streams through the option-A
     shortcuts included), global ranking, the ratio bisected per criterion to hit the MAC target.
+  * "latency": the same groups, but widths chosen for a latency budget from a measured per-layer
+    latency table (dyngate.latency, HALP-style); the budget is bisected to hit the MAC target, so
+    the rows compare with "full" at equal MACs.
   * "inner": only the block-internal groups (conv1 outputs of each block), local ranking, the same
     ratio for dyngate and Torch-Pruning. Torch-Pruning cannot prune the option-A residual streams
     (it treats F.pad as element-wise, so the stage boundaries come out with mismatched widths),
@@ -159,9 +163,9 @@ def latency_table(dense: nn.Module, xb: torch.Tensor, args) -> LatencyTable:
 
 
 def finetune(model: nn.Module, args) -> tuple[nn.Module, float, float]:
-    cfg = TrainConfig(model="resnet20", dataset="fashion-mnist", epochs=args.ft_epochs, batch_size=128,
+    cfg = TrainConfig(model=args.arch, dataset="fashion-mnist", epochs=args.ft_epochs, batch_size=128,
                       lr=args.ft_lr, train_limit=args.ft_images or None, threads=args.threads, seed=0,
-                      out=os.path.join(args.work, "ft"))
+                      out=os.path.join(args.work, "ft"), teacher=args.checkpoint if args.ft_kd else None)
     t = ScheduledTrainer(cfg, model=copy.deepcopy(model), progress=False)
     t0 = time.perf_counter()
     hist = t.fit()
@@ -282,6 +286,9 @@ def main() -> None:
     ap.add_argument("--ft-images", type=int, default=12000)
     ap.add_argument("--ft-epochs", type=int, default=1)
     ap.add_argument("--ft-lr", type=float, default=0.01)
+    ap.add_argument("--ft-kd", action="store_true",
+                    help="fine-tune with knowledge distillation from the dense checkpoint (T=4, weight 0.9), "
+                         "the dense control row included")
     ap.add_argument("--quick-eval", type=int, default=2000, help="test images for the no-FT accuracy")
     ap.add_argument("--max-group-ratio", type=float, default=0.75)
     ap.add_argument("--threads", type=int, default=1)
@@ -303,6 +310,8 @@ def main() -> None:
     if ckpt is None:
         sys.exit("no dense checkpoint yet (checkpoints/resnet20_fmnist_dense.pt or runs/fmnist/dense/final.pt)")
     dense = dyngate.load(ckpt).eval()
+    args.checkpoint = ckpt
+    args.arch = torch.load(ckpt, map_location="cpu", weights_only=False)["arch"]["name"]
     if args.tvm_only:
         return tvm_latency(dense, args.tvm_only)
     test = load_dataset("fashion-mnist", "test")
