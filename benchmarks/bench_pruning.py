@@ -242,6 +242,36 @@ def write_markdown(rows: list[dict], base: dict, args, path: str) -> None:
                 f"{100 * base['acc']:.2f}%.\n\n" + "".join(lines))
 
 
+def write_plot(rows: list[dict], base: dict, path: str) -> None:
+    """Two panels: accuracy after fine-tuning vs MACs, and quiet-machine latency vs MACs with the
+    goal line (latency gain = 0.8 x MAC gain). Rows without the quiet timing use the estimate."""
+    import matplotlib  # noqa: PLC0415
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
+    style = {"torch-pruning": "s", "none": "*"}
+    for r in rows:
+        if "error" in r:
+            continue
+        lat = r.get("lat_eager", {}).get("ratio", r["latency_ratio"])
+        mk = style.get(r["tool"], "^" if r["name"].startswith("latency/") else "o")
+        label = f"{r['scope']} / {r['criterion']}" if r["tool"] != "torch-pruning" else f"Torch-Pruning / {r['criterion']}"
+        a.scatter(r["mac_ratio"], 100 * r["acc_ft"], marker=mk, label=label)
+        b.scatter(r["mac_ratio"], lat, marker=mk)
+    a.axhline(100 * base["acc"], color="k", lw=0.8, ls=":", label="dense checkpoint")
+    a.axhline(100 * base["acc"] - 0.5, color="r", lw=0.8, ls="--", label="dense - 0.5 pt")
+    xs = [0.3, 1.0]
+    b.plot(xs, xs, color="k", lw=0.8, ls=":", label="latency = MACs")
+    b.plot(xs, [1 - 0.8 * (1 - x) for x in xs], color="r", lw=0.8, ls="--", label="goal: gain = 0.8 x MAC gain")
+    a.set(xlabel="MACs / dense", ylabel="test accuracy after fine-tuning (%)")
+    b.set(xlabel="MACs / dense", ylabel="latency / dense (below the red line meets the goal)")
+    a.legend(fontsize=7)
+    b.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def tvm_latency(dense: nn.Module, out: str, rounds: int = 5) -> None:
     """torch eager vs dyngate.compile (TVM Relax, untuned) at batch 64 for dense and an l1-pruned
     model at the MAC target; needs apache-tvm (run with an interpreter that has it)."""
@@ -333,6 +363,8 @@ def main() -> None:
         with open(args.json, "w") as f:
             json.dump({"base": base, "args": run_args, "rows": rows}, f, indent=1)
         write_markdown(rows, base, args, args.json.replace(".json", "_table.md"))
+        if any("error" not in r for r in rows):
+            write_plot(rows, base, args.json.replace(".json", ".png"))
 
     jobs = []
     if not args.skip_full:
