@@ -197,16 +197,20 @@ def latency_only(rows: list[dict], dense: nn.Module, args) -> None:
     medians of interleaved calls, eager and in deploy form (BN folded into the convs)."""
     torch.set_num_threads(args.latency_threads)
     dense_fused = deploy_form(dense)
+    x64 = torch.randn(64, 1, 28, 28)
+    dense_ind = dyngate.compile(dense, "inductor", example_input=x64)
     for r in rows:
         path = _model_path(args, r["name"])
         if "error" in r or not os.path.exists(path):
             continue
         m = torch.load(path, weights_only=False).eval()
-        for tag, (a, b) in (("eager", (dense, m)), ("fused", (dense_fused, deploy_form(m)))):
+        forms = [("eager", (dense, m)), ("fused", (dense_fused, deploy_form(m))),
+                 ("inductor", (dense_ind, dyngate.compile(m, "inductor", example_input=x64)))]
+        for tag, (a, b) in forms:
             d, p, lat = latency_median(a, b)
             r[f"lat_{tag}"] = dict(threads=args.latency_threads, dense_ms=d, pruned_ms=p, ratio=lat,
                                    gain_vs_mac=(1 - lat) / max(1e-9, 1 - r["mac_ratio"]))
-        print(r["name"], r["lat_eager"]["ratio"], r["lat_fused"]["ratio"], flush=True)
+        print(r["name"], *(round(r[f"lat_{t}"]["ratio"], 3) for t, _ in forms), flush=True)
 
 
 def write_markdown(rows: list[dict], base: dict, args, path: str) -> None:
@@ -218,8 +222,8 @@ def write_markdown(rows: list[dict], base: dict, args, path: str) -> None:
     if timed:
         thr = next(r["lat_fused"]["threads"] for r in rows if "lat_fused" in r)
         head += (f" eager latency / dense ({thr} thr, median) | gain / MAC gain | BN-folded latency / dense "
-                 "| gain / MAC gain |")
-        sep += "---|---|---|---|"
+                 "| gain / MAC gain | Inductor latency / dense | gain / MAC gain |")
+        sep += "---|---|---|---|---|---|"
     lines = [head + "\n", sep + "\n"]
 
     def gain(g: float, r: dict) -> str:
@@ -233,7 +237,7 @@ def write_markdown(rows: list[dict], base: dict, args, path: str) -> None:
                 f"{r['mac_ratio']:.3f} | {r['param_ratio']:.3f} | {100 * r['acc_pruned']:.2f} | "
                 f"{100 * r['acc_ft']:.2f} | {r['latency_ratio']:.3f} | {gain(r['speedup_vs_mac'], r)} |")
         if timed:
-            for tag in ("eager", "fused"):
+            for tag in ("eager", "fused", "inductor"):
                 t = r.get(f"lat_{tag}")
                 line += f" {t['ratio']:.3f} | {gain(t['gain_vs_mac'], r)} |" if t else " - | - |"
         lines.append(line + "\n")
@@ -256,15 +260,19 @@ def write_plot(rows: list[dict], base: dict, path: str) -> None:
         lat = r.get("lat_eager", {}).get("ratio", r["latency_ratio"])
         mk = style.get(r["tool"], "^" if r["name"].startswith("latency/") else "o")
         label = f"{r['scope']} / {r['criterion']}" if r["tool"] != "torch-pruning" else f"Torch-Pruning / {r['criterion']}"
-        a.scatter(r["mac_ratio"], 100 * r["acc_ft"], marker=mk, label=label)
-        b.scatter(r["mac_ratio"], lat, marker=mk)
+        pts = a.scatter(r["mac_ratio"], 100 * r["acc_ft"], marker=mk, label=label)
+        b.scatter(r["mac_ratio"], lat, marker=mk, color=pts.get_facecolor())
+        if "lat_inductor" in r:
+            b.scatter(r["mac_ratio"], r["lat_inductor"]["ratio"], marker=mk, facecolors="none",
+                      edgecolors=pts.get_facecolor())
     a.axhline(100 * base["acc"], color="k", lw=0.8, ls=":", label="dense checkpoint")
     a.axhline(100 * base["acc"] - 0.5, color="r", lw=0.8, ls="--", label="dense - 0.5 pt")
     xs = [0.3, 1.0]
     b.plot(xs, xs, color="k", lw=0.8, ls=":", label="latency = MACs")
     b.plot(xs, [1 - 0.8 * (1 - x) for x in xs], color="r", lw=0.8, ls="--", label="goal: gain = 0.8 x MAC gain")
     a.set(xlabel="MACs / dense", ylabel="test accuracy after fine-tuning (%)")
-    b.set(xlabel="MACs / dense", ylabel="latency / dense (below the red line meets the goal)")
+    b.set(xlabel="MACs / dense", ylabel="latency / dense (below the red line meets the goal)",
+          title="filled: eager; hollow: torch.compile (Inductor)")
     a.legend(fontsize=7)
     b.legend(fontsize=7)
     fig.tight_layout()
