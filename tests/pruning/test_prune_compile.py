@@ -23,34 +23,32 @@ def test_compile_without_tvm_says_how_to_get_it():
         tvm_compile(models.build("resnet20", in_channels=1), example_input=X)
 
 
+def _check_against_eager(compiled, model):
+    """Same output as eager on a fresh batch (rtol = atol = 1e-4); other shapes are refused."""
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
+    assert compiled.max_abs_error < 1e-4
+    with pytest.raises(ValueError, match="input shape"):
+        compiled(torch.randn(3, 1, 28, 28))
+
+
 def test_compiled_pruned_model_matches_torch():
     pytest.importorskip("tvm.relax")
     net = models.build("resnet20", in_channels=1).eval()
     pruned = dyngate.prune(net, "l1", 0.4, example_input=X, round_to=4)
-    c = tvm_compile(pruned, example_input=X)
-    x = torch.randn(2, 1, 28, 28)
-    with torch.no_grad():
-        torch.testing.assert_close(c(x), pruned(x), rtol=1e-4, atol=1e-4)
-    assert c.max_abs_error < 1e-4
-    with pytest.raises(ValueError, match="input shape"):
-        c(torch.randn(3, 1, 28, 28))
+    _check_against_eager(tvm_compile(pruned, example_input=X), pruned)
 
 
 def test_inductor_compiled_pruned_model_matches_torch():
     """The deployment path the latency benchmark times: torch.compile with frozen weights (BN
-    folded, weights pre-packed). Checked against eager at rtol = atol = 1e-4."""
+    folded, weights pre-packed)."""
     net = models.build("resnet20", in_channels=1).eval()
     for bn in net.modules():
         if isinstance(bn, torch.nn.BatchNorm2d):
             bn.running_mean.uniform_(-0.5, 0.5)
             bn.running_var.uniform_(0.5, 2.0)
     pruned = dyngate.prune(net, "l1", 0.4, example_input=X)
-    c = tvm_compile(pruned, "inductor", example_input=X)
-    x = torch.randn(2, 1, 28, 28)
-    with torch.no_grad():
-        torch.testing.assert_close(c(x), pruned(x), rtol=1e-4, atol=1e-4)
-    assert c.max_abs_error < 1e-4
-    with pytest.raises(ValueError, match="input shape"):
-        c(torch.randn(3, 1, 28, 28))
+    _check_against_eager(tvm_compile(pruned, "inductor", example_input=X), pruned)
     with pytest.raises(ConversionError, match="GatedConv2d"):
         tvm_compile(dyngate.convert(net), "inductor", example_input=X)
