@@ -108,8 +108,11 @@ def inner_ignore(model: nn.Module) -> list[str]:
 
 def bisect_ratio(fn, dense_macs: int, target: float, lo: float = 0.0, hi: float = 0.95,
                  iters: int = 9) -> tuple[float, nn.Module]:
-    """Largest ratio whose pruned model keeps >= target of the dense MACs (MACs fall with ratio)."""
-    best = (lo, None)
+    """The ratio whose pruned model's MACs come closest to ``target`` of the dense MACs (MACs fall
+    with the ratio). Channel ranking moves the MACs almost continuously; a latency budget moves
+    them in jumps (one knapsack step can drop a whole plateau), so the two sides of the last
+    bisection interval are compared instead of always taking the side above the target."""
+    above, below = (lo, None), (hi, None)
     for _ in range(iters):
         mid = (lo + hi) / 2
         try:
@@ -118,12 +121,16 @@ def bisect_ratio(fn, dense_macs: int, target: float, lo: float = 0.0, hi: float 
         except dyngate.ConversionError:
             m, ok = None, False
         if ok:
-            lo, best = mid, (mid, m)
+            lo, above = mid, (mid, m)
         else:
             hi = mid
-    if best[1] is None:
-        best = (lo, fn(lo))
-    return best
+            if m is not None:
+                below = (mid, m)
+    if above[1] is None:
+        above = (lo, fn(lo))
+    if below[1] is None:
+        return above
+    return min((above, below), key=lambda rm: abs(macs_params(rm[1])[0] / dense_macs - target))
 
 
 def tp_prune(model: nn.Module, criterion: str, ratio: float, data) -> nn.Module:
