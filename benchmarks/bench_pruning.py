@@ -70,7 +70,9 @@ def deploy_form(model: nn.Module) -> nn.Module:
 def _interleaved_ms(dense: nn.Module, pruned: nn.Module, rounds: int, warmup: int) -> tuple[list, list]:
     """Per-call ms of dense and pruned at batch 64, calls alternated so drift hits both alike."""
     x = torch.randn(64, 1, 28, 28)
-    dense.eval(), pruned.eval()
+    for m in (dense, pruned):
+        if isinstance(m, nn.Module):
+            m.eval()
     for _ in range(warmup):
         dense(x), pruned(x)
     td, tp_ = [], []

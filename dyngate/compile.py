@@ -116,9 +116,15 @@ def _inductor(model: nn.Module, example_input: torch.Tensor, rtol: float, atol: 
     frozen = copy.deepcopy(model).eval()
     with torch.inference_mode():
         ref = frozen(example_input)
-    fn = torch.compile(frozen, backend="inductor", dynamic=False)
+    import torch._dynamo.config as dynamo_config  # noqa: PLC0415
+    # fullgraph: a graph break would leave part of the model in eager. Every instance of a model
+    # class adds an entry to its forward's cache; past dynamo's recompile limit (8) it would
+    # silently run eager, so the limit is lifted while compiling and hitting it is an error.
+    fn = torch.compile(frozen, backend="inductor", dynamic=False, fullgraph=True)
     try:
-        with inductor_config.patch(freezing=True), torch.inference_mode():
+        with inductor_config.patch(freezing=True), \
+                dynamo_config.patch(recompile_limit=1 << 16, fail_on_recompile_limit_hit=True), \
+                torch.inference_mode():
             out = fn(example_input)  # compiles here, for this shape
     except Exception as e:  # Inductor errors are long; name the stage
         raise ConversionError(f"compile: torch.compile (Inductor) failed: {type(e).__name__}: "

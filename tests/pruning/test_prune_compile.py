@@ -52,3 +52,27 @@ def test_inductor_compiled_pruned_model_matches_torch():
     _check_against_eager(tvm_compile(pruned, "inductor", example_input=X), pruned)
     with pytest.raises(ConversionError, match="GatedConv2d"):
         tvm_compile(dyngate.convert(net), "inductor", example_input=X)
+
+
+def test_inductor_compiles_many_instances_of_one_class():
+    """Dynamo caches per forward code object; past its recompile limit (8) it would run new
+    instances eagerly. Every compile must stay compiled: more instances than the limit."""
+    import torch._dynamo.utils as dynamo_utils
+
+    class Small(torch.nn.Module):
+        def __init__(self, width):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, width, 3, padding=1)
+            self.bn = torch.nn.BatchNorm2d(width)
+
+        def forward(self, x):
+            return torch.relu(self.bn(self.conv(x))).mean((2, 3))
+
+    x = torch.randn(2, 1, 8, 8)
+    before = dynamo_utils.counters["stats"]["unique_graphs"]
+    for width in range(3, 12):  # 9 instances, one past the limit
+        m = Small(width).eval()
+        c = tvm_compile(m, "inductor", example_input=x)
+        with torch.no_grad():
+            torch.testing.assert_close(c(x), m(x), rtol=1e-4, atol=1e-4)
+    assert dynamo_utils.counters["stats"]["unique_graphs"] - before == 9  # one compiled graph each
