@@ -289,6 +289,30 @@ def write_plot(rows: list[dict], base: dict, path: str) -> None:
     plt.close(fig)
 
 
+def uniform_latency(dense: nn.Module, out: str, threads: int, ratios=(0.15, 0.3, 0.5)) -> None:
+    """The platform's ceiling for the latency goal: every group (residual streams included) cut
+    by the same local ratio, so no width is odd by choice, timed like the benchmark rows (batch
+    64, median of 100 interleaved calls, eager and Inductor). No fine-tuning: latency only."""
+    torch.set_num_threads(threads)
+    x64 = torch.randn(64, 1, 28, 28)
+    dense_ind = dyngate.compile(dense, "inductor", example_input=x64)
+    base = macs_params(dense)[0]
+    rows = []
+    for r in ratios:
+        m = dyngate.prune(dense, "random", r, scope="local", example_input=X1).eval()
+        mac = macs_params(m)[0] / base
+        widths = sorted({c.out_channels for c in m.modules() if isinstance(c, nn.Conv2d)})
+        row = dict(ratio=r, mac_ratio=mac, widths=widths, threads=threads)
+        for tag, (a, b) in (("eager", (dense, m)),
+                            ("inductor", (dense_ind, dyngate.compile(m, "inductor", example_input=x64)))):
+            d, p, lat = latency_median(a, b)
+            row[tag] = dict(dense_ms=d, pruned_ms=p, ratio=lat, gain_vs_mac=(1 - lat) / (1 - mac))
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    with open(out, "w") as f:
+        json.dump(rows, f, indent=1)
+
+
 def tvm_latency(dense: nn.Module, out: str, rounds: int = 5) -> None:
     """torch eager vs dyngate.compile (TVM Relax, untuned) at batch 64 for dense and an l1-pruned
     model at the MAC target; needs apache-tvm (run with an interpreter that has it)."""
@@ -348,6 +372,9 @@ def main() -> None:
     ap.add_argument("--latency-only", action="store_true",
                     help="re-time the models saved by an earlier run (quiet machine; --latency-threads)")
     ap.add_argument("--latency-threads", type=int, default=2)
+    ap.add_argument("--uniform-only", default=None, metavar="JSON",
+                    help="only time uniformly pruned models (every group the same ratio, no fine-tuning) "
+                         "against dense: the ceiling of latency gain per MAC gain here; write JSON")
     ap.add_argument("--tvm-only", default=None, metavar="JSON",
                     help="only compare torch and dyngate.compile (TVM) latency, write JSON")
     args = ap.parse_args()
@@ -361,6 +388,8 @@ def main() -> None:
     args.arch = torch.load(ckpt, map_location="cpu", weights_only=False)["arch"]["name"]
     if args.tvm_only:
         return tvm_latency(dense, args.tvm_only)
+    if args.uniform_only:
+        return uniform_latency(dense, args.uniform_only, args.latency_threads)
     test = load_dataset("fashion-mnist", "test")
     train = load_dataset("fashion-mnist", "train", limit=256)
     data = [(train.tensors[0][i:i + 64], train.tensors[1][i:i + 64]) for i in range(0, 256, 64)]
