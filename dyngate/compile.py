@@ -14,6 +14,7 @@ checks the compiled output against eager torch on ``example_input``; a mismatch 
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import dataclass
 from typing import Any
@@ -60,7 +61,7 @@ class InductorModel:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if tuple(x.shape) != self.input_shape:
             raise ValueError(f"compiled for input shape {self.input_shape}, got {tuple(x.shape)}")
-        with torch.inference_mode():
+        with _inductor_context():  # a guard-triggered recompile must be frozen and counted too
             return self.fn(x)
 
 
@@ -111,20 +112,27 @@ def compile(model: nn.Module, target: str | dict = "llvm", *, example_input: tor
     return compiled
 
 
-def _inductor(model: nn.Module, example_input: torch.Tensor, rtol: float, atol: float) -> InductorModel:
+@contextlib.contextmanager
+def _inductor_context():
+    """Frozen weights, inference mode, and no silent eager fallback. Every instance of a model
+    class adds entries to its forward's dynamo cache; past the recompile limit (8) dynamo would
+    run eagerly without a word, so the limit is lifted and hitting it is an error."""
+    import torch._dynamo.config as dynamo_config  # noqa: PLC0415
     import torch._inductor.config as inductor_config  # noqa: PLC0415
+    with inductor_config.patch(freezing=True), \
+            dynamo_config.patch(recompile_limit=1 << 16, fail_on_recompile_limit_hit=True), \
+            torch.inference_mode():
+        yield
+
+
+def _inductor(model: nn.Module, example_input: torch.Tensor, rtol: float, atol: float) -> InductorModel:
     frozen = copy.deepcopy(model).eval()
     with torch.inference_mode():
         ref = frozen(example_input)
-    import torch._dynamo.config as dynamo_config  # noqa: PLC0415
-    # fullgraph: a graph break would leave part of the model in eager. Every instance of a model
-    # class adds an entry to its forward's cache; past dynamo's recompile limit (8) it would
-    # silently run eager, so the limit is lifted while compiling and hitting it is an error.
+    # fullgraph: a graph break would leave part of the model in eager
     fn = torch.compile(frozen, backend="inductor", dynamic=False, fullgraph=True)
     try:
-        with inductor_config.patch(freezing=True), \
-                dynamo_config.patch(recompile_limit=1 << 16, fail_on_recompile_limit_hit=True), \
-                torch.inference_mode():
+        with _inductor_context():
             out = fn(example_input)  # compiles here, for this shape
     except Exception as e:  # Inductor errors are long; name the stage
         raise ConversionError(f"compile: torch.compile (Inductor) failed: {type(e).__name__}: "
