@@ -2,9 +2,9 @@
 
 Two targets. ``"inductor"``: ``torch.compile`` with Inductor and frozen weights (BatchNorm folded,
 oneDNN weights pre-packed, elementwise ops fused into generated C++). On this project's x86 CPU
-it is the fast path, and it is where channel pruning pays most, because eager mode's per-op
-layout conversions and elementwise passes do not shrink with the MACs (see
-``results/pruning_fashion_mnist.md``). Any TVM target (``"llvm"`` or TVM's dict form): through
+it is the fast path (ResNet-20, batch 64: 1.3-1.8x eager), and most pruned models gain more per
+MAC there than in eager mode, whose per-op layout conversions and elementwise passes do not
+shrink with the MACs (see ``results/pruning_fashion_mnist.md``). Any TVM target (``"llvm"`` or TVM's dict form): through
 ``torch.export`` and TVM Relax, for deployment where torch is not available; untuned TVM is far
 slower than torch here, so use it for portability, not speed, unless you tune. TVM is optional
 (``pip install apache-tvm``) and imported only here.
