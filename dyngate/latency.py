@@ -134,8 +134,8 @@ def _shape_key(info: LayerInfo) -> list[int]:
 
 
 def _grid(full: int, points: int) -> list[int]:
-    """Widths step, 2*step, ..., full with at most ``points`` entries (step divides nothing in
-    particular; ``full`` is always the last point)."""
+    """Widths step, 2*step, ... below ``full``, then ``full`` itself: at most ``points`` entries,
+    step = ceil(full / points)."""
     step = max(1, math.ceil(full / points))
     return sorted({*range(step, full, step), full})
 
