@@ -183,7 +183,7 @@ def measure(model: nn.Module, example_input: torch.Tensor, *, batch: int = 64, t
     if batch < 1 or points < 1 or repeats < 1:
         raise ConversionError(f"batch, points and repeats must be >= 1, got {batch}, {points}, {repeats}")
     view = capture(model, example_input)
-    jobs: dict[tuple, list[tuple[int, int]]] = {}
+    jobs: dict[tuple, set[tuple[int, int]]] = {}
     plan: dict[str, tuple[tuple, list[int], list[int]]] = {}
     for name, info in view.layers.items():
         ins = [info.in_channels] if info.reads_graph_input else _grid(info.in_channels, points)
@@ -194,8 +194,8 @@ def measure(model: nn.Module, example_input: torch.Tensor, *, batch: int = 64, t
                 info.bn is not None, tuple(_shape_key(info)), getattr(model.get_submodule(name), "bias", None) is not None)
         plan[name] = (geom, ins, outs)
         pairs = [(i, i) for i in ins] if _is_depthwise(info) else [(i, o) for i in ins for o in outs]
-        jobs.setdefault(geom, pairs)
-    todo = [(geom, pair) for geom, pairs in jobs.items() for pair in pairs]
+        jobs.setdefault(geom, set()).update(pairs)  # same geometry, other grids (model input/output)
+    todo = [(geom, pair) for geom, pairs in jobs.items() for pair in sorted(pairs)]
     random.Random(seed).shuffle(todo)
     first = {geom: next(n for n, p in plan.items() if p[0] == geom) for geom in jobs}
     old = torch.get_num_threads()

@@ -131,3 +131,13 @@ def test_latency_history_rebuilds_through_save_and_load(resnet, table, tmp_path)
     dyngate.save(p, tmp_path / "p.pt")
     back = dyngate.load(tmp_path / "p.pt").eval()
     np.testing.assert_allclose(back(X).detach(), p.eval()(X).detach(), rtol=0, atol=1e-6)
+
+
+def test_same_geometry_with_a_fixed_dimension_gets_its_own_grid():
+    """Two layers of one geometry, one reading the model input (not varied there): both tables
+    are complete."""
+    m = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1),
+                      nn.Flatten(), nn.Linear(4 * 5 * 5, 2)).eval()
+    t = measure(m, torch.randn(1, 4, 5, 5), batch=2, points=4, progress=False, timer=_step_cost(2))
+    assert t.layers["0"].in_grid == [4] and t.layers["2"].in_grid == [1, 2, 3, 4]
+    assert t.layer_ms("2", 2, 2) < t.layer_ms("2", 4, 4)
