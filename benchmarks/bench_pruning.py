@@ -114,25 +114,26 @@ def bisect_ratio(fn, dense_macs: int, target: float, lo: float = 0.0, hi: float 
     with the ratio). Channel ranking moves the MACs almost continuously; a latency budget moves
     them in jumps (one knapsack step can drop a whole plateau), so the two sides of the last
     bisection interval are compared instead of always taking the side above the target."""
-    above, below = (lo, None), (hi, None)
+    above, below = (lo, None, 0), (hi, None, 0)   # (ratio, model, MACs) on each side of the target
     for _ in range(iters):
         mid = (lo + hi) / 2
         try:
             m = fn(mid)
-            ok = macs_params(m)[0] >= target * dense_macs
+            macs = macs_params(m)[0]
         except dyngate.ConversionError:
-            m, ok = None, False
-        if ok:
-            lo, above = mid, (mid, m)
+            m, macs = None, 0
+        if m is not None and macs >= target * dense_macs:
+            lo, above = mid, (mid, m, macs)
         else:
             hi = mid
             if m is not None:
-                below = (mid, m)
+                below = (mid, m, macs)
     if above[1] is None:
-        above = (lo, fn(lo))
+        m = fn(lo)
+        above = (lo, m, macs_params(m)[0])
     if below[1] is None:
-        return above
-    return min((above, below), key=lambda rm: abs(macs_params(rm[1])[0] / dense_macs - target))
+        return above[:2]
+    return min((above, below), key=lambda rmm: abs(rmm[2] / dense_macs - target))[:2]
 
 
 def tp_prune(model: nn.Module, criterion: str, ratio: float, data) -> nn.Module:

@@ -185,6 +185,7 @@ def measure(model: nn.Module, example_input: torch.Tensor, *, batch: int = 64, t
     view = capture(model, example_input)
     jobs: dict[tuple, set[tuple[int, int]]] = {}
     plan: dict[str, tuple[tuple, list[int], list[int]]] = {}
+    first: dict[tuple, str] = {}                # geometry -> a layer that has it
     for name, info in view.layers.items():
         ins = [info.in_channels] if info.reads_graph_input else _grid(info.in_channels, points)
         outs = [info.out_channels] if info.is_output else _grid(info.out_channels, points)
@@ -195,9 +196,9 @@ def measure(model: nn.Module, example_input: torch.Tensor, *, batch: int = 64, t
         plan[name] = (geom, ins, outs)
         pairs = [(i, i) for i in ins] if _is_depthwise(info) else [(i, o) for i in ins for o in outs]
         jobs.setdefault(geom, set()).update(pairs)  # same geometry, other grids (model input/output)
+        first.setdefault(geom, name)
     todo = [(geom, pair) for geom, pairs in jobs.items() for pair in sorted(pairs)]
     random.Random(seed).shuffle(todo)
-    first = {geom: next(n for n, p in plan.items() if p[0] == geom) for geom in jobs}
     old = torch.get_num_threads()
     threads = threads or old
     torch.set_num_threads(threads)
