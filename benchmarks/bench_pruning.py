@@ -93,6 +93,13 @@ def latency_median(dense: nn.Module, pruned: nn.Module, rounds: int = 100) -> tu
     return d, p, p / d
 
 
+def latency_entry(dense, pruned, mac_ratio: float, threads: int) -> dict:
+    """One quiet-machine timing of a (dense, pruned) pair, as the JSON rows store it."""
+    d, p, lat = latency_median(dense, pruned)
+    return dict(threads=threads, dense_ms=d, pruned_ms=p, ratio=lat,
+                gain_vs_mac=(1 - lat) / max(1e-9, 1 - mac_ratio))
+
+
 def latency_ratio(dense: nn.Module, pruned: nn.Module, rounds: int = 20) -> tuple[float, float, float]:
     """Fastest-of-``rounds`` ms of dense and pruned. The box is shared with a training run, so
     medians swing by 30%+ between calls; the minimum is the least disturbed estimate.
@@ -217,9 +224,7 @@ def latency_only(rows: list[dict], dense: nn.Module, args) -> None:
         forms = [("eager", (dense, m)), ("fused", (dense_fused, deploy_form(m))),
                  ("inductor", (dense_ind, dyngate.compile(m, "inductor", example_input=x64)))]
         for tag, (a, b) in forms:
-            d, p, lat = latency_median(a, b)
-            r[f"lat_{tag}"] = dict(threads=args.latency_threads, dense_ms=d, pruned_ms=p, ratio=lat,
-                                   gain_vs_mac=(1 - lat) / max(1e-9, 1 - r["mac_ratio"]))
+            r[f"lat_{tag}"] = latency_entry(a, b, r["mac_ratio"], args.latency_threads)
         print(r["name"], *(round(r[f"lat_{t}"]["ratio"], 3) for t, _ in forms), flush=True)
 
 
@@ -303,11 +308,10 @@ def uniform_latency(dense: nn.Module, out: str, threads: int, ratios=(0.15, 0.3,
         m = dyngate.prune(dense, "random", r, scope="local", example_input=X1).eval()
         mac = macs_params(m)[0] / base
         widths = sorted({c.out_channels for c in m.modules() if isinstance(c, nn.Conv2d)})
-        row = dict(ratio=r, mac_ratio=mac, widths=widths, threads=threads)
+        row = dict(ratio=r, mac_ratio=mac, widths=widths)
         for tag, (a, b) in (("eager", (dense, m)),
                             ("inductor", (dense_ind, dyngate.compile(m, "inductor", example_input=x64)))):
-            d, p, lat = latency_median(a, b)
-            row[tag] = dict(dense_ms=d, pruned_ms=p, ratio=lat, gain_vs_mac=(1 - lat) / (1 - mac))
+            row[tag] = latency_entry(a, b, mac, threads)
         rows.append(row)
         print(json.dumps(row), flush=True)
     with open(out, "w") as f:
