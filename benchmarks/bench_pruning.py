@@ -59,11 +59,19 @@ def accuracy(model: nn.Module, data, limit: int | None = None) -> float:
     return correct / len(x)
 
 
-def deploy_form(model: nn.Module) -> nn.Module:
-    """Inference form of a model: eval mode, each BatchNorm folded into the conv before it
-    (``torch.fx.experimental.optimization.fuse``), as a deployment would run it."""
-    from torch.fx.experimental.optimization import fuse  # noqa: PLC0415
-    return fuse(copy.deepcopy(model).eval())
+def nchw_folded(model: nn.Module) -> nn.Module:
+    """BatchNorm folded but NCHW: dyngate.compile(target="torch") without its channels_last,
+    timed to show what the layout alone is worth."""
+    return dyngate.compile(model, "torch", example_input=X1).module.to(memory_format=torch.contiguous_format)
+
+
+# latency forms timed by --latency-only: name -> (header, model -> callable)
+FORMS = {
+    "eager": ("eager", lambda m, x: m.eval()),
+    "fused": ("BN-folded NCHW", lambda m, x: nchw_folded(m)),
+    "torch": ("dyngate.compile torch (BN-folded, channels_last)", lambda m, x: dyngate.compile(m, "torch", example_input=x)),
+    "inductor": ("dyngate.compile inductor", lambda m, x: dyngate.compile(m, "inductor", example_input=x)),
+}
 
 
 @torch.inference_mode()
@@ -171,7 +179,8 @@ def latency_table(dense: nn.Module, xb: torch.Tensor, args) -> LatencyTable:
     if os.path.exists(path):
         return LatencyTable.load(path)
     t0 = time.perf_counter()
-    table = measure(dense, xb[:1], batch=64, threads=args.latency_threads, points=16, repeats=15)
+    table = measure(dense, xb[:1], batch=64, threads=args.latency_threads, points=16, repeats=15,
+                    form=args.latency_form)
     table.meta["seconds"] = round(time.perf_counter() - t0, 1)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     table.save(path)
@@ -211,34 +220,30 @@ def _model_path(args, name: str) -> str:
 
 def latency_only(rows: list[dict], dense: nn.Module, args) -> None:
     """Re-time every saved model of ``rows`` against dense at ``--latency-threads`` threads,
-    medians of interleaved calls, eager and in deploy form (BN folded into the convs)."""
+    medians of interleaved calls, in every form of ``FORMS`` (each against dense in the same form)."""
     torch.set_num_threads(args.latency_threads)
-    dense_fused = deploy_form(dense)
     x64 = torch.randn(64, 1, 28, 28)
-    dense_ind = dyngate.compile(dense, "inductor", example_input=x64)
+    dense_forms = {tag: make(dense, x64) for tag, (_, make) in FORMS.items()}
     for r in rows:
         path = _model_path(args, r["name"])
         if "error" in r or not os.path.exists(path):
             continue
         m = torch.load(path, weights_only=False).eval()
-        forms = [("eager", (dense, m)), ("fused", (dense_fused, deploy_form(m))),
-                 ("inductor", (dense_ind, dyngate.compile(m, "inductor", example_input=x64)))]
-        for tag, (a, b) in forms:
-            r[f"lat_{tag}"] = latency_entry(a, b, r["mac_ratio"], args.latency_threads)
-        print(r["name"], *(round(r[f"lat_{t}"]["ratio"], 3) for t, _ in forms), flush=True)
+        for tag, (_, make) in FORMS.items():
+            r[f"lat_{tag}"] = latency_entry(dense_forms[tag], make(m, x64), r["mac_ratio"], args.latency_threads)
+        print(r["name"], *(f"{tag} {r[f'lat_{tag}']['ratio']:.3f}" for tag in FORMS), flush=True)
 
 
 def write_markdown(rows: list[dict], base: dict, args, path: str) -> None:
     """Table of every row; the quiet-machine latency columns appear once --latency-only ran."""
-    timed = any("lat_fused" in r for r in rows)
+    forms = [t for t in FORMS if any(f"lat_{t}" in r for r in rows)]
     head = ("| setting | tool | criterion | ratio | MACs (M) | MACs / dense | params / dense | acc after prune* | "
-            "acc after FT | latency / dense | latency gain / MAC gain |")
-    sep = "|---|---|---|---|---|---|---|---|---|---|---|"
-    if timed:
-        thr = next(r["lat_fused"]["threads"] for r in rows if "lat_fused" in r)
-        head += (f" eager latency / dense ({thr} thr, median) | gain / MAC gain | BN-folded latency / dense "
-                 "| gain / MAC gain | Inductor latency / dense | gain / MAC gain |")
-        sep += "---|---|---|---|---|---|"
+            "acc after FT | latency / dense (estimate) |")
+    sep = "|---|---|---|---|---|---|---|---|---|---|"
+    if forms:
+        thr = next(r[f"lat_{forms[0]}"]["threads"] for r in rows if f"lat_{forms[0]}" in r)
+        head += "".join(f" {FORMS[t][0]}: latency / dense (gain / MAC gain), {thr} thr, median |" for t in forms)
+        sep += "---|" * len(forms)
     lines = [head + "\n", sep + "\n"]
 
     def gain(g: float, r: dict) -> str:
@@ -250,11 +255,10 @@ def write_markdown(rows: list[dict], base: dict, args, path: str) -> None:
             continue
         line = (f"| {r['scope']} | {r['tool']} | {r['criterion']} | {r['ratio']:.3f} | {r['macs'] / 1e6:.2f} | "
                 f"{r['mac_ratio']:.3f} | {r['param_ratio']:.3f} | {100 * r['acc_pruned']:.2f} | "
-                f"{100 * r['acc_ft']:.2f} | {r['latency_ratio']:.3f} | {gain(r['speedup_vs_mac'], r)} |")
-        if timed:
-            for tag in ("eager", "fused", "inductor"):
-                t = r.get(f"lat_{tag}")
-                line += f" {t['ratio']:.3f} | {gain(t['gain_vs_mac'], r)} |" if t else " - | - |"
+                f"{100 * r['acc_ft']:.2f} | {r['latency_ratio']:.3f} ({gain(r['speedup_vs_mac'], r)}) |")
+        for tag in forms:
+            t = r.get(f"lat_{tag}")
+            line += f" {t['ratio']:.3f} ({gain(t['gain_vs_mac'], r)}) |" if t else " - |"
         lines.append(line + "\n")
     with open(path, "w") as f:
         f.write(f"Dense: {base['macs'] / 1e6:.2f} M MACs, {base['params']} params, test accuracy "
@@ -272,7 +276,7 @@ def write_plot(rows: list[dict], base: dict, path: str) -> None:
     for r in rows:
         if "error" in r:
             continue
-        lat = r.get("lat_eager", {}).get("ratio", r["latency_ratio"])
+        lat = r.get("lat_torch", r.get("lat_eager", {})).get("ratio", r["latency_ratio"])
         mk = style.get(r["tool"], "^" if r["name"].startswith("latency/") else "o")
         label = f"{r['scope']} / {r['criterion']}" if r["tool"] != "torch-pruning" else f"Torch-Pruning / {r['criterion']}"
         pts = a.scatter(r["mac_ratio"], 100 * r["acc_ft"], marker=mk, label=label)
@@ -287,7 +291,7 @@ def write_plot(rows: list[dict], base: dict, path: str) -> None:
     b.plot(xs, [1 - 0.8 * (1 - x) for x in xs], color="r", lw=0.8, ls="--", label="goal: gain = 0.8 x MAC gain")
     a.set(xlabel="MACs / dense", ylabel="test accuracy after fine-tuning (%)")
     b.set(xlabel="MACs / dense", ylabel="latency / dense (below the red line meets the goal)",
-          title="filled: eager; hollow: torch.compile (Inductor)")
+          title="filled: compile 'torch' (eager if not timed); hollow: Inductor")
     a.legend(fontsize=7)
     b.legend(fontsize=7)
     fig.tight_layout()
@@ -298,10 +302,10 @@ def write_plot(rows: list[dict], base: dict, path: str) -> None:
 def uniform_latency(dense: nn.Module, out: str, threads: int, ratios=(0.15, 0.3, 0.5)) -> None:
     """The platform's ceiling for the latency goal: every group (residual streams included) cut
     by the same local ratio, so no width is odd by choice, timed like the benchmark rows (batch
-    64, median of 100 interleaved calls, eager and Inductor). No fine-tuning: latency only."""
+    64, median of 100 interleaved calls, every form of ``FORMS``). No fine-tuning: latency only."""
     torch.set_num_threads(threads)
     x64 = torch.randn(64, 1, 28, 28)
-    dense_ind = dyngate.compile(dense, "inductor", example_input=x64)
+    dense_forms = {tag: make(dense, x64) for tag, (_, make) in FORMS.items()}
     base = macs_params(dense)[0]
     rows = []
     for r in ratios:
@@ -309,9 +313,8 @@ def uniform_latency(dense: nn.Module, out: str, threads: int, ratios=(0.15, 0.3,
         mac = macs_params(m)[0] / base
         widths = sorted({c.out_channels for c in m.modules() if isinstance(c, nn.Conv2d)})
         row = dict(ratio=r, mac_ratio=mac, widths=widths)
-        for tag, (a, b) in (("eager", (dense, m)),
-                            ("inductor", (dense_ind, dyngate.compile(m, "inductor", example_input=x64)))):
-            row[tag] = latency_entry(a, b, mac, threads)
+        for tag, (_, make) in FORMS.items():
+            row[tag] = latency_entry(dense_forms[tag], make(m, x64), mac, threads)
         rows.append(row)
         print(json.dumps(row), flush=True)
     with open(out, "w") as f:
@@ -359,6 +362,8 @@ def main() -> None:
     ap.add_argument("--latency-table", default=None,
                     help="dyngate.latency table (YAML); measured at --latency-threads, batch 64, and saved "
                          "here when missing (default: WORK/latency_table.yaml). Measure on a quiet machine.")
+    ap.add_argument("--latency-form", default="torch", choices=["eager", "torch"],
+                    help="deployment form the latency table is measured in (dyngate.latency.measure form=)")
     ap.add_argument("--ft-images", type=int, default=12000)
     ap.add_argument("--ft-epochs", type=int, default=1)
     ap.add_argument("--ft-lr", type=float, default=0.01)

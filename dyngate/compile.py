@@ -1,16 +1,26 @@
 """``dyngate.compile``: a static (pruned, ungated) model compiled for deployment.
 
-Two targets. ``"inductor"``: ``torch.compile`` with Inductor and frozen weights (BatchNorm folded,
-oneDNN weights pre-packed, elementwise ops fused into generated C++). On this project's x86 CPU
-it is the fast path (ResNet-20, batch 64: 1.3-1.8x eager), and most pruned models gain more per
-MAC there than in eager mode, whose per-op layout conversions and elementwise passes do not
-shrink with the MACs (see ``results/pruning_fashion_mnist.md``). Any TVM target (``"llvm"`` or TVM's dict form): through
-``torch.export`` and TVM Relax, for deployment where torch is not available; untuned TVM is far
-slower than torch here, so use it for portability, not speed, unless you tune. TVM is optional
-(``pip install apache-tvm``) and imported only here.
+Three kinds of target.
 
-Shapes are static: a compiled model takes inputs shaped like ``example_input``. Every compile
-checks the compiled output against eager torch on ``example_input``; a mismatch is an error.
+* ``"torch"``: torch eager in its CPU deployment form, no compiler: BatchNorm folded into the
+  conv before it, weights and activations channels_last (NHWC). On x86 oneDNN runs NHWC convs
+  (brgemm) directly; an NCHW conv instead reorders its input to a channel-blocked layout and its
+  output back on every call, and at widths that are not a multiple of the SIMD block (16 fp32
+  lanes with AVX-512) that reorder can cost more than the conv itself (ONEDNN_VERBOSE shows
+  ``jit:uni`` reorders of 0.3-5 ms around a 1-3 ms conv at 14x14, batch 64). Pruned models have
+  such widths, so this is the form in which their latency follows their MACs.
+* ``"inductor"``: ``torch.compile`` with Inductor and frozen weights (BatchNorm folded, oneDNN
+  weights pre-packed, elementwise ops fused into generated C++), fed channels_last like
+  ``"torch"``.
+* any TVM target (``"llvm"`` or TVM's dict form): through ``torch.export`` and TVM Relax, for
+  deployment where torch is not available; untuned TVM is far slower than torch here, so use it
+  for portability, not speed, unless you tune. TVM is optional (``pip install apache-tvm``) and
+  imported only here.
+
+Measured numbers for all three are in ``results/pruning_fashion_mnist.md``.
+
+Shapes are static for the compiled targets: they take inputs shaped like ``example_input``. Every
+target checks the compiled output against eager torch on ``example_input``; a mismatch is an error.
 """
 from __future__ import annotations
 
@@ -57,18 +67,46 @@ class InductorModel:
     fn: Any
     input_shape: tuple[int, ...]
     max_abs_error: float
+    memory_format: torch.memory_format = torch.channels_last
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if tuple(x.shape) != self.input_shape:
             raise ValueError(f"compiled for input shape {self.input_shape}, got {tuple(x.shape)}")
         with _inductor_context():  # a guard-triggered recompile must be frozen and counted too
-            return self.fn(x)
+            return self.fn(x.contiguous(memory_format=self.memory_format))
+
+
+@dataclass
+class TorchModel:
+    """A static model in torch's CPU deployment form (BatchNorm folded, channels_last), run in
+    inference mode; any batch size. The weights are copies taken at compile time."""
+
+    module: nn.Module
+    max_abs_error: float
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.module(x.contiguous(memory_format=torch.channels_last))
+
+
+def deploy_form(model: nn.Module) -> nn.Module:
+    """An eval-mode copy of ``model`` with each BatchNorm folded into the conv before it
+    (``torch.fx.experimental.optimization.fuse``) and its weights channels_last. The input
+    model is not modified."""
+    from torch.fx.experimental.optimization import fuse  # noqa: PLC0415
+    try:
+        folded = fuse(copy.deepcopy(model).eval())
+    except Exception as e:  # fx tracing errors name the op; keep them, and name the stage
+        raise ConversionError(f"compile: folding BatchNorm needs a torch.fx-traceable model: "
+                              f"{type(e).__name__}: {str(e)[:300]}") from e
+    return folded.to(memory_format=torch.channels_last)
 
 
 def compile(model: nn.Module, target: str | dict = "llvm", *, example_input: torch.Tensor,
-            rtol: float = 1e-4, atol: float = 1e-4) -> CompiledModel | InductorModel:
+            rtol: float = 1e-4, atol: float = 1e-4) -> CompiledModel | InductorModel | TorchModel:
     """Compile ``model`` (eval mode) for ``target`` and check it against torch on ``example_input``.
 
+    ``"torch"``: the deployment form in eager torch (see the module docstring); no compiler.
     ``"inductor"``: ``torch.compile`` with weight freezing (needs a C++ compiler). Anything else is
     a TVM target: export with ``torch.export``, import into TVM Relax and build for ``target``
     ("llvm", or TVM's dict form such as {"kind": "llvm", "mcpu": "skylake-avx512"}: TVM 0.27 no
@@ -78,6 +116,9 @@ def compile(model: nn.Module, target: str | dict = "llvm", *, example_input: tor
     if gated:
         raise ConversionError(f"compile: layer '{gated[0]}' is a GatedConv2d; only static (pruned, "
                               "ungated) models are compiled")
+    if target == "torch":
+        return _checked(TorchModel(deploy_form(model), 0.0), _reference(model, example_input), example_input,
+                        "torch", rtol, atol)
     if target == "inductor":
         return _inductor(model, example_input, rtol, atol)
     try:
@@ -103,11 +144,27 @@ def compile(model: nn.Module, target: str | dict = "llvm", *, example_input: tor
         vm = relax.VirtualMachine(relax.build(mod, target=tgt), tvm.cpu())
     finally:
         model.train(was)
-    compiled = CompiledModel(vm, tvm.cpu(), tuple(example_input.shape), target, 0.0)
-    out = compiled(example_input)
+    return _checked(CompiledModel(vm, tvm.cpu(), tuple(example_input.shape), target, 0.0), ref, example_input,
+                    "TVM", rtol, atol)
+
+
+def _reference(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Eager eval-mode output of ``model`` on ``x``, leaving its train/eval flag as it was."""
+    was = model.training
+    try:
+        with torch.inference_mode():
+            return model.eval()(x)
+    finally:
+        model.train(was)
+
+
+def _checked(compiled, ref: torch.Tensor, x: torch.Tensor, what: str, rtol: float, atol: float):
+    """``compiled`` with its max_abs_error against ``ref`` on ``x`` filled in; an error past
+    rtol/atol."""
+    out = compiled(x)
     compiled.max_abs_error = float((out - ref).abs().max())
     if not torch.allclose(out, ref, rtol=rtol, atol=atol):
-        raise ConversionError(f"compile: TVM output differs from torch by up to "
+        raise ConversionError(f"compile: {what} output differs from torch by up to "
                               f"{compiled.max_abs_error:.3g} (rtol={rtol}, atol={atol})")
     return compiled
 
@@ -125,20 +182,17 @@ def _inductor_context():
         yield
 
 
-def _inductor(model: nn.Module, example_input: torch.Tensor, rtol: float, atol: float) -> InductorModel:
-    frozen = copy.deepcopy(model).eval()
-    with torch.inference_mode():
-        ref = frozen(example_input)
+def _inductor(model: nn.Module, example_input: torch.Tensor, rtol: float, atol: float,
+              channels_last: bool = True) -> InductorModel:
+    ref = _reference(model, example_input)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    frozen = copy.deepcopy(model).eval().to(memory_format=fmt)
     # fullgraph: a graph break would leave part of the model in eager
     fn = torch.compile(frozen, backend="inductor", dynamic=False, fullgraph=True)
+    compiled = InductorModel(fn, tuple(example_input.shape), 0.0, fmt)
     try:
-        with _inductor_context():
-            out = fn(example_input)  # compiles here, for this shape
+        compiled(example_input)  # compiles here, for this shape and layout
     except Exception as e:  # Inductor errors are long; name the stage
         raise ConversionError(f"compile: torch.compile (Inductor) failed: {type(e).__name__}: "
                               f"{str(e)[:500]}") from e
-    compiled = InductorModel(fn, tuple(example_input.shape), float((out - ref).abs().max()))
-    if not torch.allclose(out, ref, rtol=rtol, atol=atol):
-        raise ConversionError(f"compile: Inductor output differs from torch by up to "
-                              f"{compiled.max_abs_error:.3g} (rtol={rtol}, atol={atol})")
-    return compiled
+    return _checked(compiled, ref, example_input, "Inductor", rtol, atol)

@@ -10,7 +10,10 @@ thread count it will run on, and :func:`dyngate.prune` with ``latency=`` chooses
 keep the most importance for a latency budget (see ``prune.select_keep_latency``).
 
 One table entry times the layer as one unit: the conv (or linear) with its BatchNorm when it has
-one, at the layer's input resolution and the table's batch. Layers with the same geometry share
+one, at the layer's input resolution and the table's batch, in the form the model will run in:
+``form="eager"`` as ``model(x)`` runs (NCHW, BatchNorm separate), ``form="torch"`` as
+``dyngate.compile(model, "torch")`` runs it (BatchNorm folded into the conv, channels_last), whose
+curves are far smoother (see :mod:`dyngate.compile` for why). Layers with the same geometry share
 their measurements. Elementwise work between units (activations, residual adds, option-A pads) is
 not in the table. A width between two grid points costs what the next grid point up costs.
 """
@@ -144,15 +147,22 @@ def _is_depthwise(info: LayerInfo) -> bool:
     return info.groups > 1 and info.groups == info.in_channels == info.out_channels
 
 
-def _unit(model: nn.Module, info: LayerInfo, cin: int, cout: int) -> nn.Module:
-    """The layer rebuilt at widths (cin, cout), with its BatchNorm, in eval mode."""
+FORMS = ("eager", "torch")
+
+
+def _unit(model: nn.Module, info: LayerInfo, cin: int, cout: int, form: str) -> nn.Module:
+    """The layer rebuilt at widths (cin, cout) in eval mode: with its BatchNorm (``eager``), or
+    with the BatchNorm folded into a conv bias and channels_last weights (``torch``)."""
     layer = model.get_submodule(info.name)
     bias = getattr(layer, "bias", None) is not None
     if info.kind == "linear":
         return nn.Linear(cin, cout, bias=bias).eval()
     groups = cin if _is_depthwise(info) else 1
+    folded = form == "torch" and info.bn is not None
     conv = nn.Conv2d(cin, cout, info.kernel_size, info.stride, info.padding, info.dilation,
-                     groups=groups, bias=bias)
+                     groups=groups, bias=bias or folded)
+    if form == "torch":
+        return conv.eval().to(memory_format=torch.channels_last)
     return (nn.Sequential(conv, nn.BatchNorm2d(cout)) if info.bn else conv).eval()
 
 
@@ -168,11 +178,12 @@ def _time_ms(unit: nn.Module, x: torch.Tensor, repeats: int) -> float:
 
 
 def measure(model: nn.Module, example_input: torch.Tensor, *, batch: int = 64, threads: int | None = None,
-            points: int = 16, repeats: int = 7, seed: int = 0, progress: bool = True,
+            points: int = 16, repeats: int = 7, seed: int = 0, progress: bool = True, form: str = "eager",
             timer: Callable[[nn.Module, torch.Tensor], float] | None = None) -> LatencyTable:
     """Time every conv/linear layer of ``model`` over a width grid of at most ``points`` widths
     per prunable dimension, ``batch`` inputs at the layer's own resolution, ``threads`` torch
-    threads (default: the current setting), median of ``repeats`` calls after one warm-up.
+    threads (default: the current setting), median of ``repeats`` calls after one warm-up, each
+    unit in the deployment ``form`` ("eager" or "torch", see the module docstring).
 
     Grid points are timed in a shuffled order, so slow drift of a shared machine spreads over the
     table instead of tilting one layer's curve. A dimension that carries the model input or
@@ -182,6 +193,8 @@ def measure(model: nn.Module, example_input: torch.Tensor, *, batch: int = 64, t
 
     if batch < 1 or points < 1 or repeats < 1:
         raise ConversionError(f"batch, points and repeats must be >= 1, got {batch}, {points}, {repeats}")
+    if form not in FORMS:
+        raise ConversionError(f"latency form must be one of {', '.join(FORMS)}, got {form!r}")
     view = capture(model, example_input)
     jobs: dict[tuple, set[tuple[int, int]]] = {}
     plan: dict[str, tuple[tuple, list[int], list[int]]] = {}
@@ -208,7 +221,9 @@ def measure(model: nn.Module, example_input: torch.Tensor, *, batch: int = 64, t
             info = view.layers[first[geom]]
             hw = tuple(info.input_shape[2:]) if info.kind == "conv2d" else ()
             x = torch.randn(batch, cin, *hw)
-            unit = _unit(model, info, cin, cout)
+            if form == "torch" and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            unit = _unit(model, info, cin, cout, form)
             timed[(geom, cin, cout)] = timer(unit, x) if timer else _time_ms(unit, x, repeats)
     finally:
         torch.set_num_threads(old)
@@ -221,7 +236,7 @@ def measure(model: nn.Module, example_input: torch.Tensor, *, batch: int = 64, t
         curves[name] = LayerCurve(ins, outs, ms, depthwise=geom[5])
     shapes = {n: _shape_key(i) for n, i in view.layers.items()}
     return LatencyTable(batch, threads, curves, shapes, machine=_machine(),
-                        meta={"points": points, "repeats": repeats, "torch": str(torch.__version__)})
+                        meta={"points": points, "repeats": repeats, "form": form, "torch": str(torch.__version__)})
 
 
 def _machine() -> str:

@@ -136,7 +136,12 @@ def select_keep_latency(view: GraphView, scores: Mapping[int, np.ndarray], ratio
     time it saves in every layer the group feeds, with the other groups at their current widths.
     Each step takes the option with the least score lost per ms saved, looking past plateaus (a
     step from 32 to 24 channels that saves nothing competes as part of the step to 16), until the
-    budget is met. Scores must be comparable across groups, as for global ranking."""
+    budget is met. Scores must be comparable across groups, as for global ranking.
+
+    A row's score is a mean over the layers that produce it (see :mod:`dyngate.criteria`), but the
+    time it saves is a sum over every layer it feeds; a residual-stream row, produced by each block
+    of its stage, would look cheap per ms. Its cost is therefore the score times the number of
+    producing layers, summed like the time (HALP sums importance over a group's layers too)."""
     per_group_ratio = per_group_ratio or {}
     by_id = {g.id: g for g in view.groups}
     zones = {gid: next(iter(z.values())) for gid, z in zone_of_rows(view, shortcut_zones(view)).items()}
@@ -165,7 +170,8 @@ def select_keep_latency(view: GraphView, scores: Mapping[int, np.ndarray], ratio
         return sum(table.layer_ms(l, *w) for l, w in widths(layers, override).items())
 
     free = [g for g in scores if g not in per_group_ratio]
-    lost = {g: np.concatenate([[0.0], np.cumsum(np.sort(scores[g]))]) for g in free}
+    producers = {g: sum(1 for _, role in by_id[g].members if role == "out") for g in free}
+    lost = {g: np.concatenate([[0.0], np.cumsum(np.sort(scores[g]) * producers[g])]) for g in free}
     options = {}
     for g in free:
         size = by_id[g].size

@@ -44,14 +44,52 @@ def test_inductor_compiled_pruned_model_matches_torch():
     """The deployment path the latency benchmark times: torch.compile with frozen weights (BN
     folded, weights pre-packed)."""
     net = models.build("resnet20", in_channels=1).eval()
-    for bn in net.modules():
-        if isinstance(bn, torch.nn.BatchNorm2d):
-            bn.running_mean.uniform_(-0.5, 0.5)
-            bn.running_var.uniform_(0.5, 2.0)
+    _randomize_bn(net)
     pruned = dyngate.prune(net, "l1", 0.4, example_input=X)
     _check_against_eager(tvm_compile(pruned, "inductor", example_input=X), pruned)
     with pytest.raises(ConversionError, match="GatedConv2d"):
         tvm_compile(dyngate.convert(net), "inductor", example_input=X)
+
+
+def _randomize_bn(net):
+    for bn in net.modules():
+        if isinstance(bn, torch.nn.BatchNorm2d):
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+            bn.weight.data.uniform_(0.5, 1.5)
+            bn.bias.data.uniform_(-0.2, 0.2)
+
+
+def test_torch_deploy_form_matches_eager_at_odd_widths():
+    """target="torch": BN folded, channels_last. Widths that are not a multiple of 16 are the
+    case it is for; any batch size runs (no static shape); rtol = atol = 1e-4."""
+    net = models.build("resnet20", in_channels=1).eval()
+    _randomize_bn(net)
+    pruned = dyngate.prune(net, "l1", 0.3, example_input=X)
+    assert any(c.out_channels % 16 for c in pruned.modules() if isinstance(c, torch.nn.Conv2d))
+    deployed = tvm_compile(pruned, "torch", example_input=X)
+    assert deployed.max_abs_error < 1e-4
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in deployed.module.modules())
+    assert pruned.training is False and any(isinstance(m, torch.nn.BatchNorm2d) for m in pruned.modules())
+    for n in (1, 5):
+        x = torch.randn(n, 1, 28, 28)
+        with torch.no_grad():
+            torch.testing.assert_close(deployed(x), pruned(x), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ConversionError, match="GatedConv2d"):
+        tvm_compile(dyngate.convert(net), "torch", example_input=X)
+
+
+def test_torch_deploy_form_names_an_untraceable_model():
+    class Branchy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 4, 3)
+
+        def forward(self, x):
+            return self.conv(x) if x.sum() > 0 else -self.conv(x)
+
+    with pytest.raises(ConversionError, match="fx-traceable"):
+        tvm_compile(Branchy(), "torch", example_input=X)
 
 
 def test_inductor_compiles_many_instances_of_one_class():

@@ -52,11 +52,35 @@ def test_wall_clock_measure_runs_and_round_trips(tmp_path):
     m = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
                       nn.Conv2d(8, 8, 3, padding=1), nn.Flatten(), nn.Linear(8 * 6 * 6, 3)).eval()
     x = torch.randn(1, 1, 6, 6)
-    t = measure(m, x, batch=2, points=3, repeats=1, progress=False)
-    assert all(v > 0 for c in t.layers.values() for row in c.ms for v in row)
-    t.save(tmp_path / "t.yaml")
-    back = LatencyTable.load(tmp_path / "t.yaml")
-    assert back.layers == t.layers and back.shapes == t.shapes and back.threads == t.threads
+    for form in ("eager", "torch"):
+        t = measure(m, x, batch=2, points=3, repeats=1, progress=False, form=form)
+        assert all(v > 0 for c in t.layers.values() for row in c.ms for v in row)
+        t.save(tmp_path / "t.yaml")
+        back = LatencyTable.load(tmp_path / "t.yaml")
+        assert back.layers == t.layers and back.shapes == t.shapes and back.threads == t.threads
+        assert back.meta["form"] == form
+
+
+def test_torch_form_times_folded_channels_last_units():
+    """form="torch" times what dyngate.compile(target="torch") runs: the conv with the BN folded
+    into its bias, weights and input channels_last; "eager" times conv + BN in NCHW."""
+    m = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+                      nn.Conv2d(8, 8, 3, padding=1)).eval()
+    seen = {}
+
+    def record(unit, x):
+        seen.setdefault(form, []).append((unit, x))
+        return 1.0
+
+    for form in ("eager", "torch"):
+        measure(m, torch.randn(1, 1, 6, 6), batch=2, points=2, progress=False, form=form, timer=record)
+    for unit, x in seen["torch"]:
+        assert isinstance(unit, nn.Conv2d) and unit.bias is not None
+        assert unit.weight.is_contiguous(memory_format=torch.channels_last)
+        assert x.is_contiguous(memory_format=torch.channels_last)
+    assert any(isinstance(u, nn.Sequential) and isinstance(u[1], nn.BatchNorm2d) for u, _ in seen["eager"])
+    with pytest.raises(ConversionError, match="form"):
+        measure(m, torch.randn(1, 1, 6, 6), progress=False, form="nhwc", timer=record)
 
 
 def test_latency_budget_is_met_and_widths_sit_on_blocks(resnet, table):
@@ -140,3 +164,40 @@ def test_same_geometry_with_a_fixed_dimension_gets_its_own_grid():
     t = measure(m, torch.randn(1, 4, 5, 5), batch=2, points=4, progress=False, timer=_step_cost(2))
     assert t.layers["0"].in_grid == [4] and t.layers["2"].in_grid == [1, 2, 3, 4]
     assert t.layer_ms("2", 2, 2) < t.layer_ms("2", 4, 4)
+
+
+class _TwoBlockStream(nn.Module):
+    """A residual stream produced by three convs (stem and two blocks), then an inner group
+    produced by one conv: conv_c's output, read by conv_d."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv_a = nn.Conv2d(1, 8, 1)
+        self.conv_b = nn.Conv2d(8, 8, 1)
+        self.conv_b2 = nn.Conv2d(8, 8, 1)
+        self.conv_c = nn.Conv2d(8, 8, 1)
+        self.conv_d = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        s = self.conv_a(x)
+        s = s + self.conv_b(s)
+        s = s + self.conv_b2(s)
+        return self.conv_d(self.conv_c(s))
+
+
+def test_latency_knapsack_sums_a_rows_score_over_its_producers():
+    """Per ms saved, a stream row (score 1.0, three producers, 39 ms a row in a cin x cout table)
+    costs 3/39; an inner row (score 0.5, one producer, 12 ms) costs 0.5/12, so the inner group
+    goes first. Scored by the mean alone, the stream row (1/39) would go first."""
+    from dyngate.prune import select_keep_latency
+    m = _TwoBlockStream().eval()
+    x = torch.randn(1, 1, 4, 4)
+    view = capture(m, x)
+    t = measure(m, x, batch=1, points=8, progress=False,
+                timer=lambda unit, _: float(unit.in_channels * unit.out_channels))
+    stream = next(g for g in view.groups if ("conv_b2", "out") in g.members)
+    inner = next(g for g in view.groups if ("conv_c", "out") in g.members)
+    assert sum(role == "out" for _, role in stream.members) == 3
+    scores = {stream.id: np.ones(8), inner.id: np.full(8, 0.5)}
+    keep = select_keep_latency(view, scores, 0.1, t)
+    assert inner.id in keep and stream.id not in keep
