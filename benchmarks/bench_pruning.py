@@ -445,7 +445,7 @@ def main() -> None:
             jobs.append((f"inner/{c}", "dyngate", c, "local-inner", lambda r, c=c: dyngate.prune(
                 dense, c, r, scope="local", example_input=xb, data=data, ignore=ign)))
             jobs.append((f"inner-tp/{c}", "torch-pruning", c, "local-inner", lambda r, c=c: tp_prune(dense, c, r, data)))
-    if args.dense_ft and "dense-ft" not in done and not args.latency_only:
+    if args.dense_ft and "dense-ft" not in done and not args.latency_only and (args.only is None or "dense-ft" in args.only):
         # control: the dense model given the same extra training as every pruned row
         rows.append(run_row("dense-ft", "none", "-", "dense + same fine-tuning", 0.0, dense, dense,
                             base, test, args))
