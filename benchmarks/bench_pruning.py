@@ -69,14 +69,19 @@ def nchw_folded(model: nn.Module) -> nn.Module:
 FORMS = {
     "eager": ("eager", lambda m, x: m.eval()),
     "fused": ("BN-folded NCHW", lambda m, x: nchw_folded(m)),
-    "torch": ("dyngate.compile torch (BN-folded, channels_last)", lambda m, x: dyngate.compile(m, "torch", example_input=x)),
-    "inductor": ("dyngate.compile inductor", lambda m, x: dyngate.compile(m, "inductor", example_input=x)),
+    "torch": ("compile 'torch' (BN-folded, channels_last)", lambda m, x: dyngate.compile(m, "torch", example_input=x)),
+    "inductor": ("compile 'inductor'", lambda m, x: dyngate.compile(m, "inductor", example_input=x)),
 }
 
 
 @torch.inference_mode()
-def _interleaved_ms(dense: nn.Module, pruned: nn.Module, rounds: int, warmup: int) -> tuple[list, list]:
-    """Per-call ms of dense and pruned at batch 64, calls alternated so drift hits both alike."""
+def _interleaved_ms(dense: nn.Module, pruned: nn.Module, rounds: int, warmup: int, block: int = 1) -> tuple[list, list]:
+    """Per-call ms of dense and pruned at batch 64: ``rounds`` calls each, in alternating runs of
+    ``block`` calls, so slow drift of the machine hits both alike. ``block=1`` switches model on
+    every call, and every call then starts with the other model's data in the caches: on this box
+    that adds a near-constant cost per call, which inflates the smaller model's ratio (dense vs
+    global FPGM at 0.50 MACs: 0.69 with single calls, 0.62-0.64 in runs of 20). A deployed model
+    runs back to back, so :func:`latency_median` uses runs of 10, whose first call the median drops."""
     x = torch.randn(64, 1, 28, 28)
     for m in (dense, pruned):
         if isinstance(m, nn.Module):
@@ -84,28 +89,46 @@ def _interleaved_ms(dense: nn.Module, pruned: nn.Module, rounds: int, warmup: in
     for _ in range(warmup):
         dense(x), pruned(x)
     td, tp_ = [], []
-    for _ in range(rounds):
+    for _ in range(max(1, rounds // block)):
         for m, acc in ((dense, td), (pruned, tp_)):
-            t0 = time.perf_counter()
-            m(x)
-            acc.append((time.perf_counter() - t0) * 1e3)
+            for _ in range(block):
+                t0 = time.perf_counter()
+                m(x)
+                acc.append((time.perf_counter() - t0) * 1e3)
     return td, tp_
 
 
 def latency_median(dense: nn.Module, pruned: nn.Module, rounds: int = 100) -> tuple[float, float, float]:
-    """Median ms of dense and pruned over ``rounds`` interleaved calls (for a quiet machine;
-    :func:`latency_ratio` is the shared-machine variant). Returns (dense, pruned, ratio)."""
+    """Median ms of dense and pruned over ``rounds`` calls each, alternated in runs of 10 (for a
+    quiet machine; :func:`latency_ratio` is the shared-machine variant). Returns (dense, pruned, ratio)."""
     import statistics  # noqa: PLC0415
-    td, tp_ = _interleaved_ms(dense, pruned, rounds, warmup=5)
+    td, tp_ = _interleaved_ms(dense, pruned, rounds, warmup=5, block=10)
     d, p = statistics.median(td), statistics.median(tp_)
     return d, p, p / d
 
 
-def latency_entry(dense, pruned, mac_ratio: float, threads: int) -> dict:
-    """One quiet-machine timing of a (dense, pruned) pair, as the JSON rows store it."""
-    d, p, lat = latency_median(dense, pruned)
-    return dict(threads=threads, dense_ms=d, pruned_ms=p, ratio=lat,
-                gain_vs_mac=(1 - lat) / max(1e-9, 1 - mac_ratio))
+def timed_forms(dense_forms: dict, candidates: dict, mac_ratio: dict, threads: int, repeats: int,
+                rounds: int) -> dict:
+    """Quiet-machine timing of every candidate against dense in every form: ``candidates`` maps a
+    name to {form: callable}. The box is noisy (a dense model's median moves by about 5% between
+    passes), so ``repeats`` passes go over all (candidate, form) pairs, each timing the pair once
+    with :func:`latency_median`; an entry keeps the median ratio over passes and its range."""
+    import statistics  # noqa: PLC0415
+    from tqdm import tqdm  # noqa: PLC0415
+    got: dict = {(n, t): [] for n, fs in candidates.items() for t in fs}
+    for _ in tqdm(range(repeats), desc="timing passes"):
+        for (n, t), acc in got.items():
+            acc.append(latency_median(dense_forms[t], candidates[n][t], rounds))
+    out: dict = {n: {} for n in candidates}
+    for (n, t), acc in got.items():
+        ratios = [r for _, _, r in acc]
+        lat = statistics.median(ratios)
+        out[n][t] = dict(threads=threads, repeats=repeats, calls=rounds,
+                         dense_ms=statistics.median(d for d, _, _ in acc),
+                         pruned_ms=statistics.median(p for _, p, _ in acc),
+                         ratio=lat, ratio_min=min(ratios), ratio_max=max(ratios),
+                         gain_vs_mac=(1 - lat) / max(1e-9, 1 - mac_ratio[n]))
+    return out
 
 
 def latency_ratio(dense: nn.Module, pruned: nn.Module, rounds: int = 20) -> tuple[float, float, float]:
@@ -219,19 +242,23 @@ def _model_path(args, name: str) -> str:
 
 
 def latency_only(rows: list[dict], dense: nn.Module, args) -> None:
-    """Re-time every saved model of ``rows`` against dense at ``--latency-threads`` threads,
-    medians of interleaved calls, in every form of ``FORMS`` (each against dense in the same form)."""
+    """Re-time every saved model of ``rows`` against dense at ``--latency-threads`` threads in
+    every form of ``FORMS`` (each against dense in the same form), ``--latency-repeats`` passes of
+    ``--latency-calls`` calls (see :func:`timed_forms`)."""
     torch.set_num_threads(args.latency_threads)
     x64 = torch.randn(64, 1, 28, 28)
     dense_forms = {tag: make(dense, x64) for tag, (_, make) in FORMS.items()}
-    for r in rows:
-        path = _model_path(args, r["name"])
-        if "error" in r or not os.path.exists(path):
-            continue
-        m = torch.load(path, weights_only=False).eval()
-        for tag, (_, make) in FORMS.items():
-            r[f"lat_{tag}"] = latency_entry(dense_forms[tag], make(m, x64), r["mac_ratio"], args.latency_threads)
-        print(r["name"], *(f"{tag} {r[f'lat_{tag}']['ratio']:.3f}" for tag in FORMS), flush=True)
+    todo = {r["name"]: r for r in rows if "error" not in r and os.path.exists(_model_path(args, r["name"]))}
+    candidates = {}
+    for name in todo:
+        m = torch.load(_model_path(args, name), weights_only=False).eval()
+        candidates[name] = {tag: make(m, x64) for tag, (_, make) in FORMS.items()}
+    timed = timed_forms(dense_forms, candidates, {n: r["mac_ratio"] for n, r in todo.items()},
+                        args.latency_threads, args.latency_repeats, args.latency_calls)
+    for name, r in todo.items():
+        for tag, entry in timed[name].items():
+            r[f"lat_{tag}"] = entry
+        print(name, *(f"{tag} {r[f'lat_{tag}']['ratio']:.3f}" for tag in FORMS), flush=True)
 
 
 def write_markdown(rows: list[dict], base: dict, args, path: str) -> None:
@@ -240,11 +267,15 @@ def write_markdown(rows: list[dict], base: dict, args, path: str) -> None:
     head = ("| setting | tool | criterion | ratio | MACs (M) | MACs / dense | params / dense | acc after prune* | "
             "acc after FT | latency / dense (estimate) |")
     sep = "|---|---|---|---|---|---|---|---|---|---|"
+    legend = ""
     if forms:
-        thr = next(r[f"lat_{forms[0]}"]["threads"] for r in rows if f"lat_{forms[0]}" in r)
-        head += "".join(f" {FORMS[t][0]}: latency / dense (gain / MAC gain), {thr} thr, median |" for t in forms)
+        e = next(r[f"lat_{forms[0]}"] for r in rows if f"lat_{forms[0]}" in r)
+        head += "".join(f" {FORMS[t][0]} |" for t in forms)
         sep += "---|" * len(forms)
-    lines = [head + "\n", sep + "\n"]
+        legend = (f"Latency cells: latency / dense, the median over {e.get('repeats', 1)} timing passes "
+                  f"[lowest-highest pass] (latency gain / MAC gain); batch 64, {e['threads']} threads, "
+                  f"{e.get('calls', 100)} calls per model per pass. The estimate column was taken during training.\n\n")
+    lines = [legend, head + "\n", sep + "\n"]
 
     def gain(g: float, r: dict) -> str:
         return "-" if r["mac_ratio"] > 0.999 else f"{g:.2f}"
@@ -258,7 +289,8 @@ def write_markdown(rows: list[dict], base: dict, args, path: str) -> None:
                 f"{100 * r['acc_ft']:.2f} | {r['latency_ratio']:.3f} ({gain(r['speedup_vs_mac'], r)}) |")
         for tag in forms:
             t = r.get(f"lat_{tag}")
-            line += f" {t['ratio']:.3f} ({gain(t['gain_vs_mac'], r)}) |" if t else " - |"
+            spread = f" [{t['ratio_min']:.2f}-{t['ratio_max']:.2f}]" if "ratio_min" in t else ""
+            line += f" {t['ratio']:.3f}{spread} ({gain(t['gain_vs_mac'], r)}) |" if t else " - |"
         lines.append(line + "\n")
     with open(path, "w") as f:
         f.write(f"Dense: {base['macs'] / 1e6:.2f} M MACs, {base['params']} params, test accuracy "
@@ -299,26 +331,27 @@ def write_plot(rows: list[dict], base: dict, path: str) -> None:
     plt.close(fig)
 
 
-def uniform_latency(dense: nn.Module, out: str, threads: int, ratios=(0.15, 0.3, 0.5)) -> None:
+def uniform_latency(dense: nn.Module, args, ratios=(0.15, 0.3, 0.5)) -> None:
     """The platform's ceiling for the latency goal: every group (residual streams included) cut
-    by the same local ratio, so no width is odd by choice, timed like the benchmark rows (batch
-    64, median of 100 interleaved calls, every form of ``FORMS``). No fine-tuning: latency only."""
-    torch.set_num_threads(threads)
+    by the same local ratio, so no width is odd by choice, timed like the benchmark rows (every
+    form of ``FORMS``, :func:`timed_forms`). No fine-tuning: latency only."""
+    torch.set_num_threads(args.latency_threads)
     x64 = torch.randn(64, 1, 28, 28)
     dense_forms = {tag: make(dense, x64) for tag, (_, make) in FORMS.items()}
     base = macs_params(dense)[0]
-    rows = []
+    rows, candidates = {}, {}
     for r in ratios:
         m = dyngate.prune(dense, "random", r, scope="local", example_input=X1).eval()
-        mac = macs_params(m)[0] / base
-        widths = sorted({c.out_channels for c in m.modules() if isinstance(c, nn.Conv2d)})
-        row = dict(ratio=r, mac_ratio=mac, widths=widths)
-        for tag, (_, make) in FORMS.items():
-            row[tag] = latency_entry(dense_forms[tag], make(m, x64), mac, threads)
-        rows.append(row)
+        rows[r] = dict(ratio=r, mac_ratio=macs_params(m)[0] / base,
+                       widths=sorted({c.out_channels for c in m.modules() if isinstance(c, nn.Conv2d)}))
+        candidates[r] = {tag: make(m, x64) for tag, (_, make) in FORMS.items()}
+    timed = timed_forms(dense_forms, candidates, {r: row["mac_ratio"] for r, row in rows.items()},
+                        args.latency_threads, args.latency_repeats, args.latency_calls)
+    for r, row in rows.items():
+        row.update(timed[r])
         print(json.dumps(row), flush=True)
-    with open(out, "w") as f:
-        json.dump(rows, f, indent=1)
+    with open(args.uniform_only, "w") as f:
+        json.dump(list(rows.values()), f, indent=1)
 
 
 def tvm_latency(dense: nn.Module, out: str, rounds: int = 5) -> None:
@@ -382,6 +415,9 @@ def main() -> None:
     ap.add_argument("--latency-only", action="store_true",
                     help="re-time the models saved by an earlier run (quiet machine; --latency-threads)")
     ap.add_argument("--latency-threads", type=int, default=2)
+    ap.add_argument("--latency-repeats", type=int, default=5,
+                    help="timing passes over all rows; each row keeps the median ratio and its range")
+    ap.add_argument("--latency-calls", type=int, default=60, help="calls per model in one timing pass")
     ap.add_argument("--uniform-only", default=None, metavar="JSON",
                     help="only time uniformly pruned models (every group the same ratio, no fine-tuning) "
                          "against dense: the ceiling of latency gain per MAC gain here; write JSON")
@@ -399,7 +435,7 @@ def main() -> None:
     if args.tvm_only:
         return tvm_latency(dense, args.tvm_only)
     if args.uniform_only:
-        return uniform_latency(dense, args.uniform_only, args.latency_threads)
+        return uniform_latency(dense, args)
     test = load_dataset("fashion-mnist", "test")
     train = load_dataset("fashion-mnist", "train", limit=256)
     data = [(train.tensors[0][i:i + 64], train.tensors[1][i:i + 64]) for i in range(0, 256, 64)]
