@@ -14,23 +14,15 @@ call (``ONEDNN_VERBOSE=1`` lists the ``reorder`` primitives); at widths off a mu
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
+import os
+import sys
 
 import torch
 import torch.nn as nn
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-def median_ms(fn, x: torch.Tensor, repeats: int) -> float:
-    with torch.inference_mode():
-        for _ in range(3):
-            fn(x)
-        ts = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn(x)
-            ts.append(time.perf_counter() - t0)
-    return statistics.median(ts) * 1e3
+from dyngate.latency import _time_ms  # noqa: E402  one warm-up, then the median of the repeats
 
 
 def forms(w: int) -> dict[str, tuple[nn.Module, bool]]:
@@ -60,7 +52,7 @@ def main() -> None:
             ms = {}
             for name, (m, cl) in forms(w).items():
                 xin = x.contiguous(memory_format=torch.channels_last) if cl else x
-                ms[name] = median_ms(m, xin, args.repeats)
+                ms[name] = _time_ms(m, xin, args.repeats)
             print(f"| {hw} | {w} | {ms['NCHW + BN']:.2f} | {ms['NCHW folded']:.2f} | "
                   f"{ms['channels_last folded']:.2f} | {ms['NCHW + BN'] / ms['channels_last folded']:.2f} |",
                   flush=True)
