@@ -8,10 +8,12 @@ Three kinds of target.
   output back on every call, and at widths that are not a multiple of the SIMD block (16 fp32
   lanes with AVX-512) that reorder can cost more than the conv itself (ONEDNN_VERBOSE shows
   ``jit:uni`` reorders of 0.3-5 ms around a 1-3 ms conv at 14x14, batch 64). Pruned models have
-  such widths, so this is the form in which their latency follows their MACs.
+  such widths. In this form a single conv loses most of that cliff (``benchmarks/bench_conv_layout.py``)
+  and dense ResNet-20 runs 1.2x faster than NCHW eager; whole pruned models still gain less
+  latency than MACs, as in every form measured here.
 * ``"inductor"``: ``torch.compile`` with Inductor and frozen weights (BatchNorm folded, oneDNN
   weights pre-packed, elementwise ops fused into generated C++), fed channels_last like
-  ``"torch"``.
+  ``"torch"`` (one layout for both targets; Inductor's ratios measured the same either way).
 * any TVM target (``"llvm"`` or TVM's dict form): through ``torch.export`` and TVM Relax, for
   deployment where torch is not available; untuned TVM is far slower than torch here, so use it
   for portability, not speed, unless you tune. TVM is optional (``pip install apache-tvm``) and
