@@ -16,7 +16,9 @@ Three comparisons:
 
     python benchmarks/bench_pruning.py --checkpoint runs/fmnist/dense/final.pt
 Rows are appended to --json as they finish (a rerun skips rows already there); the markdown
-table is regenerated from it each time.
+table is regenerated from it each time. The latency taken during training is a rough estimate;
+``--latency-only`` re-times every saved model on a quiet machine, in four forms (eager, BN-folded
+NCHW, ``dyngate.compile`` "torch" and "inductor"), in several passes (see ``timed_forms``).
 """
 from __future__ import annotations
 
