@@ -291,8 +291,11 @@ def write_markdown(rows: list[dict], base: dict, args, path: str) -> None:
                 f"{100 * r['acc_ft']:.2f} | {r['latency_ratio']:.3f} ({gain(r['speedup_vs_mac'], r)}) |")
         for tag in forms:
             t = r.get(f"lat_{tag}")
+            if not t:
+                line += " - |"
+                continue
             spread = f" [{t['ratio_min']:.2f}-{t['ratio_max']:.2f}]" if "ratio_min" in t else ""
-            line += f" {t['ratio']:.3f}{spread} ({gain(t['gain_vs_mac'], r)}) |" if t else " - |"
+            line += f" {t['ratio']:.3f}{spread} ({gain(t['gain_vs_mac'], r)}) |"
         lines.append(line + "\n")
     with open(path, "w") as f:
         f.write(f"Dense: {base['macs'] / 1e6:.2f} M MACs, {base['params']} params, test accuracy "
