@@ -83,7 +83,7 @@ def _interleaved_ms(dense: nn.Module, pruned: nn.Module, rounds: int, warmup: in
     every call, and every call then starts with the other model's data in the caches: on this box
     that adds a near-constant cost per call, which inflates the smaller model's ratio (dense vs
     global FPGM at 0.50 MACs: 0.69 with single calls, 0.62-0.64 in runs of 20). A deployed model
-    runs back to back, so :func:`latency_median` uses runs of 10, whose first call the median drops."""
+    runs back to back, so :func:`latency_median` uses runs of 10; a median is barely moved by each run's cold first call."""
     x = torch.randn(64, 1, 28, 28)
     for m in (dense, pruned):
         if isinstance(m, nn.Module):
