@@ -38,7 +38,7 @@ sys.path.insert(0, ROOT)
 
 import dyngate  # noqa: E402
 from dyngate.criteria import CRITERIA  # noqa: E402
-from dyngate.latency import LatencyTable, measure  # noqa: E402
+from dyngate.latency import FORMS as TABLE_FORMS, LatencyTable, measure  # noqa: E402
 from dyngate.prune_schedule import ScheduledTrainer  # noqa: E402
 from dyngate.train import TrainConfig  # noqa: E402
 from models.data import load_dataset  # noqa: E402
@@ -74,6 +74,11 @@ FORMS = {
     "torch": ("compile 'torch' (BN-folded, channels_last)", lambda m, x: dyngate.compile(m, "torch", example_input=x)),
     "inductor": ("compile 'inductor'", lambda m, x: dyngate.compile(m, "inductor", example_input=x)),
 }
+
+
+def in_forms(model: nn.Module, x: torch.Tensor) -> dict:
+    """``model`` in every form of ``FORMS``: form name -> callable."""
+    return {tag: make(model, x) for tag, (_, make) in FORMS.items()}
 
 
 @torch.inference_mode()
@@ -249,12 +254,12 @@ def latency_only(rows: list[dict], dense: nn.Module, args) -> None:
     ``--latency-calls`` calls (see :func:`timed_forms`)."""
     torch.set_num_threads(args.latency_threads)
     x64 = torch.randn(64, 1, 28, 28)
-    dense_forms = {tag: make(dense, x64) for tag, (_, make) in FORMS.items()}
+    dense_forms = in_forms(dense, x64)
     todo = {r["name"]: r for r in rows if "error" not in r and os.path.exists(_model_path(args, r["name"]))}
     candidates = {}
     for name in todo:
         m = torch.load(_model_path(args, name), weights_only=False).eval()
-        candidates[name] = {tag: make(m, x64) for tag, (_, make) in FORMS.items()}
+        candidates[name] = in_forms(m, x64)
     timed = timed_forms(dense_forms, candidates, {n: r["mac_ratio"] for n, r in todo.items()},
                         args.latency_threads, args.latency_repeats, args.latency_calls)
     for name, r in todo.items():
@@ -342,14 +347,14 @@ def uniform_latency(dense: nn.Module, args, ratios=(0.15, 0.3, 0.5)) -> None:
     form of ``FORMS``, :func:`timed_forms`). No fine-tuning: latency only."""
     torch.set_num_threads(args.latency_threads)
     x64 = torch.randn(64, 1, 28, 28)
-    dense_forms = {tag: make(dense, x64) for tag, (_, make) in FORMS.items()}
+    dense_forms = in_forms(dense, x64)
     base = macs_params(dense)[0]
     rows, candidates = {}, {}
     for r in ratios:
         m = dyngate.prune(dense, "random", r, scope="local", example_input=X1).eval()
         rows[r] = dict(ratio=r, mac_ratio=macs_params(m)[0] / base,
                        widths=sorted({c.out_channels for c in m.modules() if isinstance(c, nn.Conv2d)}))
-        candidates[r] = {tag: make(m, x64) for tag, (_, make) in FORMS.items()}
+        candidates[r] = in_forms(m, x64)
     timed = timed_forms(dense_forms, candidates, {r: row["mac_ratio"] for r, row in rows.items()},
                         args.latency_threads, args.latency_repeats, args.latency_calls)
     for r, row in rows.items():
@@ -400,7 +405,7 @@ def main() -> None:
     ap.add_argument("--latency-table", default=None,
                     help="dyngate.latency table (YAML); measured at --latency-threads, batch 64, and saved "
                          "here when missing (default: WORK/latency_table.yaml). Measure on a quiet machine.")
-    ap.add_argument("--latency-form", default="torch", choices=["eager", "torch"],
+    ap.add_argument("--latency-form", default="torch", choices=TABLE_FORMS,
                     help="deployment form the latency table is measured in (dyngate.latency.measure form=)")
     ap.add_argument("--ft-images", type=int, default=12000)
     ap.add_argument("--ft-epochs", type=int, default=1)

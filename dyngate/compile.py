@@ -69,13 +69,12 @@ class InductorModel:
     fn: Any
     input_shape: tuple[int, ...]
     max_abs_error: float
-    memory_format: torch.memory_format = torch.channels_last
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if tuple(x.shape) != self.input_shape:
             raise ValueError(f"compiled for input shape {self.input_shape}, got {tuple(x.shape)}")
         with _inductor_context():  # a guard-triggered recompile must be frozen and counted too
-            return self.fn(x.contiguous(memory_format=self.memory_format))
+            return self.fn(x.contiguous(memory_format=torch.channels_last))
 
 
 @dataclass
@@ -184,14 +183,12 @@ def _inductor_context():
         yield
 
 
-def _inductor(model: nn.Module, example_input: torch.Tensor, rtol: float, atol: float,
-              channels_last: bool = True) -> InductorModel:
+def _inductor(model: nn.Module, example_input: torch.Tensor, rtol: float, atol: float) -> InductorModel:
     ref = _reference(model, example_input)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    frozen = copy.deepcopy(model).eval().to(memory_format=fmt)
+    frozen = copy.deepcopy(model).eval().to(memory_format=torch.channels_last)
     # fullgraph: a graph break would leave part of the model in eager
     fn = torch.compile(frozen, backend="inductor", dynamic=False, fullgraph=True)
-    compiled = InductorModel(fn, tuple(example_input.shape), 0.0, fmt)
+    compiled = InductorModel(fn, tuple(example_input.shape), 0.0)
     try:
         compiled(example_input)  # compiles here, for this shape and layout
     except Exception as e:  # Inductor errors are long; name the stage
