@@ -57,9 +57,46 @@ def _cpu_flags() -> str:
     return next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("flags")), "")
 
 
-def _max_tile() -> int:
-    """Positions per tile: R accumulators + weights must fit the vector register file."""
-    return 14 if "avx512f" in _cpu_flags().split() else 6
+ISAS = ("avx512", "avx2", "generic")
+# Compiler flags per target. "avx2" on an AVX-512 machine is -march=native minus AVX-512, so
+# every developer machine can build and test the AVX2 code; "generic" is baseline x86-64 (SSE2).
+_ISA_FLAGS = {"avx512": ["-march=native"], "avx2": ["-march=native", "-mno-avx512f"],
+              "generic": ["-march=x86-64", "-mtune=generic"]}
+# SIMD layouts (VW lanes, SPAN) in order of preference, and positions per tile for one and two
+# vectors per tile: accumulators + one weight vector + a broadcast must fit the register file
+# (32 zmm on AVX-512; 16 ymm/xmm on AVX2 and SSE).
+_ISA_LAYOUTS = {"avx512": [(16, False), (8, False), (16, True), (8, True), (4, False)],
+                "avx2": [(8, False), (8, True), (4, False), (16, False)],
+                "generic": [(4, False), (8, False), (16, False)]}  # wide last: gate groups of 8/16
+_ISA_TILE = {"avx512": (14, 12), "avx2": (12, 6), "generic": (12, 6)}
+
+
+def cpu_isa() -> str:
+    """The widest target this CPU runs: "avx512" (AVX-512F), "avx2" (AVX2+FMA) or "generic"."""
+    flags = set(_cpu_flags().split())
+    if "avx512f" in flags:
+        return "avx512"
+    return "avx2" if {"avx2", "fma"} <= flags else "generic"
+
+
+def isa() -> str:
+    """Target of the fused kernel: ``$DYNGATE_ISA`` (avx512, avx2, generic or native, the
+    default), never wider than the CPU (asking for more is an error, not a crash)."""
+    want = os.environ.get("DYNGATE_ISA", "native").strip().lower() or "native"
+    have = cpu_isa()
+    if want == "native":
+        return have
+    if want not in ISAS:
+        raise ValueError(f"DYNGATE_ISA={want!r}: choose one of native, {', '.join(ISAS)}")
+    if ISAS.index(want) < ISAS.index(have):
+        raise ValueError(f"DYNGATE_ISA={want}: this CPU only runs up to {have}")
+    return want
+
+
+def _max_tile(nbt: int = 1) -> int:
+    """Positions per tile for ``nbt`` vectors per tile on the current target."""
+    one, two = _ISA_TILE[isa()]
+    return one if nbt == 1 else two
 
 
 def available() -> bool:
@@ -80,8 +117,7 @@ def layout(geo: ConvGeometry, partitions: int, grouped: bool, granularity: int) 
     """
     grouped = grouped and partitions > 1
     span = geo.c_out // partitions if grouped else geo.c_out
-    options = [(16, False), (8, False), (16, True), (8, True), (4, False)]
-    for vw, spanning in options:
+    for vw, spanning in _ISA_LAYOUTS[isa()]:
         if vw % granularity or geo.c_out % vw:
             continue
         if not spanning and span % vw == 0:
@@ -113,13 +149,18 @@ def _blocks_per_tile(geo: ConvGeometry, partitions: int, grouped: bool, vw: int,
     CPU) for strided layers, whose broadcasts touch more cache lines, and for 512+ inputs;
     1 keeps more positions per tile and was as fast or faster on the other ResNet-18 shapes."""
     span = geo.c_out if spanning or not (grouped and partitions > 1) else geo.c_out // partitions
-    wants_two = max(geo.stride) > 1 or geo.c_in >= 512
+    # AVX2/SSE: 6 positions x 2 vectors is the classic 16-register micro-kernel shape
+    target = isa()
+    if target != "avx512":
+        wants_two = vw <= {"avx2": 8, "generic": 4}[target]
+    else:
+        wants_two = max(geo.stride) > 1 or geo.c_in >= 512
     return 2 if wants_two and span % (2 * vw) == 0 else 1
 
 
 def _tiling(wo: int, nbt: int) -> tuple[int, int]:
     """(R, RT): tile width and last-tile width along an output row, as even as possible."""
-    rmax = _max_tile() if nbt == 1 else _max_tile() * 6 // 7
+    rmax = _max_tile(nbt)
     tiles = -(-wo // rmax)
     r = -(-wo // tiles)
     return r, wo - (tiles - 1) * r
@@ -136,12 +177,12 @@ def _defines(geo: ConvGeometry, partitions: int, grouped: bool, granularity: int
 
 
 @functools.lru_cache(maxsize=256)
-def _load(defines: tuple[tuple[str, int], ...]):
-    """Compile (or reuse from the disk cache) one geometry's kernel; return its C function."""
+def _load(defines: tuple[tuple[str, int], ...], target: str):
+    """Compile (or reuse from the disk cache) one geometry's kernel for ISA ``target``."""
     cc = compiler()
     if cc is None:
         raise NativeBuildError("no C compiler found (set $CC or install gcc)")
-    flags = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11"]
+    flags = ["-O3", *_ISA_FLAGS[target], "-fopenmp", "-shared", "-fPIC", "-std=gnu11"]
     flags += [f"-D{k}={v}" for k, v in defines]
     # -march=native code is only valid on this CPU: its flags are part of the cache key, so a
     # cache directory shared between machines never hands one an instruction it lacks
@@ -156,7 +197,12 @@ def _load(defines: tuple[tuple[str, int], ...]):
             os.unlink(tmp)
             raise NativeBuildError(f"{cc} failed on {SOURCE} with {' '.join(flags)}:\n{proc.stderr}")
         os.replace(tmp, out)
-    fn = ctypes.CDLL(str(out)).gated_conv
+    try:
+        lib = ctypes.CDLL(str(out))
+    except OSError:  # a damaged cache entry (truncated copy, disk full): rebuild it once
+        out.unlink(missing_ok=True)
+        return _load.__wrapped__(defines, target)
+    fn = lib.gated_conv
     fn.restype = ctypes.c_longlong
     fn.argtypes = [ctypes.c_void_p] * 8 + [ctypes.c_int, ctypes.c_int]
     return fn
@@ -189,7 +235,7 @@ def run(xrows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, ta
     whose conditional pass ran (a work counter for benchmarks and tests).
     """
     defines = _defines(geo, partitions, grouped, granularity)
-    fn = _load(tuple(sorted(defines.items())))
+    fn = _load(tuple(sorted(defines.items())), isa())
     w, w_rest = _packed_weights(weight, defines["VW"] * defines["NBT"],
                                 (partitions, grouped) if defines["SPAN"] else None)
     out = torch.empty((geo.n, geo.c_out, geo.ho, geo.wo), dtype=torch.float32,
