@@ -30,18 +30,20 @@ Gate decisions can only differ where the score is within rounding of the thresho
 """
 from __future__ import annotations
 
+import threading
 import warnings
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from kernels import cpu_fused
+from kernels import autotune, cpu_fused, cpu_tiles
 from kernels.geometry import ConvGeometry
 from kernels.workspace import derived, scratch
 
 CL = torch.channels_last
-STRATEGIES = ("auto", "fused", "pipeline", "groups", "union", "dense")
+STRATEGIES = ("auto", "fused", "pipeline", "tiles", "groups", "union", "dense")
+_LAST = threading.local()
 
 # Cost model, nanoseconds on the reference 2-core AVX-512 box (see results/gated_conv_cpu.md):
 # gathering one float of im2col, one multiply-add of the gathered GEMM, one multiply-add of
@@ -179,7 +181,7 @@ def _gated_gemm(xrows, rows, geo, w_rest, gate_cols, out_cols) -> None:
 
 
 def _costs(geo: ConvGeometry, k: int, partitions: int, grouped: bool, r_union: int,
-           r_groups: list[int]) -> dict[str, float]:
+           r_groups: list[int], tiles: tuple[int, tuple[int, int]] = (0, (1, 1))) -> dict[str, float]:
     """Estimated nanoseconds of each conditional-pass strategy (cost model, see constants)."""
     c_out = geo.c_out
     co = c_out // partitions
@@ -192,7 +194,11 @@ def _costs(geo: ConvGeometry, k: int, partitions: int, grouped: bool, r_union: i
         mac_ns = GEMM_MAC_NS * max(1.0, 64.0 / n)
         return r * k * (GATHER_NS + mac_ns * n) + r * n * SCATTER_NS + PER_GEMM_NS
 
+    n_tiles, (th, tw) = tiles
+    hh, ww = (th - 1) * geo.stride[0] + geo.kh, (tw - 1) * geo.stride[1] + geo.kw
     return {
+        "tiles": (n_tiles * (hh * ww * geo.c_in * GATHER_NS + th * tw * k_dense * c_out * DENSE_MAC_NS
+                             + 2 * th * tw * c_out * SELECT_NS) + PER_GEMM_NS),
         "union": rows_cost(r_union, c_out),
         "groups": sum(rows_cost(r, co) for r in r_groups),
         "dense": m * k_dense * c_out * DENSE_MAC_NS + m * c_out * SELECT_NS,
@@ -203,47 +209,102 @@ _WARNED: set[str] = set()
 
 
 def _warn_fallback(reason: str) -> None:
-    """Say once per reason that the slower torch pipeline runs instead of the fused kernel."""
+    """Say once per reason that the fused kernel is not among the paths auto chooses from."""
     if reason not in _WARNED:
         _WARNED.add(reason)
-        warnings.warn(f"gated conv: fused CPU kernel not used ({reason}); running the torch-op "
-                      "pipeline instead", RuntimeWarning, stacklevel=3)
+        warnings.warn(f"gated conv: fused CPU kernel not used ({reason}); auto chooses among the "
+                      "torch-op paths", RuntimeWarning, stacklevel=4)
+
+
+def last_path() -> str | None:
+    """The CPU path the last gated conv of this thread ran ("fused", "tiles", "dense", "union",
+    "groups"), None before the first call."""
+    return getattr(_LAST, "path", None)
 
 
 def conditional_conv2d_cpu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                            tau: torch.Tensor, inv_sigma: torch.Tensor, geo: ConvGeometry, *,
                            partitions: int, grouped: bool, granularity: int = 1,
-                           return_gate: bool = False, strategy: str = "auto"):
+                           return_gate: bool = False, strategy: str = "auto",
+                           tile: tuple[int, int] | None = None):
     """Gated conv on CPU tensors; arguments already validated by :func:`kernels.conditional_conv2d`.
 
-    ``strategy`` forces one strategy (tests, benchmarks); "auto" takes the fused kernel where
-    it applies and otherwise asks the cost model of the torch pipeline; "pipeline" always
-    asks that cost model (the comparison point of the benchmarks). Returns ``out`` or
-    ``(out, gate)``; out has x's dtype and memory format.
+    ``strategy`` forces one path (tests, benchmarks). "auto" uses the path measured fastest for
+    this layer on this CPU (:mod:`kernels.autotune`; float32 only), or with ``DYNGATE_TUNE=0``
+    and for float64 "pipeline": the cost model picks tiles/union/groups/dense per call after
+    seeing the gate. ``tile`` is the output tile of the tile-gather path (default
+    :func:`kernels.cpu_tiles.default_tile`). Returns ``out`` or ``(out, gate)``; out has x's
+    dtype and memory format.
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
     cdt = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
     xc = x.to(cdt).contiguous(memory_format=CL)
-    if strategy in ("auto", "fused") and cdt == torch.float32:
+    tile = cpu_tiles.default_tile(geo) if tile is None else (min(tile[0], geo.ho), min(tile[1], geo.wo))
+    if strategy == "auto":
+        tuned = cdt == torch.float32 and autotune.enabled()
+        strategy = _tuned_path(xc, weight, bias, tau, inv_sigma, geo, partitions, grouped,
+                               granularity, tile) if tuned else "pipeline"
+    if strategy == "fused":
+        if cdt != torch.float32:
+            raise ValueError(f"strategy 'fused' computes in float32, got {cdt}")
         reason = cpu_fused.unsupported_reason(geo, partitions, grouped, granularity)
-        if reason is None:
-            try:
-                out, gate, _ = cpu_fused.run(_padded_input(xc, geo, 0), weight, bias, tau, inv_sigma,
-                                             geo, partitions=partitions, grouped=grouped,
-                                             granularity=granularity, return_gate=return_gate)
-            except cpu_fused.NativeBuildError as e:
-                if strategy == "fused":
-                    raise
-                reason = f"the kernel did not build: {str(e).splitlines()[0]}"
-            else:
-                out = (out if x.is_contiguous(memory_format=CL) else out.contiguous()).to(x.dtype)
-                return (out, gate) if return_gate else out
-        if strategy == "fused":
+        if reason is not None:
             raise ValueError(f"strategy 'fused' cannot run this layer: {reason}")
+        out, gate, _ = cpu_fused.run(_padded_input(xc, geo, 0), weight, bias, tau, inv_sigma, geo,
+                                     partitions=partitions, grouped=grouped, granularity=granularity,
+                                     return_gate=return_gate)
+    else:
+        out, gate, strategy = _pipeline(xc, weight, bias, tau, inv_sigma, geo, partitions, grouped,
+                                        granularity, strategy, tile, return_gate)
+    _LAST.path = strategy
+    out = (out if x.is_contiguous(memory_format=CL) else out.contiguous()).to(x.dtype)
+    return (out, gate) if return_gate else out
+
+
+def _runnable(geo: ConvGeometry, partitions: int, grouped: bool, granularity: int) -> tuple[str, ...]:
+    """Paths auto may choose for this layer (with p=1 there is no conditional pass to skip)."""
+    if partitions == 1:
+        return ("dense",)
+    reason = cpu_fused.unsupported_reason(geo, partitions, grouped, granularity)
+    if reason is not None:
         _warn_fallback(reason)
-    elif strategy == "fused":
-        raise ValueError(f"strategy 'fused' computes in float32, got {cdt}")
+    return tuple(p for p in autotune.PATHS if p != "fused" or reason is None)
+
+
+def _tuned_path(xc, weight, bias, tau, inv_sigma, geo, partitions, grouped, granularity, tile) -> str:
+    """The measured-fastest path for this layer (timing every runnable path on first use)."""
+    k = autotune.key(geo, partitions, grouped, granularity, tile, torch.get_num_threads())
+    runnable = _runnable(geo, partitions, grouped, granularity)
+    hit = autotune.lookup(k, runnable)
+    if hit is not None:
+        return hit["path"]
+    kw = dict(partitions=partitions, grouped=grouped, granularity=granularity, tile=tile)
+
+    def candidate(name):
+        def call():
+            try:
+                return conditional_conv2d_cpu(xc, weight, bias, tau, inv_sigma, geo, strategy=name, **kw)
+            except cpu_fused.NativeBuildError as e:
+                _warn_fallback(f"the kernel did not build: {str(e).splitlines()[0]}")
+                raise
+        return call
+
+    _, gate = conditional_conv2d_cpu(xc, weight, bias, tau, inv_sigma, geo, strategy="dense",
+                                     return_gate=True, **kw)
+    wd = weight.detach().to(xc.dtype)
+    bd = None if bias is None else bias.detach().to(xc.dtype)
+    dense_ms = autotune.time_call(lambda: F.conv2d(xc, wd, bd, geo.stride, geo.padding, geo.dilation))
+    entry = autotune.tune(k, {name: candidate(name) for name in runnable}, dense_ms=dense_ms,
+                          density=float(gate.float().mean()))
+    return entry["path"]
+
+
+def _pipeline(xc, weight, bias, tau, inv_sigma, geo, partitions, grouped, granularity, strategy,
+              tile, return_gate):
+    """Torch-op paths: oneDNN base pass, gate, then the conditional pass by ``strategy``
+    ("pipeline" asks the cost model). Returns (out, gate or None, strategy run)."""
+    cdt = xc.dtype
     w = weight.to(cdt) if weight.dtype != cdt else weight
     b = None if bias is None else bias.detach().to(cdt)
     prep = _prepare(w, partitions, grouped)
@@ -263,13 +324,23 @@ def conditional_conv2d_cpu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Te
     # one streaming pass, where amax over the small chunk dimension is ~20x slower.
     need = torch.mm(_chunk_indicator(p, co, g.dtype), g.t()) > 0
     need_u = need.any(dim=0)
-    if strategy in ("auto", "pipeline"):
+    if strategy == "pipeline":
+        n_tiles = int(cpu_tiles.active_tiles(g, geo, tile).shape[0]) if p > 1 else 0
         cost = _costs(geo, prep.rest.shape[0], p, grouped, int(need_u.sum()),
-                      need.sum(dim=1).tolist())
+                      need.sum(dim=1).tolist(), (n_tiles, tile))
         strategy = min(cost, key=cost.get)
 
     if p == 1:
         pass                                      # base path is the whole conv: nothing remains
+    elif strategy == "tiles":
+        if not grouped:
+            mode, rest_w, first = "add", prep.dense_rest, ci
+        elif co >= ROTATED_MIN_CHUNK:
+            mode, rest_w, first = "rotated", prep.rotated, 0
+        else:
+            mode, rest_w, first = "select", prep.dense_rest, 0
+        cpu_tiles.tile_gather_pass(xc, ypf, g, geo, partitions=p, grouped=grouped, rest_weight=rest_w,
+                                   first=first, mode=mode, bias=b, tile=tile)
     elif strategy == "dense" and bool(need_u.any()):
         if grouped and co < ROTATED_MIN_CHUNK:
             full = F.conv2d(xc, prep.dense_rest, b, geo.stride, geo.padding, geo.dilation)
@@ -281,7 +352,7 @@ def conditional_conv2d_cpu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Te
             else:
                 rest = F.conv2d(xc[:, ci:], prep.dense_rest, None, geo.stride, geo.padding, geo.dilation)
             ypf.addcmul_(rest.contiguous(memory_format=CL).permute(0, 2, 3, 1).reshape(m, -1), g)
-    elif strategy != "dense":
+    elif strategy in ("union", "groups"):
         xrows = _padded_input(xc, geo, prep.rest_first)
         if strategy == "union":
             _gated_gemm(xrows, torch.nonzero(need_u).squeeze(1), geo, prep.rest, g, ypf)
@@ -290,9 +361,5 @@ def conditional_conv2d_cpu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Te
                 cols = slice(i * co, (i + 1) * co)
                 _gated_gemm(xrows, torch.nonzero(need[i]).squeeze(1), geo, prep.rest[:, cols],
                             g[:, cols], ypf[:, cols])
-
-    out = yp if x.is_contiguous(memory_format=CL) else yp.contiguous()
-    out = out.to(x.dtype)
-    if not return_gate:
-        return out
-    return out, g.view(geo.n, geo.ho, geo.wo, geo.c_out).permute(0, 3, 1, 2).to(torch.bool)
+    gate = g.view(geo.n, geo.ho, geo.wo, geo.c_out).permute(0, 3, 1, 2).to(torch.bool) if return_gate else None
+    return yp, gate, strategy

@@ -1,0 +1,191 @@
+"""Measured choice of the CPU execution path per layer, cached on disk per CPU.
+
+Which path is fastest (the fused C kernel, tile-gather, the oneDNN "compute everything"
+split, the gathered GEMMs) depends on the layer's shape, the batch, the thread count, the
+gate density and above all the CPU: a choice fitted on one machine was 7x slower than dense
+on another. So ``auto`` times every path that can run the layer once, at its first call (on
+that call's real input and gates), and keeps the fastest; ``dense`` (dense MACs through
+oneDNN) is always among them, which bounds what ``auto`` can lose to a dense conv.
+
+Choices are cached in memory and in ``tune-<cpu>.json`` beside the kernel cache
+(``$DYNGATE_KERNEL_CACHE``), keyed by geometry, batch bucket (next power of two), partition,
+gate granularity and tile, thread count and ISA target; the file is for one CPU (model name,
+ISA flags, torch version): another CPU's file is never read. A damaged file is ignored
+(with one warning) and rewritten; concurrent writers merge under a lock, each write is
+atomic. ``DYNGATE_TUNE=0`` turns measuring off: the torch pipeline's cost model then
+chooses per call (see :mod:`kernels.cpu`).
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import math
+import os
+import statistics
+import tempfile
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from kernels import cpu_fused
+from kernels.geometry import ConvGeometry
+
+VERSION = 1
+PATHS = ("fused", "tiles", "dense", "union", "groups")
+REPEATS = 3  # timed calls per path after one warm-up call; the median is kept
+
+_MEMO: dict[str, dict] = {}
+_LOCK = threading.Lock()
+_WARNED: set[str] = set()
+
+
+def enabled() -> bool:
+    """False when ``$DYNGATE_TUNE`` is 0/off/false/no."""
+    return os.environ.get("DYNGATE_TUNE", "1").strip().lower() not in ("0", "off", "false", "no")
+
+
+def cpu_id() -> str:
+    """What a tuning result is valid for: CPU model, its ISA flags and the torch build."""
+    model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    flags = sorted(f for f in cpu_fused._cpu_flags().split()
+                   if f.startswith(("avx", "fma", "amx", "sse4")))
+    return f"{model} | {' '.join(flags)} | torch {torch.__version__}"
+
+
+def cache_file() -> Path:
+    digest = hashlib.sha256(cpu_id().encode()).hexdigest()[:16]
+    return cpu_fused._cache_dir() / f"tune-{digest}.json"
+
+
+def key(geo: ConvGeometry, partitions: int, grouped: bool, granularity: int,
+        tile: tuple[int, int], threads: int) -> str:
+    bucket = 1 << max(geo.n - 1, 0).bit_length()
+    return (f"{geo.c_in}x{geo.h}x{geo.w}->{geo.c_out} k{geo.kh}x{geo.kw} s{geo.stride} "
+            f"p{geo.padding} d{geo.dilation} n{bucket} parts{partitions} grouped{int(grouped)} "
+            f"G{granularity} tile{tile[0]}x{tile[1]} threads{threads} isa-{cpu_fused.isa()}")
+
+
+def _valid(entry: object) -> bool:
+    if not isinstance(entry, dict) or entry.get("path") not in PATHS:
+        return False
+    ms = entry.get("ms")
+    return (isinstance(ms, dict) and entry["path"] in ms and
+            all(k in PATHS and isinstance(v, (int, float)) and math.isfinite(v) and v > 0
+                for k, v in ms.items()))
+
+
+def _read(path: Path) -> dict[str, dict]:
+    """Valid entries of the cache file; {} when missing, damaged or for another CPU."""
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        if str(path) not in _WARNED:
+            _WARNED.add(str(path))
+            warnings.warn(f"{path}: unreadable autotune cache ({type(e).__name__}); re-measuring",
+                          RuntimeWarning, stacklevel=4)
+        return {}
+    if not isinstance(doc, dict) or doc.get("version") != VERSION or doc.get("cpu") != cpu_id():
+        return {}
+    entries = doc.get("entries")
+    return {k: v for k, v in entries.items() if _valid(v)} if isinstance(entries, dict) else {}
+
+
+def _write(path: Path, k: str, entry: dict) -> None:
+    """Merge one entry into the file under an exclusive lock; atomic replace."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        entries = _read(path)
+        entries[k] = entry
+        doc = dict(version=VERSION, cpu=cpu_id(), entries=entries)
+        fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(doc, f, indent=1, sort_keys=True)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+
+def lookup(k: str, runnable: tuple[str, ...]) -> dict | None:
+    """The cached entry for ``k`` (memory, then disk) if its path can run here."""
+    with _LOCK:
+        hit = _MEMO.get(k)
+    if hit is None:
+        hit = _read(cache_file()).get(k)
+        if hit is not None:
+            with _LOCK:
+                _MEMO[k] = hit
+    return hit if hit is not None and hit["path"] in runnable else None
+
+
+def time_call(fn: Callable[[], object], repeats: int = REPEATS) -> float:
+    """Median milliseconds of ``fn`` over ``repeats`` calls after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(times)
+
+
+def choose(ms: dict[str, float]) -> str:
+    """The fastest path; ties go to the earlier path in :data:`PATHS`."""
+    return min(ms, key=lambda p: (ms[p], PATHS.index(p)))
+
+
+def tune(k: str, candidates: dict[str, Callable[[], object]], *, dense_ms: float | None = None,
+         density: float | None = None) -> dict:
+    """Time every candidate, keep and persist the fastest. A candidate that raises is left out
+    (e.g. a kernel that does not build); if all raise, the last error propagates."""
+    ms: dict[str, float] = {}
+    error: Exception | None = None
+    for name, fn in candidates.items():
+        try:
+            ms[name] = time_call(fn)
+        except (cpu_fused.NativeBuildError, ValueError) as e:
+            error = e
+    if not ms:
+        assert error is not None
+        raise error
+    entry = dict(path=choose(ms), ms=ms, dense_conv_ms=dense_ms, density=density,
+                 measured=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    with _LOCK:
+        _MEMO[k] = entry
+    try:
+        _write(cache_file(), k, entry)
+    except OSError as e:  # a read-only cache folder costs re-measuring, never a wrong result
+        if "write" not in _WARNED:
+            _WARNED.add("write")
+            warnings.warn(f"{cache_file()}: autotune cache not written ({e})", RuntimeWarning, stacklevel=3)
+    return entry
+
+
+def forget() -> None:
+    """Drop the in-memory choices (the disk cache stays); benchmarks re-tune per pattern."""
+    with _LOCK:
+        _MEMO.clear()
+
+
+def choices() -> dict[str, dict]:
+    """Copy of the choices made or loaded in this process, by key."""
+    with _LOCK:
+        return dict(_MEMO)
