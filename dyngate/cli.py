@@ -120,7 +120,8 @@ def cmd_eval(args) -> int:
                           "gated_mac_reduction": t["gated_mac_reduction"],
                           "dense_macs": t["dense_macs"], "executed_macs": t["executed_macs"],
                           "layers": [{"name": l.name, "gated": l.gated, "density": l.density,
-                                      "dense_macs": l.dense_macs, "executed_macs": l.executed_macs}
+                                      "dense_macs": l.dense_macs, "executed_macs": l.executed_macs,
+                                      "path": prof.execution.get(l.name)}
                                      for l in prof.layers]}, indent=1))
     else:
         print(prof.table())

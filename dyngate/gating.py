@@ -76,6 +76,7 @@ class GatedConv2d(nn.Module):
         self.threshold = nn.Parameter(torch.full((out_channels,), float(threshold_init)))
         self.mode = "gate"
         self.backend = "auto"
+        self.last_path: str | None = None  # execution path of the last eval call (kernels.last_path)
         self._stats: dict | None = None  # per-channel on-counts while profiling
 
     @classmethod
@@ -121,6 +122,7 @@ class GatedConv2d(nn.Module):
         if self.mode in ("open", "closed"):
             w = self.weight if self.mode == "open" else self.weight * self.mask
             out = self._conv(x, w, self.bias)
+            self.last_path = f"gates {self.mode}"
             if self._stats is not None:  # every gate on / off: record that as the density
                 self._record(torch.full_like(out, self.mode == "open", dtype=torch.bool))
             return out
@@ -132,6 +134,7 @@ class GatedConv2d(nn.Module):
                   return_gate=self._stats is not None)  # the gate map costs a pass: only when profiling
         res = kernels.conditional_conv2d(x, self.weight, self.bias, tau, inv_sigma,
                                          backend=self.backend, **kw)
+        self.last_path = kernels.last_path()
         if self._stats is None:
             return res
         out, d = res

@@ -65,6 +65,9 @@ class SparsityProfile:
     model: str = ""
     input_shape: list[int] = field(default_factory=list)
     samples: int = 0
+    # gated layer -> execution path it ran on this machine (not saved: a property of the
+    # machine, not of the model; see kernels.autotune)
+    execution: dict[str, str] = field(default_factory=dict, compare=False)
 
     @property
     def totals(self) -> dict[str, float]:
@@ -114,13 +117,14 @@ class SparsityProfile:
     def table(self) -> str:
         """Human-readable per-layer table with totals."""
         rows = [f"{'layer':<24} {'shape':<22} {'gated':>5} {'density':>8} {'dense MMAC':>11} "
-                f"{'exec MMAC':>10} {'reduction':>9}"]
+                f"{'exec MMAC':>10} {'reduction':>9}  path"]
         for l in self.layers:
             shape = (f"{l.in_channels}->{l.out_channels} k{l.kernel_size[0]}s{l.stride[0]} "
                      f"{l.output_hw[0]}x{l.output_hw[1]}")
             red = l.dense_macs / l.executed_macs if l.executed_macs else float("inf")
             rows.append(f"{l.name:<24} {shape:<22} {'yes' if l.gated else 'no':>5} {l.density:>8.3f} "
-                        f"{l.dense_macs / 1e6:>11.3f} {l.executed_macs / 1e6:>10.3f} {red:>8.2f}x")
+                        f"{l.dense_macs / 1e6:>11.3f} {l.executed_macs / 1e6:>10.3f} {red:>8.2f}x"
+                        f"  {self.execution.get(l.name, 'dense conv' if l.kind == 'conv2d' else '-')}")
         t = self.totals
         rows.append(f"total: {t['dense_macs'] / 1e6:.3f} MMAC dense, {t['executed_macs'] / 1e6:.3f} "
                     f"MMAC executed per image -> {t['mac_reduction']:.2f}x whole network, "
@@ -248,7 +252,8 @@ def profile(model: nn.Module, inputs_or_loader, *, max_batches: int | None = Non
         m._stats = None
     arch = getattr(model, "dyngate_arch", None)
     return SparsityProfile(layers, model=arch["name"] if arch else type(model).__name__,
-                           input_shape=input_shape, samples=images)
+                           input_shape=input_shape, samples=images,
+                           execution={n: m.last_path or m.mode for n, m in gated})
 
 
 def _len(x) -> int | None:

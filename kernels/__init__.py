@@ -4,8 +4,8 @@
 (``kernels.cpu``) or the Triton GPU kernels (``kernels.triton_conv``, imported lazily so that
 importing this package never imports triton).
 """
-from kernels.api import BACKENDS, conditional_conv2d
+from kernels.api import BACKENDS, conditional_conv2d, last_path
 from kernels.reference import base_mask, conditional_conv2d_reference, gate_from_partial
 
 __all__ = ["BACKENDS", "base_mask", "conditional_conv2d", "conditional_conv2d_reference",
-           "gate_from_partial"]
+           "gate_from_partial", "last_path"]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import threading
 
 import torch
 
@@ -9,6 +10,13 @@ from kernels.geometry import ConvGeometry, pair
 from kernels.reference import conditional_conv2d_reference
 
 BACKENDS = ("auto", "reference", "cpu", "triton")
+_LAST = threading.local()
+
+
+def last_path() -> str | None:
+    """Execution path of this thread's last :func:`conditional_conv2d`: "reference", "triton",
+    or the CPU path ("fused", "tiles", "dense", "union", "groups"); None before any call."""
+    return getattr(_LAST, "path", None)
 
 
 def interpreter_enabled() -> bool:
@@ -87,6 +95,7 @@ def conditional_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     geo = validate(x, weight, bias, tau, inv_sigma, stride, padding, dilation, partitions, grouped,
                    granularity, groups)
     chosen = select_backend(backend, x.device)
+    _LAST.path = chosen
     if chosen == "reference":
         return conditional_conv2d_reference(
             x, weight, bias, tau, inv_sigma, stride=geo.stride, padding=geo.padding,
@@ -94,10 +103,12 @@ def conditional_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
             return_gate=return_gate)
     with torch.no_grad():
         if chosen == "cpu":
-            from kernels.cpu import conditional_conv2d_cpu
-            return conditional_conv2d_cpu(x, weight, bias, tau, inv_sigma, geo, partitions=partitions,
-                                          grouped=grouped, granularity=granularity,
-                                          return_gate=return_gate)
+            from kernels.cpu import conditional_conv2d_cpu, last_path as cpu_path
+            res = conditional_conv2d_cpu(x, weight, bias, tau, inv_sigma, geo, partitions=partitions,
+                                         grouped=grouped, granularity=granularity,
+                                         return_gate=return_gate)
+            _LAST.path = cpu_path()
+            return res
         from kernels.triton_conv import conditional_conv2d_triton
         return conditional_conv2d_triton(x, weight, bias, tau, inv_sigma, geo, partitions=partitions,
                                          grouped=grouped, granularity=granularity,
