@@ -42,7 +42,7 @@ from kernels.geometry import ConvGeometry
 from kernels.workspace import derived, scratch
 
 CL = torch.channels_last
-STRATEGIES = ("auto", "fused", "pipeline", "tiles", "groups", "union", "dense")
+STRATEGIES = ("auto", "fused", "pipeline", "tiles", "chunk_tiles", "groups", "union", "dense")
 _LAST = threading.local()
 
 # Cost model, nanoseconds on the reference 2-core AVX-512 box (see results/gated_conv_cpu.md):
@@ -325,22 +325,24 @@ def _pipeline(xc, weight, bias, tau, inv_sigma, geo, partitions, grouped, granul
     need = torch.mm(_chunk_indicator(p, co, g.dtype), g.t()) > 0
     need_u = need.any(dim=0)
     if strategy == "pipeline":
-        n_tiles = int(cpu_tiles.active_tiles(g, geo, tile).shape[0]) if p > 1 else 0
+        g4 = g.view(geo.n, geo.ho, geo.wo, geo.c_out)
+        n_tiles = int(cpu_tiles.active_tiles(g4, tile).shape[0]) if p > 1 else 0
         cost = _costs(geo, prep.rest.shape[0], p, grouped, int(need_u.sum()),
                       need.sum(dim=1).tolist(), (n_tiles, tile))
         strategy = min(cost, key=cost.get)
 
     if p == 1:
         pass                                      # base path is the whole conv: nothing remains
-    elif strategy == "tiles":
+    elif strategy in ("tiles", "chunk_tiles"):
         if not grouped:
             mode, rest_w, first = "add", prep.dense_rest, ci
         elif co >= ROTATED_MIN_CHUNK:
             mode, rest_w, first = "rotated", prep.rotated, 0
         else:
             mode, rest_w, first = "select", prep.dense_rest, 0
-        cpu_tiles.tile_gather_pass(xc, ypf, g, geo, partitions=p, grouped=grouped, rest_weight=rest_w,
-                                   first=first, mode=mode, bias=b, tile=tile)
+        kw = dict(partitions=p, rest_weight=rest_w, first=first, mode=mode, bias=b, tile=tile)
+        for chunk in (range(p) if strategy == "chunk_tiles" else [None]):
+            cpu_tiles.tile_gather_pass(xc, ypf, g, geo, chunk=chunk, **kw)
     elif strategy == "dense" and bool(need_u.any()):
         if grouped and co < ROTATED_MIN_CHUNK:
             full = F.conv2d(xc, prep.dense_rest, b, geo.stride, geo.padding, geo.dilation)

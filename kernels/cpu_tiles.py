@@ -37,15 +37,16 @@ def default_tile(geo: ConvGeometry) -> tuple[int, int]:
     return side(geo.ho), side(geo.wo)
 
 
-def active_tiles(gate: torch.Tensor, geo: ConvGeometry, tile: tuple[int, int]) -> torch.Tensor:
-    """(B, 3) int64 (image, tile row, tile column) of tiles with any gate on; ``gate`` is the
-    (N*Ho*Wo, C_out) 0/1 gate in NHWC order."""
+def active_tiles(g4: torch.Tensor, tile: tuple[int, int]) -> torch.Tensor:
+    """(B, 3) int64 (image, tile row, tile column) of tiles with any gate on; ``g4`` is the
+    (N, Ho, Wo, C) 0/1 gate (any strides)."""
     th, tw = tile
-    nty, ntx = -(-geo.ho // th), -(-geo.wo // tw)
-    on = gate.view(geo.n, geo.ho, geo.wo, geo.c_out).amax(dim=3)
-    if nty * th != geo.ho or ntx * tw != geo.wo:
-        on = F.pad(on, (0, ntx * tw - geo.wo, 0, nty * th - geo.ho))
-    return on.view(geo.n, nty, th, ntx, tw).amax(dim=(2, 4)).nonzero()
+    n, ho, wo, _ = g4.shape
+    nty, ntx = -(-ho // th), -(-wo // tw)
+    on = g4.amax(dim=3)
+    if nty * th != ho or ntx * tw != wo:
+        on = F.pad(on, (0, ntx * tw - wo, 0, nty * th - ho))
+    return on.view(n, nty, th, ntx, tw).amax(dim=(2, 4)).nonzero()
 
 
 def _halo(geo: ConvGeometry, tile: tuple[int, int]) -> tuple[int, int]:
@@ -54,27 +55,37 @@ def _halo(geo: ConvGeometry, tile: tuple[int, int]) -> tuple[int, int]:
     return (th - 1) * sh + dh * (geo.kh - 1) + 1, (tw - 1) * sw + dw * (geo.kw - 1) + 1
 
 
-def _tile_view(t: torch.Tensor, n: int, tiles: tuple[int, int], step: tuple[int, int],
+def _tile_view(t: torch.Tensor, tiles: tuple[int, int], step: tuple[int, int],
                size: tuple[int, int]) -> torch.Tensor:
-    """(N, nty, ntx, size_h, size_w, C) strided view of a contiguous NHWC tensor ``t``."""
-    _, hh, ww, c = t.shape
-    return t.as_strided((n, tiles[0], tiles[1], size[0], size[1], c),
-                        (hh * ww * c, step[0] * ww * c, step[1] * c, ww * c, c, 1))
+    """(N, nty, ntx, size_h, size_w, C) strided view of an NHWC-indexed tensor ``t``."""
+    sn, sh, sw, sc = t.stride()
+    return t.as_strided((t.shape[0], tiles[0], tiles[1], size[0], size[1], t.shape[3]),
+                        (sn, step[0] * sh, step[1] * sw, sh, sw, sc), t.storage_offset())
 
 
 def tile_gather_pass(xc: torch.Tensor, ypf: torch.Tensor, gate: torch.Tensor, geo: ConvGeometry, *,
-                     partitions: int, grouped: bool, rest_weight: torch.Tensor, first: int,
-                     mode: str, bias: torch.Tensor | None, tile: tuple[int, int]) -> int:
+                     partitions: int, rest_weight: torch.Tensor, first: int, mode: str,
+                     bias: torch.Tensor | None, tile: tuple[int, int], chunk: int | None = None) -> int:
     """Add the gated remaining partial sum of every active tile into ``ypf`` in place.
 
     ``xc``: channels-last input; ``ypf``: (M, C_out) NHWC view of the base partial sum (with
     bias); ``gate``: (M, C_out) 0/1 floats; ``rest_weight``/``first``/``mode``: the remaining-sum
     conv weight, its first input channel and how it combines ("add", "rotated" or "select",
-    see the module docstring). Returns the number of tiles computed.
+    see the module docstring). ``chunk`` = i restricts everything to output chunk i (its own
+    active tiles, its rows of the weight); None computes all output channels of a tile.
+    Returns the number of tiles computed.
     """
     th, tw = min(tile[0], geo.ho), min(tile[1], geo.wo)
     nty, ntx = -(-geo.ho // th), -(-geo.wo // tw)
-    idx = active_tiles(gate, geo, (th, tw))
+    y4 = ypf.view(geo.n, geo.ho, geo.wo, geo.c_out)
+    g4 = gate.view(geo.n, geo.ho, geo.wo, geo.c_out)
+    w, b = rest_weight, bias
+    if chunk is not None:
+        co = geo.c_out // partitions
+        cols = slice(chunk * co, (chunk + 1) * co)
+        y4, g4, w = y4[..., cols], g4[..., cols], rest_weight[cols]
+        b = None if bias is None else bias[cols]
+    idx = active_tiles(g4, (th, tw))
     if idx.shape[0] == 0:
         return 0
     n_i, ty, tx = idx.unbind(1)
@@ -87,34 +98,34 @@ def tile_gather_pass(xc: torch.Tensor, ypf: torch.Tensor, gate: torch.Tensor, ge
     xp = scratch("tiles.xpad", (geo.n, hp, wp, src.shape[3]), xc.dtype)
     xp.zero_()
     xp[:, ph:ph + geo.h, pw:pw + geo.w].copy_(src)
-    xt = _tile_view(xp, geo.n, (nty, ntx), (th * sh, tw * sw), (hh, ww))[n_i, ty, tx]
+    xt = _tile_view(xp, (nty, ntx), (th * sh, tw * sw), (hh, ww))[n_i, ty, tx]
     xt = xt.permute(0, 3, 1, 2)                                # (B, Cx, hh, ww), channels-last memory
     # output and gate padded to whole tiles (a copy only when the last tiles are ragged)
     ragged = nty * th != geo.ho or ntx * tw != geo.wo
-    y4 = ypf.view(geo.n, geo.ho, geo.wo, geo.c_out)
-    g4 = gate.view(geo.n, geo.ho, geo.wo, geo.c_out)
+    yw, gw = y4, g4
     if ragged:
         pad = (0, 0, 0, ntx * tw - geo.wo, 0, nty * th - geo.ho)
-        y4, g4 = F.pad(y4, pad).contiguous(), F.pad(g4, pad).contiguous()
-    yv = _tile_view(y4, geo.n, (nty, ntx), (th, tw), (th, tw))
-    gt = _tile_view(g4, geo.n, (nty, ntx), (th, tw), (th, tw))[n_i, ty, tx]
-    yt = yv[n_i, ty, tx]                                       # (B, th, tw, C_out) copies
+        yw, gw = F.pad(y4, pad).contiguous(), F.pad(g4, pad).contiguous()
+    yv = _tile_view(yw, (nty, ntx), (th, tw), (th, tw))
+    gt = _tile_view(gw, (nty, ntx), (th, tw), (th, tw))[n_i, ty, tx]
+    yt = yv[n_i, ty, tx]                                       # (B, th, tw, C) copies
     if mode == "rotated":
         ci = geo.c_in // partitions
+        chunks = range(partitions) if chunk is None else [chunk]
         parts = []
-        for i in range(partitions):
+        for i in chunks:
             parts += [xt[:, (i + 1) * ci:], xt[:, :i * ci]]
         xr = torch.cat([t for t in parts if t.shape[1]], dim=1).contiguous(memory_format=CL)
-        r = F.conv2d(xr, rest_weight, None, geo.stride, 0, geo.dilation, groups=partitions)
+        r = F.conv2d(xr, w, None, geo.stride, 0, geo.dilation, groups=len(chunks))
     else:
-        r = F.conv2d(xt.contiguous(memory_format=CL), rest_weight, bias if mode == "select" else None,
+        r = F.conv2d(xt.contiguous(memory_format=CL), w, b if mode == "select" else None,
                      geo.stride, 0, geo.dilation)
-    r = r.permute(0, 2, 3, 1)                                  # (B, th, tw, C_out)
+    r = r.permute(0, 2, 3, 1)                                  # (B, th, tw, C)
     if mode == "select":
         yt.lerp_(r, gt)
     else:
         yt.addcmul_(r, gt)
     yv.index_put_((n_i, ty, tx), yt)
     if ragged:
-        ypf.view(geo.n, geo.ho, geo.wo, geo.c_out).copy_(y4[:, :geo.ho, :geo.wo])
+        y4.copy_(yw[:, :geo.ho, :geo.wo])
     return int(idx.shape[0])

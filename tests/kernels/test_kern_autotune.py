@@ -26,14 +26,15 @@ def _auto(case, **kw):
     return out
 
 
+@pytest.mark.parametrize("strategy", ["tiles", "chunk_tiles"])
 @pytest.mark.parametrize("tile", [(1, 1), (2, 3), (4, 4), (3, 5), (7, 9), (16, 16)])
 @pytest.mark.parametrize("grouped", [True, False])
 @pytest.mark.parametrize("c_out", [16, 256])        # chunks of 4 (select) and 64 (rotated) at p=4
-def test_tiles_path_any_tile_shape(tile, grouped, c_out):
+def test_tiles_path_any_tile_shape(tile, grouped, c_out, strategy):
     x, w, b, tau, isg = make_case(2, 16, c_out, 7, 9, 3, density=0.3, grouped=grouped, seed=sum(tile))
     geo = validate(x, w, b, tau, isg, 1, 1, 1, 4, grouped, 1)
     out, gate = conditional_conv2d_cpu(x, w, b, tau, isg, geo, partitions=4, grouped=grouped,
-                                       return_gate=True, strategy="tiles", tile=tile)
+                                       return_gate=True, strategy=strategy, tile=tile)
     check_against_reference(out, gate, x, w, b, tau, isg, padding=1, grouped=grouped)
 
 

@@ -112,7 +112,8 @@ def test_cost_model_prefers_dense_when_all_rows_active_and_gather_when_few():
        cout_mult=st.integers(1, 3), h=st.integers(3, 9), w=st.integers(3, 9),
        k=st.sampled_from([1, 2, 3]), stride=st.integers(1, 2), padding=st.integers(0, 2),
        dilation=st.integers(1, 2), grouped=st.booleans(), density=st.floats(0.0, 1.0),
-       strategy=st.sampled_from(["auto", "groups", "union", "dense", "tiles"]), seed=st.integers(0, 99))
+       strategy=st.sampled_from(["auto", "groups", "union", "dense", "tiles", "chunk_tiles"]),
+       seed=st.integers(0, 99))
 def test_random_shapes_property(n, p, cin_mult, cout_mult, h, w, k, stride, padding, dilation,
                                 grouped, density, strategy, seed):
     c_in, c_out = p * cin_mult, p * cout_mult
