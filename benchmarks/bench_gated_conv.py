@@ -1,10 +1,12 @@
 """CPU benchmark of the gated conv: real vs theoretical speedup per layer and per network.
 
-    python benchmarks/bench_gated_conv.py [--json] [--threads 2] [--repeats 5] [--rule cgnet]
+    python benchmarks/bench_gated_conv.py [--json] [--threads 2] [--repeats 5] [--isa avx2]
 
 For every gated layer of ResNet-18 (224x224, batch 8) and ResNet-20 (32x32, batch 64) at gate
-densities 1.0, 0.5, 0.3, 0.1 with random per-element and spatially clustered gates: dense torch
-conv time, gated time (``kernels.conditional_conv2d(backend="cpu")``), real speedup,
+densities 1.0, 0.5, 0.3, 0.1 with random per-element, spatially clustered and tile-structured
+gates (whole output tile x channel chunk blocks, at the tile-gather path's tile): dense torch
+conv time, gated time of the ``auto`` CPU path (``kernels.conditional_conv2d(backend="cpu")``,
+tuned afresh for every pattern and density, tuning not timed), the path it chose, real speedup,
 theoretical speedup (MAC ratio incl. the base pass, at the measured gate density) and
 efficiency = real / theoretical. Whole-network numbers sum all convs; ungated convs count at
 their dense time in both columns. Both sides get channels-last input (torch's faster layout
@@ -15,39 +17,83 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
+import tempfile
 
-import torch
+# --isa must act before torch loads oneDNN: it caps the fused kernel (DYNGATE_ISA), oneDNN
+# (ONEDNN_MAX_CPU_ISA) and ATen's own kernels (ATEN_CPU_CAPABILITY), so an AVX-512 machine
+# measures what an AVX2-only CPU would run, dense baseline included.
+_ISA_ENV = {"avx2": dict(DYNGATE_ISA="avx2", ONEDNN_MAX_CPU_ISA="AVX2", ATEN_CPU_CAPABILITY="avx2"),
+            "avx512": dict(DYNGATE_ISA="avx512", ONEDNN_MAX_CPU_ISA="AVX512_CORE_AMX"),
+            "native": {}}
+for _i, _a in enumerate(sys.argv):
+    _v = sys.argv[_i + 1] if _a == "--isa" and _i + 1 < len(sys.argv) else (
+        _a.split("=", 1)[1] if _a.startswith("--isa=") else None)
+    if _v in _ISA_ENV:
+        os.environ.update(_ISA_ENV[_v])
+
+import torch  # noqa: E402
 import torch.nn.functional as F
 
-from bench_gated_conv_shapes import NETWORKS, ConvLayer, layer_inputs, median_time, theoretical_speedup
-from kernels import conditional_conv2d
-from kernels.api import validate
-from kernels.cpu import conditional_conv2d_cpu
-from kernels.workspace import release
+from bench_gated_conv_shapes import (NETWORKS, PATTERNS, ConvLayer, layer_inputs, median_time,  # noqa: E402
+                                     theoretical_speedup)
+from kernels import autotune, conditional_conv2d, cpu_fused, last_path  # noqa: E402
+from kernels.api import validate  # noqa: E402
+from kernels.cpu import conditional_conv2d_cpu  # noqa: E402
+from kernels.cpu_tiles import default_tile  # noqa: E402
+from kernels.workspace import release  # noqa: E402
 
 DENSITIES = (1.0, 0.5, 0.3, 0.1)
-KINDS = ("random", "clustered")
+KINDS = PATTERNS
+
+
+def cpu_header() -> dict:
+    """CPU model, its SIMD flags and the targets this run uses (printed with every table)."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+    except OSError:
+        out = ""
+    info = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+    model = info.get("Model name", "").strip() or autotune.cpu_id().split(" | ")[0]
+    flags = sorted(f for f in cpu_fused._cpu_flags().split() if f.startswith(("avx", "fma", "amx")))
+    return dict(cpu=model, cpu_flags=" ".join(flags), isa=cpu_fused.isa(), cpu_isa=cpu_fused.cpu_isa(),
+                onednn_max_isa=os.environ.get("ONEDNN_MAX_CPU_ISA", "native"),
+                aten_capability=torch.backends.cpu.get_cpu_capability())
 
 
 def bench_layer(layer: ConvLayer, batch: int, density: float, kind: str, args) -> dict:
-    x, w, b, tau, isg = layer_inputs(layer, batch, clustered=kind == "clustered", density=density,
+    geo_tile = default_tile(validate(*_dummy(layer, batch), layer.stride, layer.padding, 1,
+                                     args.partitions, not args.ungrouped, args.granularity))
+    x, w, b, tau, isg = layer_inputs(layer, batch, pattern=kind, density=density, tile=geo_tile,
                                      partitions=args.partitions, grouped=not args.ungrouped)
     kw = dict(stride=layer.stride, padding=layer.padding, partitions=args.partitions,
               grouped=not args.ungrouped, granularity=args.granularity, backend="cpu")
+    autotune.forget()  # tune afresh for this pattern and density (the first call below)
+    autotune.cache_file().unlink(missing_ok=True)
     with torch.no_grad():
         _, gate = conditional_conv2d(x, w, b, tau, isg, return_gate=True, **kw)
         measured = float(gate.float().mean())
+        choice = next(iter(autotune.choices().values()), {}) if autotune.enabled() else {}
         t_dense = median_time(lambda: F.conv2d(x, w, b, layer.stride, layer.padding), args.repeats)
         t_gated = median_time(lambda: conditional_conv2d(x, w, b, tau, isg, **kw), args.repeats)
+        path = last_path()
         t_pipe = median_time(lambda: _pipeline(x, w, b, tau, isg, kw), args.repeats) if args.pipeline else None
     theo = theoretical_speedup(measured, args.partitions)
     real = t_dense / t_gated
     return dict(layer=layer.name, shape=f"{layer.c_in}->{layer.c_out} {layer.k}x{layer.k} s{layer.stride} "
                 f"@{layer.hw}", count=layer.count, density_target=density, kind=kind,
-                density=measured, dense_ms=t_dense * 1e3, gated_ms=t_gated * 1e3,
+                density=measured, dense_ms=t_dense * 1e3, gated_ms=t_gated * 1e3, path=path,
+                tuned_ms=choice.get("ms"), tile=list(geo_tile),
                 pipeline_ms=None if t_pipe is None else t_pipe * 1e3, real_speedup=real,
                 theoretical_speedup=theo, efficiency=real / theo, macs=layer.macs(batch))
+
+
+def _dummy(layer: ConvLayer, batch: int):
+    """Meta tensors with the layer's shapes (for its geometry, no memory)."""
+    t = lambda *shape: torch.empty(shape, device="meta")  # noqa: E731
+    return (t(batch, layer.c_in, layer.hw, layer.hw), t(layer.c_out, layer.c_in, layer.k, layer.k),
+            None, t(layer.c_out), t(layer.c_out))
 
 
 def _pipeline(x, w, b, tau, isg, kw):
@@ -72,8 +118,8 @@ def bench_network(net: str, args) -> dict:
             continue
         for kind in KINDS:
             for d in DENSITIES:
-                if kind == "clustered" and d == 1.0:
-                    continue  # identical to random at density 1
+                if kind != KINDS[0] and d == 1.0:
+                    continue  # every pattern is all-on at density 1
                 rows.append(bench_layer(layer, batch, d, kind, args))
                 _progress(rows[-1])
         release()
@@ -180,24 +226,24 @@ def print_checkpoint_table(res: dict) -> None:
 
 def _progress(row: dict) -> None:
     print(f"  {row['layer']:<22} {row['kind']:<9} d={row['density']:.2f} dense {row['dense_ms']:7.2f} ms "
-          f"gated {row['gated_ms']:7.2f} ms", file=sys.stderr, flush=True)
+          f"auto {row['gated_ms']:7.2f} ms ({row['path']})", file=sys.stderr, flush=True)
 
 
 def print_tables(result: dict) -> None:
     print(f"\n## {result['network']} (batch {result['batch']})\n")
-    print("| layer | shape | x | gates | density | dense ms | gated ms | real | theoretical | efficiency "
-          "| pipeline ms | pipeline real |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| layer | shape | x | gates | density | dense ms | auto ms | auto path | real | theoretical "
+          "| efficiency | pipeline ms | pipeline real |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in result["layers"]:
         print(f"| {r['layer']} | {r['shape']} | {r['count']} | {r['kind']} | {r['density']:.2f} | "
-              f"{r['dense_ms']:.2f} | {r['gated_ms']:.2f} | {r['real_speedup']:.2f} | "
+              f"{r['dense_ms']:.2f} | {r['gated_ms']:.2f} | {r['path']} | {r['real_speedup']:.2f} | "
               f"{r['theoretical_speedup']:.2f} | {r['efficiency']:.2f} | {_pipe(r)} |")
     print(f"\nWhole network (all convs; ungated at dense time):\n")
-    print("| gates | target density | dense ms | gated ms | real | theoretical | efficiency "
+    print("| gates | target density | dense ms | auto ms | real | theoretical | efficiency "
           "| pipeline ms | pipeline real |")
     print("|---|---|---|---|---|---|---|---|---|")
     for w in result["whole"].values():
-        print(f"| {w['kind'] if w['density'] < 1 else 'any'} | {w['density']} | {w['dense_ms']:.1f} | "
+        print(f"| {w['kind'] if w['density'] < 1 else 'all on'} | {w['density']} | {w['dense_ms']:.1f} | "
               f"{w['gated_ms']:.1f} | {w['real_speedup']:.2f} | {w['theoretical_speedup']:.2f} | "
               f"{w['efficiency']:.2f} | {_pipe(w)} |")
 
@@ -210,50 +256,67 @@ def _pipe(r: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    global KINDS
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--rule", choices=("cgnet", "all3x3"), default="cgnet")
-    ap.add_argument("--partitions", type=int, default=4)
-    ap.add_argument("--granularity", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=2, help="torch and kernel threads")
+    ap.add_argument("--repeats", type=int, default=5, help="timed calls per measurement (median)")
+    ap.add_argument("--isa", choices=tuple(_ISA_ENV), default="native",
+                    help="cap the fused kernel, oneDNN and ATen at this ISA (avx2 on an AVX-512 "
+                         "machine measures an AVX2-only CPU)")
+    ap.add_argument("--rule", choices=("cgnet", "all3x3"), default="cgnet",
+                    help="which convs are gated: cgnet = block conv1s, all3x3 = every 3x3 but the stem")
+    ap.add_argument("--partitions", type=int, default=4, help="CGNet p (base path = 1/p of the inputs)")
+    ap.add_argument("--granularity", type=int, default=1, help="output channels per gate decision")
     ap.add_argument("--ungrouped", action="store_true", help="base path = first C_in/p inputs")
-    ap.add_argument("--networks", default="resnet18,resnet20")
+    ap.add_argument("--networks", default="resnet18,resnet20", help="comma list of resnet18, resnet20")
+    ap.add_argument("--patterns", default=",".join(KINDS), help=f"comma list of {', '.join(KINDS)}")
     ap.add_argument("--no-pipeline", dest="pipeline", action="store_false",
-                    help="skip timing the torch-op pipeline (the pre-fused CPU path) beside the fused kernel")
+                    help="skip timing the torch-op pipeline with its cost model (DYNGATE_TUNE=0's path)")
     ap.add_argument("--out-json", help="also write the JSON document to this file")
     ap.add_argument("--checkpoint", help="also time a trained gated dyngate checkpoint on real test "
                                          "images with its own gates")
-    ap.add_argument("--checkpoint-batch", type=int, default=64)
+    ap.add_argument("--checkpoint-batch", type=int, default=64, help="test images per timed batch")
     ap.add_argument("--checkpoint-only", action="store_true", help="skip the synthetic-mask tables")
     args = ap.parse_args(argv)
+    KINDS = tuple(k for k in args.patterns.split(",") if k)
+    if not KINDS or any(k not in PATTERNS for k in KINDS):
+        ap.error(f"--patterns: choose from {', '.join(PATTERNS)}")
+    # tuning goes to a private file: fresh per run, the user's cache untouched
+    tune_dir = tempfile.mkdtemp(prefix="bench_tune_")
+    autotune.cache_file = lambda: __import__("pathlib").Path(tune_dir) / "tune.json"
     torch.set_num_threads(args.threads)
     if args.checkpoint_only and not args.checkpoint:
         ap.error("--checkpoint-only needs --checkpoint")
     load_before = os.getloadavg()
     results = [] if args.checkpoint_only else [bench_network(n, args) for n in args.networks.split(",")]
     ckpt = bench_checkpoint(args.checkpoint, args) if args.checkpoint else None
-    meta = dict(threads=torch.get_num_threads(), repeats=args.repeats, rule=args.rule,
+    meta = dict(**cpu_header(), threads=torch.get_num_threads(), repeats=args.repeats, rule=args.rule,
                 partitions=args.partitions, grouped=not args.ungrouped, granularity=args.granularity,
                 torch=torch.__version__, loadavg_before=load_before, loadavg_after=os.getloadavg(),
                 command=" ".join(["python", "benchmarks/bench_gated_conv.py", *(argv or sys.argv[1:])]))
     summary = {}
     for res in results:
-        for key, w in res["whole"].items():
-            if w["density"] == 0.3:
-                summary[f"{res['network']}_{w['kind']}_0.3"] = {
-                    k: w[k] for k in ("real_speedup", "theoretical_speedup", "efficiency")}
+        for kind in KINDS:
+            for d in DENSITIES:
+                w = res["whole"].get(f"{kind}@{d}" if d < 1 else f"{KINDS[0]}@{d}")
+                if w is not None:
+                    summary[f"{res['network']}_{kind}_{d}"] = {
+                        k: w[k] for k in ("real_speedup", "theoretical_speedup", "efficiency")}
     r18 = next((r for r in results if r["network"] == "resnet18"), None)
     top = {}
     if r18 is not None:  # headline: ResNet-18 at density 0.3, random per-element gates
-        top = {k: r18["whole"]["random@0.3"][k] for k in ("real_speedup", "theoretical_speedup")}
-    doc = json.dumps(dict(meta=meta, **top, summary=summary, results=results, checkpoint=ckpt), indent=1)
+        top = {k: r18["whole"].get(f"{KINDS[0]}@0.3", {}).get(k) for k in ("real_speedup", "theoretical_speedup")}
+    doc = json.dumps(dict(cpu=meta["cpu"], isa=meta["isa"], meta=meta, **top, summary=summary, results=results, checkpoint=ckpt), indent=1)
     if args.out_json:
         with open(args.out_json, "w") as f:
             f.write(doc + "\n")
     if args.json:
         print(doc)
         return 0
+    print(f"CPU: {meta['cpu']} | flags: {meta['cpu_flags']}\nfused kernel ISA {meta['isa']}, oneDNN max ISA "
+          f"{meta['onednn_max_isa']}, ATen {meta['aten_capability']}")
     print(f"threads={meta['threads']} repeats={args.repeats} rule={args.rule} p={args.partitions} "
           f"grouped={meta['grouped']} G={args.granularity} load(1,5,15min) before={load_before} "
           f"after={meta['loadavg_after']}")

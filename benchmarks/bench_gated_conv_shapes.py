@@ -99,16 +99,67 @@ def blob_mask(n: int, hw: int, density: float, gen: torch.Generator) -> torch.Te
     return field > q
 
 
-def layer_inputs(layer: ConvLayer, batch: int, *, clustered: bool, density: float, partitions: int,
-                 grouped: bool, seed: int = 0, device="cpu", dtype=torch.float32):
+PATTERNS = ("random", "clustered", "tile")
+
+
+def tile_inputs(layer: ConvLayer, batch: int, density: float, partitions: int, grouped: bool,
+                tile: tuple[int, int], gen: torch.Generator):
+    """(x, w, b, tau) whose gates switch whole (output tile x output chunk) blocks.
+
+    The base weights keep only their centre tap (made positive), so an output's partial sum
+    reads exactly one input position per base channel: the input is positive there for the
+    outputs of on blocks and zero for the others, and tau = bias + 1e-3 turns exactly the on
+    blocks on. Blocks are (th x tw positions) x (C_out/p channels of one base chunk) when the
+    base path is grouped, else all channels (every output then reads the same base inputs).
+    Exactly round(density * blocks) blocks are on.
+    """
+    ho = wo = layer.out_hw
+    th, tw = tile
+    nty, ntx = -(-ho // th), -(-wo // tw)
+    chunks = partitions if grouped else 1
+    blocks = batch * chunks * nty * ntx
+    on = torch.zeros(blocks, dtype=torch.bool)
+    on[torch.randperm(blocks, generator=gen)[:round(density * blocks)]] = True
+    on = on.view(batch, chunks, nty, ntx).repeat_interleave(th, 2).repeat_interleave(tw, 3)[:, :, :ho, :wo]
+    x = torch.randn(batch, layer.c_in, layer.hw, layer.hw, generator=gen)
+    c = layer.k // 2 - layer.padding                      # input offset of the centre tap
+    rows = torch.arange(ho) * layer.stride + c
+    ci = layer.c_in // partitions
+    for i in range(partitions if grouped else 1):
+        src = slice(i * ci, (i + 1) * ci) if grouped else slice(0, ci)
+        vals = x[:, src][:, :, rows][:, :, :, rows].abs() + 0.5
+        centre = torch.where(on[:, i:i + 1], vals, torch.zeros(()))
+        x[:, src, rows[:, None], rows[None, :]] = centre
+    w = torch.randn(layer.c_out, layer.c_in, layer.k, layer.k, generator=gen) / (layer.c_in * layer.k ** 2) ** 0.5
+    m = base_mask(layer.c_out, layer.c_in, partitions, grouped).bool().expand_as(w)
+    centre_only = torch.zeros_like(w)
+    centre_only[:, :, layer.k // 2, layer.k // 2] = w[:, :, layer.k // 2, layer.k // 2].abs() + 0.1
+    w = torch.where(m, centre_only, w)
+    b = torch.randn(layer.c_out, generator=gen) * 0.01
+    return x, w, b, b + 1e-3
+
+
+def layer_inputs(layer: ConvLayer, batch: int, *, clustered: bool = False, density: float, partitions: int,
+                 grouped: bool, seed: int = 0, device="cpu", dtype=torch.float32, pattern: str | None = None,
+                 tile: tuple[int, int] = (8, 8)):
     """(x channels-last, weight, bias, tau, inv_sigma) giving about ``density`` gates on.
 
     Random: tau[c] is the (1-density) quantile of channel c's base partial sum for this input,
     so gates are on at random positions per element. Clustered: the input is large inside
     random blobs and small outside, and the base weights are made non-negative so the
     partial sums (and thus the gates) follow the blobs; tau is again the per-channel quantile.
+    Tile: whole (output tile x channel chunk) blocks on or off, see :func:`tile_inputs`.
     """
+    pattern = pattern or ("clustered" if clustered else "random")
+    if pattern not in PATTERNS:
+        raise ValueError(f"pattern must be one of {PATTERNS}, got {pattern!r}")
+    clustered = pattern == "clustered"
     gen = torch.Generator().manual_seed(seed)
+    to = (lambda t: t.to(device=device, dtype=dtype))
+    if pattern == "tile" and density < 1:
+        x, w, b, tau = tile_inputs(layer, batch, density, partitions, grouped, tile, gen)
+        return (to(x).contiguous(memory_format=torch.channels_last), to(w), to(b), to(tau),
+                to(torch.ones(layer.c_out)))
     x = torch.randn(batch, layer.c_in, layer.hw, layer.hw, generator=gen)
     w = torch.randn(layer.c_out, layer.c_in, layer.k, layer.k, generator=gen)
     w /= (layer.c_in * layer.k ** 2) ** 0.5
@@ -123,7 +174,6 @@ def layer_inputs(layer: ConvLayer, batch: int, *, clustered: bool, density: floa
     else:
         tau = torch.quantile(yp.transpose(0, 1).reshape(layer.c_out, -1), 1 - density, dim=1)
     inv_sigma = torch.ones(layer.c_out)
-    to = (lambda t: t.to(device=device, dtype=dtype))
     return (to(x).contiguous(memory_format=torch.channels_last), to(w), to(b), to(tau), to(inv_sigma))
 
 
