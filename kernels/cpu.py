@@ -1,9 +1,21 @@
 """CPU fast path of the conditional partial-sum convolution.
 
-The ``fused`` strategy is the default wherever it applies: float32, float16 or bfloat16 inputs
-(computed in float32), a C compiler that builds the kernel, and output chunks of a multiple of
-4 channels. It does all three steps below in one compiled loop, see :mod:`kernels.cpu_fused`. The torch-op pipeline
-is the fallback (with a warning saying why) and the comparison point of the benchmarks.
+Several execution paths compute the same result; which is fastest depends on the layer, the
+batch, the threads, the gate pattern and the CPU, so ``auto`` measures them at first use
+(:mod:`kernels.autotune`) and keeps the fastest:
+
+* ``fused``: one compiled loop does base sum, gate and conditional pass per output tile
+  (:mod:`kernels.cpu_fused`, float32, per-ISA vector layouts);
+* ``tiles`` / ``chunk_tiles``: oneDNN base pass, then the active output tiles (of all
+  channels, or per output chunk) are gathered with their halo and the remaining sum runs as
+  one oneDNN conv on them (:mod:`kernels.cpu_tiles`, SBNet/SIGE style);
+* ``dense``: oneDNN base pass and the remaining sum as dense convs (dense MACs in total), the
+  gate selecting per element: what ``auto`` falls back to when nothing can be skipped;
+* ``union`` / ``groups``: gathered im2col rows of active positions times the remaining
+  weights (the pipeline below).
+
+With ``DYNGATE_TUNE=0`` (and for float64) the "pipeline" cost model picks among the torch-op
+paths per call, after seeing the gate.
 
 Pipeline (all activations channels-last, fp32 arithmetic; float64 inputs stay float64):
 
