@@ -157,7 +157,7 @@ def bench_checkpoint(path: str, args) -> dict:
     from dyngate.gating import GatedConv2d  # noqa: PLC0415
     from models.data import load_dataset  # noqa: PLC0415
 
-    model = dyngate.load(path)
+    model = dyngate.load(path).eval()
     cfg = read(path)["extra"].get("trainer", {}).get("config", {})
     x = load_dataset(cfg.get("dataset", "fashion-mnist"), "test", cfg.get("data_dir"),
                      limit=args.checkpoint_batch).tensors[0].contiguous(memory_format=torch.channels_last)
@@ -174,6 +174,10 @@ def bench_checkpoint(path: str, args) -> dict:
         model(x)
     for h in hooks:
         h.remove()
+    with torch.no_grad():  # whole model: gated (auto paths, tuned by the call above) vs all gates open
+        model_gated = median_time(lambda: model(x), args.repeats)
+        with dyngate.gates_open(model):  # every gated conv runs as its plain dense conv (oneDNN)
+            model_dense = median_time(lambda: model(x), args.repeats)
     rows, t_dense_all, t_gated_all, mac_dense_all, mac_gated_all = [], 0.0, 0.0, 0, 0.0
     for name, xin in inputs.items():
         m = model.get_submodule(name)
@@ -195,8 +199,9 @@ def bench_checkpoint(path: str, args) -> dict:
             density = float(gate.float().mean())
             t_gated = median_time(lambda: conditional_conv2d(xin, m.weight, m.bias, tau, isg, **kw),
                                   args.repeats)
+            path = last_path()
         theo = theoretical_speedup(density, m.partitions)
-        rows.append(dict(layer=name, shape=f"{m.in_channels}->{m.out_channels} s{m.stride[0]} @{out_hw[0]}",
+        rows.append(dict(layer=name, path=path, shape=f"{m.in_channels}->{m.out_channels} s{m.stride[0]} @{out_hw[0]}",
                          density=density, dense_ms=t_dense * 1e3, gated_ms=t_gated * 1e3,
                          real_speedup=t_dense / t_gated, theoretical_speedup=theo,
                          efficiency=t_dense / t_gated / theo))
@@ -207,6 +212,8 @@ def bench_checkpoint(path: str, args) -> dict:
         release()
     real, theo = t_dense_all / t_gated_all, mac_dense_all / mac_gated_all
     return dict(checkpoint=path, batch=x.shape[0], layers=rows,
+                model=dict(dense_ms=model_dense * 1e3, gated_ms=model_gated * 1e3,
+                           real_speedup=model_dense / model_gated),
                 whole=dict(dense_ms=t_dense_all * 1e3, gated_ms=t_gated_all * 1e3, real_speedup=real,
                            theoretical_speedup=theo, efficiency=real / theo))
 
@@ -216,8 +223,12 @@ def print_checkpoint_table(res: dict) -> None:
     print("| layer | shape | density | dense ms | gated ms | real | theoretical | efficiency |")
     print("|---|---|---|---|---|---|---|---|")
     for r in res["layers"]:
-        print(f"| {r['layer']} | {r['shape']} | {r['density']:.3f} | {r['dense_ms']:.2f} | {r['gated_ms']:.2f} | "
+        print(f"| {r['layer']} | {r['shape']} | {r['density']:.3f} | {r['dense_ms']:.2f} | {r['gated_ms']:.2f} "
+              f"({r['path']}) | "
               f"{r['real_speedup']:.2f} | {r['theoretical_speedup']:.2f} | {r['efficiency']:.2f} |")
+    mw = res["model"]
+    print(f"\nWhole model forward (BN, ReLU, pooling included): all gates open (dense convs) "
+          f"{mw['dense_ms']:.1f} ms, gated {mw['gated_ms']:.1f} ms, real {mw['real_speedup']:.2f}x")
     w = res["whole"]
     print(f"\nWhole network (all convs, ungated at dense time): dense {w['dense_ms']:.1f} ms, gated "
           f"{w['gated_ms']:.1f} ms, real {w['real_speedup']:.2f}x, theoretical {w['theoretical_speedup']:.2f}x, "
