@@ -294,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     KINDS = tuple(k for k in args.patterns.split(",") if k)
     if not KINDS or any(k not in PATTERNS for k in KINDS):
         ap.error(f"--patterns: choose from {', '.join(PATTERNS)}")
+    if args.isa == "avx512" and cpu_fused.cpu_isa() != "avx512":
+        ap.error(f"--isa avx512: this CPU runs up to {cpu_fused.cpu_isa()}")
     # tuning goes to a private file: fresh per run, the user's cache untouched
     tune_dir = tempfile.mkdtemp(prefix="bench_tune_")
     autotune.cache_file = lambda: __import__("pathlib").Path(tune_dir) / "tune.json"

@@ -15,7 +15,7 @@ _LAST = threading.local()
 
 def last_path() -> str | None:
     """Execution path of this thread's last :func:`conditional_conv2d`: "reference", "triton",
-    or the CPU path ("fused", "tiles", "dense", "union", "groups"); None before any call."""
+    or the CPU path (see :func:`kernels.cpu.last_path`); None before any call."""
     return getattr(_LAST, "path", None)
 
 

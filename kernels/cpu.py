@@ -229,8 +229,8 @@ def _warn_fallback(reason: str) -> None:
 
 
 def last_path() -> str | None:
-    """The CPU path the last gated conv of this thread ran ("fused", "tiles", "dense", "union",
-    "groups"), None before the first call."""
+    """The CPU path the last gated conv of this thread ran ("fused", "tiles", "chunk_tiles",
+    "dense", "union", "groups"), None before the first call."""
     return getattr(_LAST, "path", None)
 
 
