@@ -32,6 +32,15 @@
 #define NT (C_OUT / TW)
 #define NTW ((WO - RT) / R + 1)          /* tiles per output row; the last one has RT columns */
 
+#ifndef EXACT_BASE
+#define EXACT_BASE 0
+#endif
+/* EXACT_BASE (SPAN tiles with C_IN == C_OUT, so chunk k of the outputs reads inputs of the same
+ * indices): the base sum is computed at its exact MACs. The VW inputs a vector's chunks read
+ * are one vector load; lane l needs input chunk_start(l) + q for q < CI, i.e. a constant
+ * shuffle of that vector, times a packed weight (C_OUT/TW, KH, KW, CI, TW) whose lane l holds
+ * W[o_l, chunk_start(o_l) + q]. CI FMAs per tap and position instead of C_IN. */
+
 #define CAT_(a, b) a##b
 #define CAT(a, b) CAT_(a, b)
 
@@ -66,6 +75,26 @@ static inline void accum_##RR(vec acc[NBT][RR], const float *xb, const float *wt
             }                                                                                  \
         }                                                                                      \
 }                                                                                              \
+static inline void accum_base_##RR(vec acc[NBT][RR], const float *xb, const float *wb, int ot) { \
+    for (int kh = 0; kh < KH; kh++)                                                            \
+        for (int kw = 0; kw < KW; kw++) {                                                      \
+            const float *xp = xb + (kh * DH * WP + kw * DW) * C_IN + ot * TW;                  \
+            const float *wp = wb + (kh * KW + kw) * CI * TW;                                   \
+            for (int b = 0; b < NBT; b++)                                                      \
+                _Pragma("GCC unroll 16")                                                       \
+                for (int j = 0; j < RR; j++) {                                                 \
+                    vec xv;                                                                    \
+                    memcpy(&xv, xp + j * SW * C_IN + b * VW, sizeof xv);                       \
+                    _Pragma("GCC unroll 16")                                                   \
+                    for (int q = 0; q < CI; q++) {                                             \
+                        ivec idx;                                                              \
+                        for (int l = 0; l < VW; l++) idx[l] = (l / CO) * CO + q;               \
+                        const vec w = *(const vec *)(wp + q * TW + b * VW);                    \
+                        acc[b][j] += __builtin_shuffle(xv, idx) * w;                           \
+                    }                                                                          \
+                }                                                                              \
+        }                                                                                      \
+}                                                                                              \
 /* One tile of RR positions x TW channels; returns 1 when its conditional pass ran. */         \
 static inline int tile_##RR(const float *xb, const float *wt, const float *wr, int ot,         \
                             const float *bias,                                                 \
@@ -80,7 +109,8 @@ static inline int tile_##RR(const float *xb, const float *wt, const float *wr, i
         if (bias) memcpy(&bv, bias + b * VW, sizeof bv);                                       \
         for (int j = 0; j < RR; j++) acc[b][j] = bv;                                           \
     }                                                                                          \
-    accum_##RR(acc, xb, wt, base[0], base[1]);                                                 \
+    if (EXACT_BASE) accum_base_##RR(acc, xb, wt, ot);                                          \
+    else accum_##RR(acc, xb, wt, base[0], base[1]);                                            \
     for (int b = 0; b < NBT; b++) {                                                            \
         vec tv, iv;                                                                            \
         memcpy(&tv, tau + b * VW, sizeof tv);                                                  \
@@ -135,7 +165,7 @@ static inline int do_tile(const float *x, const float *w, const float *wrest, co
     const int img = (int)(row / HO), oh = (int)(row % HO), ow0 = tw * R;
     const float *xb = x + (((long long)img * HP + oh * SH) * WP + ow0 * SW) * C_IN;
     const long long o = (row * WO + ow0) * C_OUT + ot * TW;
-    const float *wt = w + (long long)ot * KH * KW * C_IN * TW;
+    const float *wt = w + (long long)ot * KH * KW * (EXACT_BASE ? CI : C_IN) * TW;
     const float *wr = SPAN ? wrest + (long long)ot * KH * KW * C_IN * TW : wt;
     const float *bt = bias ? bias + ot * TW : 0;
     uint8_t *gt = gate ? gate + o : 0;

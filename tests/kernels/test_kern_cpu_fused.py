@@ -170,3 +170,18 @@ def test_packed_weight_cache_does_not_keep_weights_alive():
     del w
     gc.collect()
     assert ref() is None
+
+
+@pytest.mark.parametrize("c, partitions", [(16, 4), (32, 8), (8, 2), (32, 4)])
+@pytest.mark.parametrize("geom", GEOMS)
+def test_exact_base_span_tiles(c, partitions, geom):
+    """C_in == C_out with chunks narrower than a vector: the base pass runs at its exact MACs
+    (shuffled input vectors, EXACT_BASE); 32 channels at p=4 (chunks of 8) is the control."""
+    stride, padding, dilation, h, w, k = geom
+    case = make_case(2, c, c, h, w, k, density=0.4, partitions=partitions, stride=stride,
+                     padding=padding, dilation=dilation, seed=c + partitions)
+    x, wt, b, tau, isg = case
+    geo = validate(x, wt, b, tau, isg, stride, padding, dilation, partitions, True, 1)
+    d = cpu_fused._defines(geo, partitions, True, 1)
+    assert d["EXACT_BASE"] == (d["SPAN"] and cpu_fused.isa() == "avx512")
+    _fused(case, geom, partitions=partitions)
