@@ -180,9 +180,8 @@ def _defines(geo: ConvGeometry, partitions: int, grouped: bool, granularity: int
                 EXACT_BASE=int(spanning and geo.c_in == geo.c_out and isa() == "avx512"))
 
 
-@functools.lru_cache(maxsize=256)
-def _load(defines: tuple[tuple[str, int], ...], target: str):
-    """Compile (or reuse from the disk cache) one geometry's kernel for ISA ``target``."""
+def _build_plan(defines: tuple[tuple[str, int], ...], target: str):
+    """(compiler, flags, cached .so path) for one geometry's kernel on ISA ``target``."""
     cc = compiler()
     if cc is None:
         raise NativeBuildError("no C compiler found (set $CC or install gcc)")
@@ -191,7 +190,13 @@ def _load(defines: tuple[tuple[str, int], ...], target: str):
     # -march=native code is only valid on this CPU: its flags are part of the cache key, so a
     # cache directory shared between machines never hands one an instruction it lacks
     key = hashlib.sha256((SOURCE.read_text() + " ".join([cc, *flags]) + _cpu_flags()).encode()).hexdigest()[:24]
-    out = _cache_dir() / f"gated_conv_{key}.so"
+    return cc, flags, _cache_dir() / f"gated_conv_{key}.so"
+
+
+@functools.lru_cache(maxsize=256)
+def _load(defines: tuple[tuple[str, int], ...], target: str, retry: bool = True):
+    """Compile (or reuse from the disk cache) one geometry's kernel for ISA ``target``."""
+    cc, flags, out = _build_plan(defines, target)
     if not out.exists():
         out.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
@@ -203,9 +208,11 @@ def _load(defines: tuple[tuple[str, int], ...], target: str):
         os.replace(tmp, out)
     try:
         lib = ctypes.CDLL(str(out))
-    except OSError:  # a damaged cache entry (truncated copy, disk full): rebuild it once
+    except OSError as e:  # a damaged cache entry (truncated copy, disk full): rebuild it once
         out.unlink(missing_ok=True)
-        return _load.__wrapped__(defines, target)
+        if not retry:
+            raise NativeBuildError(f"{out}: built but cannot be loaded: {e}") from None
+        return _load.__wrapped__(defines, target, False)
     fn = lib.gated_conv
     fn.restype = ctypes.c_longlong
     fn.argtypes = [ctypes.c_void_p] * 8 + [ctypes.c_int, ctypes.c_int]

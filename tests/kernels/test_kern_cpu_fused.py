@@ -185,3 +185,22 @@ def test_exact_base_span_tiles(c, partitions, geom):
     d = cpu_fused._defines(geo, partitions, True, 1)
     assert d["EXACT_BASE"] == (d["SPAN"] and cpu_fused.isa() == "avx512")
     _fused(case, geom, partitions=partitions)
+
+
+def test_truncated_cached_kernel_is_rebuilt(tmp_path, monkeypatch):
+    """A cut-short .so in the cache (copy interrupted, disk full) is rebuilt, not a crash.
+    The damaged file is planted at a path this process never loaded: dlopen hands back an
+    already-loaded path without reading the file, and overwriting a mapped .so would crash."""
+    monkeypatch.setenv("DYNGATE_KERNEL_CACHE", str(tmp_path))
+    case = make_case(1, 8, 16, 5, 7, 3, density=0.5, seed=3)
+    stride, padding, dilation, _, _, _ = GEOMS[0]
+    geo = validate(*case, stride, padding, dilation, 4, True, 1)
+    defines = tuple(sorted(cpu_fused._defines(geo, 4, True, 1).items()))
+    _, _, so = cpu_fused._build_plan(defines, cpu_fused.isa())
+    so.write_bytes(b"\x7fELF" + bytes(96))        # a header and nothing else
+    cpu_fused._load.cache_clear()
+    try:
+        _fused(case, GEOMS[0])                    # rebuilt, still right
+        assert so.stat().st_size > 100
+    finally:
+        cpu_fused._load.cache_clear()
