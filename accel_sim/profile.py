@@ -1,10 +1,12 @@
 """Gate specs for the simulator: read and validate a dyngate ``SparsityProfile`` YAML, or build
 a uniform-density spec.  No torch: the profile is the one contract with the runtime.
 
-Schema ``dyngate.sparsity_profile`` version 1 (written by ``dyngate.profile``): ``layers`` lists
+Schema ``dyngate.sparsity_profile`` version 2 (written by ``dyngate.profile``; version 1 still
+read, as per-element gates): ``layers`` lists
 every Conv2d and Linear in execution order with its shape, ``gated``, and for gated layers the
 gate geometry (``partitions``, ``grouped``, ``granularity``, ``base_fraction``) and the measured
-``density`` and per-output-channel ``channel_density``.
+``density`` and per-output-channel ``channel_density``; version 2 adds the decision block
+``tile`` ([th, tw] output positions x ``granularity`` channels) and its ``block_density``.
 """
 from __future__ import annotations
 
@@ -18,7 +20,8 @@ import yaml
 from accel_sim.networks import cgnet_gated
 from accel_sim.topology import Layer
 
-SCHEMA, VERSION = "dyngate.sparsity_profile", 1
+SCHEMA, VERSION = "dyngate.sparsity_profile", 2
+READABLE = (1, 2)
 
 
 class ProfileError(ValueError):
@@ -34,6 +37,8 @@ class GateSpec:
     channel_density: np.ndarray
     grouped: bool = True
     granularity: int = 1
+    tile: tuple[int, int] = (1, 1)      # decision block: tile positions x granularity channels
+    block_density: float | None = None  # fraction of blocks on; None: equal to density
 
     @property
     def density(self) -> float:
@@ -108,6 +113,13 @@ def _check_layer(entry: Any, i: int, src: str) -> dict[str, Any]:
             raise ProfileError(f"{where}: field 'channel_density' values must lie in [0, 1]")
         if kind != "conv2d" or entry["groups"] != 1:
             raise ProfileError(f"{where}: gated layers must be conv2d with groups 1")
+        tile = entry.setdefault("tile", [1, 1])      # version 1: per-element gates
+        if not (isinstance(tile, list) and len(tile) == 2
+                and all(isinstance(a, int) and not isinstance(a, bool) and a >= 1 for a in tile)):
+            raise ProfileError(f"{where}: field 'tile' must be a list of two integers >= 1, got {tile!r}")
+        bd = entry.setdefault("block_density", density)
+        if isinstance(bd, bool) or not isinstance(bd, (int, float)) or not 0.0 <= bd <= 1.0:
+            raise ProfileError(f"{where}: field 'block_density' must be a number in [0, 1], got {bd!r}")
         if entry["in_channels"] % p:
             raise ProfileError(f"{where}: field 'partitions' {p} must divide in_channels {entry['in_channels']}")
     return entry
@@ -127,8 +139,10 @@ def load_profile(path: str | Path) -> Profile:
         raise ProfileError(f"{src}: expected a mapping at the top level")
     if data.get("schema") != SCHEMA:
         raise ProfileError(f"{src}: field 'schema' must be {SCHEMA!r}, got {data.get('schema')!r}")
-    if data.get("version") != VERSION:
-        raise ProfileError(f"{src}: field 'version' must be {VERSION}, got {data.get('version')!r}")
+    version = data.get("version")
+    if version not in READABLE or isinstance(version, bool):
+        raise ProfileError(f"{src}: field 'version' must be one of {', '.join(map(str, READABLE))}, "
+                           f"got {version!r}")
     shape = _need(data, "input_shape", (list,), src)
     samples = _need(data, "samples", (int,), src)
     layers = _need(data, "layers", (list,), src)
@@ -166,8 +180,12 @@ def match_profile(profile: Profile, layers: list[Layer]) -> dict[str, GateSpec]:
                 raise ProfileError(f"{profile.source}: layer {l.name}: field '{key}' is {e[key]} in the "
                                    f"profile but {want[key]} in the topology")
         if e["gated"]:
+            tile = tuple(e.get("tile", (1, 1)))
+            if tile != (1, 1):   # simulating tile gates as per-element ones would be a wrong number
+                raise ProfileError(f"{profile.source}: layer {l.name}: tile-granular gates (tile "
+                                   f"{list(tile)}) are not scheduled by this simulator version")
             specs[l.name] = GateSpec(e["partitions"], np.asarray(e["channel_density"], dtype=np.float64),
-                                     e["grouped"], e["granularity"])
+                                     e["grouped"], e["granularity"], tile, e.get("block_density"))
     return specs
 
 

@@ -167,6 +167,18 @@ class GatedConv2d(nn.Module):
             self._stats["elements"] += d.shape[0] * d.shape[2] * d.shape[3]
             self._stats["images"] += d.shape[0]
             self._stats["output_hw"] = (d.shape[2], d.shape[3])
+            # decision blocks: d is constant over each (tile x granularity) block, so a
+            # ceil-mode max-pool gives one value per block, ragged edge blocks included
+            th, tw = getattr(self, "tile", (1, 1))
+            g = self.granularity
+            blk = d.detach().to(torch.float32)
+            if g > 1:
+                n, c, h, w = blk.shape
+                blk = blk.view(n, c // g, g, h, w).amax(2)
+            if (th, tw) != (1, 1):
+                blk = F.max_pool2d(blk, (th, tw), ceil_mode=True)
+            self._stats["blocks_on"] += float(blk.sum())
+            self._stats["blocks"] += blk.numel()
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "

@@ -20,7 +20,8 @@ from dyngate.errors import ProfileError
 from dyngate.gating import GatedConv2d
 
 SCHEMA = "dyngate.sparsity_profile"
-VERSION = 1
+VERSION = 2          # 2 adds per-layer ``tile`` and ``block_density``; version 1 files still read
+READABLE = (1, 2)
 
 
 @dataclass
@@ -47,12 +48,18 @@ class LayerProfile:
     base_macs: int | None = None
     gate_compares: int | None = None
     channel_density: list[float] | None = None
+    # the gate's decision block: ``tile`` output positions (th, tw) x ``granularity`` channels;
+    # [1, 1] with granularity 1 is CGNet's per-element gate. ``block_density`` is the fraction
+    # of blocks switched on (edge blocks of a ragged map count as blocks), which is what a
+    # tile-skipping kernel or accelerator schedules; ``density`` stays the fraction of elements.
+    tile: list[int] | None = None
+    block_density: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         if not self.gated:
             for k in ("partitions", "grouped", "granularity", "base_fraction", "base_macs",
-                      "gate_compares", "channel_density"):
+                      "gate_compares", "channel_density", "tile", "block_density"):
                 d.pop(k)
         return d
 
@@ -189,7 +196,7 @@ def profile(model: nn.Module, inputs_or_loader, *, max_batches: int | None = Non
     gated = [(n, m) for n, m in mods if isinstance(m, GatedConv2d)]
     for _, m in gated:
         m._stats = {"on": torch.zeros(m.out_channels, dtype=torch.float64), "elements": 0,
-                    "images": 0, "output_hw": None}
+                    "images": 0, "output_hw": None, "blocks_on": 0.0, "blocks": 0}
     was_training = model.training
     model.eval()
     images, forwards, input_shape = 0, 0, None
@@ -228,6 +235,7 @@ def profile(model: nn.Module, inputs_or_loader, *, max_batches: int | None = Non
                           groups=m.groups, input_hw=in_hw, output_hw=out_hw, dense_macs=dense)
             if isinstance(m, GatedConv2d):
                 st = m._stats
+                tile = list(getattr(m, "tile", (1, 1)))
                 kk = m.kernel_size[0] * m.kernel_size[1]
                 hw = out_hw[0] * out_hw[1]
                 base_in = m.in_channels // m.partitions
@@ -240,7 +248,8 @@ def profile(model: nn.Module, inputs_or_loader, *, max_batches: int | None = Non
                                   partitions=m.partitions, grouped=m.grouped,
                                   granularity=m.granularity, base_fraction=base_in / m.in_channels,
                                   base_macs=base, gate_compares=hw * m.out_channels,
-                                  channel_density=[round(v, 6) for v in ch_density])
+                                  channel_density=[round(v, 6) for v in ch_density], tile=tile,
+                                  block_density=st["blocks_on"] / st["blocks"] if st["blocks"] else 0.0)
             else:
                 lp = LayerProfile(**common, gated=False, executed_macs=float(dense))
         calls_per_forward = s["calls"] / forwards
@@ -279,9 +288,10 @@ def _validate(data: Any, source: str) -> SparsityProfile:
         raise err("top level must be a mapping")
     if data.get("schema") != SCHEMA:
         raise err(f"field 'schema' must be {SCHEMA!r}, got {data.get('schema')!r}")
-    if data.get("version") != VERSION:
-        raise err(f"field 'version' must be {VERSION}, got {data.get('version')!r} "
-                  "(unsupported profile version)")
+    version = data.get("version")
+    if version not in READABLE or isinstance(version, bool):
+        raise err(f"field 'version' must be one of {', '.join(map(str, READABLE))}, got "
+                  f"{version!r} (unsupported profile version)")
     raw_layers = data.get("layers")
     if not isinstance(raw_layers, list) or not raw_layers:
         raise err("field 'layers' must be a non-empty list")
@@ -313,6 +323,15 @@ def _validate(data: Any, source: str) -> SparsityProfile:
             if len(cd) != raw["out_channels"] or not all(isinstance(v, (int, float)) and 0 <= v <= 1 for v in cd):
                 raise err(f"{where}: field 'channel_density' must hold {raw['out_channels']} "
                           "numbers in [0, 1]")
+        if raw.get("gated"):
+            raw = dict(raw)
+            tile = raw.setdefault("tile", [1, 1])        # version 1: per-element gates
+            if not (isinstance(tile, list) and len(tile) == 2
+                    and all(isinstance(a, int) and not isinstance(a, bool) and a >= 1 for a in tile)):
+                raise err(f"{where}: field 'tile' must be a list of two integers >= 1, got {tile!r}")
+            bd = raw.setdefault("block_density", raw["density"])   # equal-size blocks in v1
+            if isinstance(bd, bool) or not isinstance(bd, (int, float)) or not 0.0 <= bd <= 1.0:
+                raise err(f"{where}: field 'block_density' must be a number in [0, 1], got {bd!r}")
         known = set(LayerProfile.__dataclass_fields__)
         extra = set(raw) - known
         if extra:

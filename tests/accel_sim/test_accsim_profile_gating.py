@@ -55,8 +55,8 @@ def test_profile_errors_name_layer_and_field(tmp_path, r20):
     d = _profile_dict(r20, cgnet_gated(r20))
     with pytest.raises(ProfileError, match="layer fc in the profile is not in the topology"):
         match_profile(load_profile(_write(tmp_path, d)), r20[:-1])
-    d["version"] = 2
-    with pytest.raises(ProfileError, match="field 'version' must be 1"):
+    d["version"] = 3
+    with pytest.raises(ProfileError, match="field 'version' must be one of 1, 2"):
         load_profile(_write(tmp_path, d))
     d = _profile_dict(r20, cgnet_gated(r20))
     d["layers"][1]["channel_density"] = [0.5] * 3
@@ -180,3 +180,19 @@ def test_network_totals_and_seed():
     assert a["executed_macs"] + a["skipped_macs"] == a["macs"]
     dense = simulate(layers, AccelConfig()).totals
     assert dense["dense_cycles"] == dense["gated_cycles"] == a["dense_cycles"]
+
+
+def test_tile_profile_is_refused_not_simulated_per_element(tmp_path):
+    """Until tile gates are scheduled, a profile with tile decisions must not be simulated as if
+    its gates were per element (that would be a wrong number, not an approximation)."""
+    r20 = build_network("resnet20")
+    d = _profile_dict(r20, cgnet_gated(r20))
+    d["version"] = 2
+    for l in d["layers"]:
+        if l["gated"]:
+            l["tile"], l["block_density"] = [4, 4], 0.5
+    with pytest.raises(ProfileError, match=r"tile-granular gates \(tile \[4, 4\]\)"):
+        match_profile(load_profile(_write(tmp_path, d)), r20)
+    d["layers"][1]["tile"] = [0, 4]
+    with pytest.raises(ProfileError, match="field 'tile' must be a list of two integers >= 1"):
+        load_profile(_write(tmp_path, d))

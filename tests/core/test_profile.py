@@ -69,7 +69,7 @@ def test_yaml_round_trip_and_model_match(tmp_path):
     assert q.totals == pytest.approx(p.totals)
     q.check_matches(g)
     raw = yaml.safe_load(path.read_text())
-    assert raw["schema"] == "dyngate.sparsity_profile" and raw["version"] == 1
+    assert raw["schema"] == "dyngate.sparsity_profile" and raw["version"] == 2
     with pytest.raises(ProfileError, match="profile layer 'layer1.0.conv1': gated=True"):
         q.check_matches(models.build("resnet20", in_channels=1, num_classes=10))
     with pytest.raises(ProfileError, match="model layer 'features.0' is missing"):
@@ -105,3 +105,24 @@ def test_malformed_profiles_are_clear_errors(tmp_path):
         SparsityProfile.from_yaml(tmp_path / "broken.yaml")
     with pytest.raises(ProfileError, match="not found"):
         SparsityProfile.from_yaml(tmp_path / "missing.yaml")
+
+
+def test_version1_profile_reads_as_per_element_gates(tmp_path):
+    """Version 2 added ``tile``/``block_density``; a version 1 file is per-element by definition,
+    and with equal-size (1x1 x G) blocks the block density equals the element density."""
+    g = _gated(granularity=2)
+    p = dyngate.profile(g, torch.randn(3, 1, 28, 28))
+    for l in p.layers:
+        if l.gated:
+            assert l.tile == [1, 1]
+            assert l.block_density == pytest.approx(l.density, abs=1e-12)
+    d = p.to_dict()
+    d["version"] = 1
+    for l in d["layers"]:
+        l.pop("tile", None), l.pop("block_density", None)
+    back = SparsityProfile.from_dict(d)
+    assert [l.tile for l in back.layers if l.gated] == [[1, 1]] * 9
+    assert [l.block_density for l in back.layers if l.gated] == [l.density for l in back.layers if l.gated]
+    d["version"] = 3
+    with pytest.raises(ProfileError, match="unsupported profile version"):
+        SparsityProfile.from_dict(d)
