@@ -67,6 +67,7 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
     spec = payload.get("conversion")
     if spec:
         kw = {k: spec[k] for k in ("partitions", "grouped", "granularity", "alpha", "sparse_bp")}
+        kw["tile"] = tuple(spec.get("tile", (1, 1)))   # spec version 1: per-element gates
         try:
             model = convert(model, include=spec["layers"], **kw)
         except Exception as e:

@@ -109,8 +109,25 @@ def _evaluate_checkpoint(args, progress: bool):
     return acc, prof, data
 
 
+def _time_checkpoint(args, data) -> dict:
+    """Whole-network wall clock of the gated model against its own dense copy (dyngate.timing)
+    on the first ``--time-batches`` test batches of ``--time-batch-size`` images."""
+    from dyngate.timing import compare  # noqa: PLC0415 (only with --time)
+    model = _load_eval_model(args.checkpoint, args.backend)
+    x = data.tensors[0]
+    bs = args.time_batch_size
+    batches = [x[i:i + bs] for i in range(0, min(len(x), bs * args.time_batches), bs)]
+    return compare(model, [b for b in batches if len(b) == bs] or batches[:1])
+
+
 def cmd_eval(args) -> int:
+    for flag in ("time_batch_size", "time_batches"):   # checked before the long evaluation
+        if getattr(args, flag) < 1:
+            raise DyngateError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     acc, prof, data = _evaluate_checkpoint(args, progress=not args.json)
+    payload = dyngate.checkpoint.read(args.checkpoint)
+    dense_acc = payload["extra"].get("trainer", {}).get("dense_accuracy")
+    timing = _time_checkpoint(args, data) if args.time else None
     if args.profile_out:
         prof.to_yaml(args.profile_out)
     if args.json:
@@ -119,7 +136,9 @@ def cmd_eval(args) -> int:
                           "mac_reduction": t["mac_reduction"],
                           "gated_mac_reduction": t["gated_mac_reduction"],
                           "dense_macs": t["dense_macs"], "executed_macs": t["executed_macs"],
+                          "dense_accuracy": dense_acc, **(timing or {}),
                           "layers": [{"name": l.name, "gated": l.gated, "density": l.density,
+                                      "block_density": l.block_density, "tile": l.tile,
                                       "dense_macs": l.dense_macs, "executed_macs": l.executed_macs,
                                       "path": prof.execution.get(l.name)}
                                      for l in prof.layers]}, indent=1))
@@ -127,7 +146,12 @@ def cmd_eval(args) -> int:
         print(prof.table())
         print(f"test accuracy {acc * 100:.2f}% on {len(data)} images; MAC reduction "
               f"{prof.totals['mac_reduction']:.2f}x whole network, "
-              f"{prof.totals['gated_mac_reduction']:.2f}x over gated layers")
+              f"{prof.totals['gated_mac_reduction']:.2f}x over gated layers"
+              + (f"; the dense model it was trained from: {dense_acc * 100:.2f}%" if dense_acc is not None else ""))
+        if timing:
+            print(f"wall clock, {timing['batches']} batches of {timing['batch_size']}, "
+                  f"{timing['threads']} threads (median): dense {timing['dense_ms']:.1f} ms, gated "
+                  f"{timing['gated_ms']:.1f} ms -> real speedup {timing['real_speedup']:.2f}x")
         if args.profile_out:
             print(f"wrote sparsity profile {args.profile_out}")
     return 0
@@ -154,6 +178,14 @@ def main(argv: list[str] | None = None) -> int:
         if name == "eval":
             p.add_argument("--json", action="store_true", help="print one JSON object")
             p.add_argument("--profile-out", help="also write the sparsity profile YAML here")
+            p.add_argument("--time", action="store_true",
+                           help="also time the whole network against its dense copy (same weights, "
+                                "threads and batches, channels-last oneDNN): dense_ms, gated_ms, "
+                                "real_speedup")
+            p.add_argument("--time-batch-size", type=int, default=256,
+                           help="images per timed batch (default: 256; >= 1)")
+            p.add_argument("--time-batches", type=int, default=8,
+                           help="timed batches, median reported (default: 8; >= 1)")
         else:
             p.add_argument("--out", required=True, help="profile YAML path")
     args = parser.parse_args(argv)

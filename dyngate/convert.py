@@ -12,7 +12,8 @@ from dyngate.errors import ConversionError
 from dyngate.gating import GatedConv2d
 from dyngate.graph import GraphView, LayerInfo, capture
 
-SPEC_VERSION = 1
+SPEC_VERSION = 2   # 2 adds the gate block tile and the rule; version 1 reads as tile 1x1
+RULES = ("cgnet", "all")
 
 
 def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -36,10 +37,16 @@ def _why_not_gatable(info: LayerInfo, partitions: int, grouped: bool, granularit
 
 
 def select_layers(view: GraphView, partitions: int, grouped: bool, granularity: int,
-                  include: Iterable[str] | None, skip: Iterable[str]) -> tuple[list[str], dict[str, str]]:
-    """CGNet's rule: gate convs followed by an activation (through an optional BN), never the
-    stem conv (it reads the image) nor the classifier. ``include`` replaces the rule with an
-    explicit list; ``skip`` removes names. Returns (gated names, {skipped name: reason})."""
+                  include: Iterable[str] | None, skip: Iterable[str],
+                  rule: str = "cgnet") -> tuple[list[str], dict[str, str]]:
+    """Which convs to gate. Never the stem conv (it reads the image) nor the classifier.
+    ``rule="cgnet"`` (CGNet's released code on pre-activation nets): only convs followed by an
+    activation (through an optional BN). ``rule="all"``: every ``groups=1`` conv, including
+    the last conv of a residual block and 1x1 shortcut convs; where such a gate is off its
+    output is the base partial sum, as in CGNet's gated layers. ``include`` replaces the rule
+    with an explicit list; ``skip`` removes names. Returns (gated names, {skipped name: reason})."""
+    if rule not in RULES:
+        raise ConversionError(f"rule must be one of {', '.join(RULES)}, got {rule!r}")
     skip = list(skip)
     for label, names in (("include", include or []), ("skip", skip)):
         for n in names:
@@ -61,7 +68,7 @@ def select_layers(view: GraphView, partitions: int, grouped: bool, granularity: 
             skipped[info.name] = "in the skip list"
         elif info.reads_graph_input:
             skipped[info.name] = "stem conv (reads the model input)"
-        elif not info.followed_by_activation:
+        elif rule == "cgnet" and not info.followed_by_activation:
             skipped[info.name] = "not followed by an activation (e.g. feeds a residual add)"
         else:
             why = _why_not_gatable(info, partitions, grouped, granularity)
@@ -74,15 +81,22 @@ def select_layers(view: GraphView, partitions: int, grouped: bool, granularity: 
 
 
 def convert(model: nn.Module, partitions: int = 4, grouped: bool = True, *,
-            granularity: int = 1, alpha: float = 2.0, threshold_init: float = 0.0,
+            granularity: int = 1, tile: int | tuple[int, int] = (1, 1), rule: str = "cgnet",
+            alpha: float = 2.0, threshold_init: float = 0.0,
             sparse_bp: bool = True, include: Iterable[str] | None = None,
             skip: Iterable[str] = (), example_input: torch.Tensor | None = None) -> nn.Module:
     """Return a gated copy of ``model`` (the original is untouched).
 
     Each selected ``nn.Conv2d`` becomes a :class:`GatedConv2d` under the same name, with the
-    same weights, so all gates open reproduces the original model. The conversion spec is kept
-    on the copy as ``dyngate_spec`` (what ``dyngate.save`` writes).
+    same weights, so all gates open reproduces the original model. ``tile`` (th, tw) and
+    ``granularity`` G set the gate's decision block: one decision per th x tw output positions
+    x G channels (1x1 x 1 is CGNet's per-element gate); kernels skip whole blocks. ``rule``
+    picks the layers (see :func:`select_layers`). The conversion spec is kept on the copy as
+    ``dyngate_spec`` (what ``dyngate.save`` writes).
     """
+    tile = (tile, tile) if isinstance(tile, int) else tuple(tile)
+    if len(tile) != 2 or not all(isinstance(t, int) and not isinstance(t, bool) and t >= 1 for t in tile):
+        raise ConversionError(f"tile must be a positive int or a pair of positive ints, got {tile!r}")
     if not isinstance(partitions, int) or partitions < 1:
         raise ConversionError(f"partitions must be a positive integer, got {partitions!r}")
     if not isinstance(granularity, int) or granularity < 1:
@@ -91,9 +105,9 @@ def convert(model: nn.Module, partitions: int = 4, grouped: bool = True, *,
         raise ConversionError("model is already gated (it contains GatedConv2d layers)")
     gated = copy.deepcopy(model)
     view = capture(gated, example_input)
-    names, skipped = select_layers(view, partitions, grouped, granularity, include, skip)
-    kwargs = dict(partitions=partitions, grouped=grouped, granularity=granularity, alpha=alpha,
-                  threshold_init=threshold_init, sparse_bp=sparse_bp)
+    names, skipped = select_layers(view, partitions, grouped, granularity, include, skip, rule)
+    kwargs = dict(partitions=partitions, grouped=grouped, granularity=granularity, tile=tile,
+                  alpha=alpha, threshold_init=threshold_init, sparse_bp=sparse_bp)
     for name in names:
         conv = gated.get_submodule(name)
         if not isinstance(conv, nn.Conv2d):
@@ -101,5 +115,6 @@ def convert(model: nn.Module, partitions: int = 4, grouped: bool = True, *,
         g = GatedConv2d.from_conv(conv, name=name, **kwargs)
         g.train(conv.training)
         _set_submodule(gated, name, g)
-    gated.dyngate_spec = {"version": SPEC_VERSION, "layers": names, "skipped": skipped, **kwargs}
+    gated.dyngate_spec = {"version": SPEC_VERSION, "layers": names, "skipped": skipped, "rule": rule,
+                          **kwargs, "tile": list(tile)}
     return gated

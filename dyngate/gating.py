@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import kernels
-from kernels.reference import base_mask
+from kernels.reference import base_mask, block_scores, expand_blocks
 
 GATE_MODES = ("gate", "open", "closed")
 
@@ -55,8 +55,8 @@ class GatedConv2d(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
                  dilation=1, bias: bool = False, *, partitions: int = 4, grouped: bool = True,
-                 granularity: int = 1, alpha: float = 2.0, threshold_init: float = 0.0,
-                 sparse_bp: bool = True, name: str = "") -> None:
+                 granularity: int = 1, tile=(1, 1), alpha: float = 2.0,
+                 threshold_init: float = 0.0, sparse_bp: bool = True, name: str = "") -> None:
         super().__init__()
         pair = nn.modules.utils._pair
         self.in_channels, self.out_channels = in_channels, out_channels
@@ -68,6 +68,9 @@ class GatedConv2d(nn.Module):
         if granularity < 1 or out_channels % granularity:
             raise ValueError(f"{name or 'GatedConv2d'}: out_channels={out_channels} is not divisible "
                              f"by gate granularity={granularity}")
+        self.tile = pair(tile)
+        if min(self.tile) < 1:
+            raise ValueError(f"{name or 'GatedConv2d'}: gate tile must be positive, got {tile!r}")
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, *self.kernel_size))
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
         nn.init.kaiming_normal_(self.weight, mode="fan_out", nonlinearity="relu")
@@ -104,8 +107,11 @@ class GatedConv2d(nn.Module):
         return tau, 1.0 / sigma
 
     def _score(self, yp: torch.Tensor) -> torch.Tensor:
-        """Unfolded decision score ``BN0(Yp) - delta`` (averaged over granularity groups)."""
+        """Unfolded decision score ``BN0(Yp) - delta`` (averaged over granularity groups;
+        per block for block gates, see :meth:`_gate`)."""
         score = self.bn0(yp) - self.threshold.view(1, -1, 1, 1)
+        if self.tile != (1, 1):
+            return score
         if self.granularity > 1:
             n, c, h, w = score.shape
             score = score.view(n, c // self.granularity, self.granularity, h, w).mean(2, keepdim=True)
@@ -131,7 +137,7 @@ class GatedConv2d(nn.Module):
         tau, inv_sigma = self.folded_threshold()
         kw = dict(stride=self.stride, padding=self.padding, dilation=self.dilation,
                   partitions=self.partitions, grouped=self.grouped, granularity=self.granularity,
-                  return_gate=self._stats is not None)  # the gate map costs a pass: only when profiling
+                  tile=self.tile, return_gate=self._stats is not None)  # the gate map costs a pass: only when profiling
         res = kernels.conditional_conv2d(x, self.weight, self.bias, tau, inv_sigma,
                                          backend=self.backend, **kw)
         self.last_path = kernels.last_path()
@@ -145,9 +151,19 @@ class GatedConv2d(nn.Module):
         """Reference formulation with batch-statistics BN0 and the straight-through gate."""
         yp = self._base_conv(x)
         rest = self._conv(x, self.weight * (1 - self.mask), None)
-        d = _StraightThroughGate.apply(self._score(yp), self.alpha, self.sparse_bp)
+        d = self._gate(self._score(yp))
         self._record(d)
         return yp + d * rest
+
+    def _gate(self, score: torch.Tensor) -> torch.Tensor:
+        """Training gate. Per element (tile 1x1): the straight-through step on each score. Block
+        gate: one step per block on the block's mean score, broadcast to its elements, so the
+        straight-through gradient of the block reaches every element's score as 1/|block|."""
+        if self.tile == (1, 1):
+            return _StraightThroughGate.apply(score, self.alpha, self.sparse_bp)
+        blocks = block_scores(score, self.granularity, self.tile)
+        d = _StraightThroughGate.apply(blocks, self.alpha, self.sparse_bp)
+        return expand_blocks(d, self.granularity, self.tile, score.shape[2], score.shape[3])
 
     def _base_conv(self, x: torch.Tensor) -> torch.Tensor:
         """Base partial sum at 1/p of the dense cost: a p-group conv over the diagonal blocks
@@ -169,7 +185,7 @@ class GatedConv2d(nn.Module):
             self._stats["output_hw"] = (d.shape[2], d.shape[3])
             # decision blocks: d is constant over each (tile x granularity) block, so a
             # ceil-mode max-pool gives one value per block, ragged edge blocks included
-            th, tw = getattr(self, "tile", (1, 1))
+            th, tw = self.tile
             g = self.granularity
             blk = d.detach().to(torch.float32)
             if g > 1:
@@ -183,7 +199,8 @@ class GatedConv2d(nn.Module):
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
                 f"stride={self.stride}, padding={self.padding}, partitions={self.partitions}, "
-                f"grouped={self.grouped}, granularity={self.granularity}, mode={self.mode}, "
+                f"grouped={self.grouped}, granularity={self.granularity}, "
+                + (f"tile={self.tile}, " if self.tile != (1, 1) else "") + f"mode={self.mode}, "
                 f"backend={self.backend}")
 
 

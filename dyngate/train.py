@@ -22,6 +22,7 @@ import dyngate
 import models
 from dyngate.checkpoint import read as read_checkpoint
 from dyngate.errors import CheckpointError
+from dyngate.convert import RULES
 from dyngate.gating import GatedConv2d
 from models.data import dataset_geometry, load_dataset
 
@@ -43,6 +44,8 @@ class TrainConfig:
     partitions: int = 4
     grouped: bool = True
     granularity: int = 1
+    tile: list[int] = field(default_factory=lambda: [1, 1])  # gate block: th tw output positions
+    rule: str = "cgnet"               # which convs to gate: cgnet | all (dyngate.convert)
     alpha: float = 2.0
     threshold_init: float = 0.0
     target: float = 1.0               # CGNet target threshold T
@@ -72,6 +75,10 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "partitions", "granularity"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if len(self.tile) != 2 or min(self.tile) < 1:
+            raise ValueError(f"--tile must be two integers >= 1 (rows columns), got {self.tile}")
+        if self.rule not in RULES:
+            raise ValueError(f"--rule must be one of {', '.join(RULES)}, got {self.rule!r}")
         if not 0 <= self.kd_weight <= 1:
             raise ValueError(f"--kd-weight must be in [0, 1], got {self.kd_weight}")
         if not 0 < self.keep <= 1:
@@ -96,7 +103,8 @@ def build_model(cfg: TrainConfig) -> nn.Module:
         model = dyngate.load(cfg.init, model=model).train()
     if cfg.gated:
         model = dyngate.convert(model, cfg.partitions, cfg.grouped, granularity=cfg.granularity,
-                                alpha=cfg.alpha, threshold_init=cfg.threshold_init)
+                                tile=tuple(cfg.tile), rule=cfg.rule, alpha=cfg.alpha,
+                                threshold_init=cfg.threshold_init)
     return model
 
 
@@ -169,14 +177,22 @@ class Trainer:
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.epoch = 0
         self.history: list[dict[str, Any]] = []
+        # accuracy of the dense model a gated run starts from (all gates open = the --init
+        # weights exactly), kept in the checkpoint so eval can report the accuracy cost
+        self.dense_accuracy: float | None = None
         os.makedirs(cfg.out, exist_ok=True)
+
+    def measure_dense_accuracy(self) -> None:
+        if self.cfg.gated and self.cfg.init and self.dense_accuracy is None:
+            with dyngate.gates_open(self.model):
+                self.dense_accuracy = evaluate(self.model, self.test_set)[0]
 
     # --- checkpoints -----------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "optimizer": self.opt.state_dict(),
                 "scheduler": self.sched.state_dict(), "generator": self.gen.get_state(),
                 "torch_rng": torch.get_rng_state(), "history": self.history,
-                "config": asdict(self.cfg)}
+                "config": asdict(self.cfg), "dense_accuracy": self.dense_accuracy}
 
     def save(self, path: str) -> None:
         dyngate.save(self.model, path, extra={"trainer": self.state(),
@@ -194,6 +210,7 @@ class Trainer:
         self.gen.set_state(st["generator"])
         torch.set_rng_state(st["torch_rng"])
         self.epoch, self.history = st["epoch"], st["history"]
+        self.dense_accuracy = st.get("dense_accuracy")
 
     # --- training ---------------------------------------------------------------------------
     def train_epoch(self) -> dict[str, float]:
@@ -233,6 +250,7 @@ class Trainer:
     def fit(self, stop_after: int | None = None) -> list[dict[str, Any]]:
         """Train to ``cfg.epochs`` (or stop after epoch ``stop_after``, as an interruption would)."""
         cfg = self.cfg
+        self.measure_dense_accuracy()
         last = min(cfg.epochs, stop_after or cfg.epochs)
         while self.epoch < last:
             t0 = time.perf_counter()
@@ -254,7 +272,8 @@ class Trainer:
 
     def _log(self) -> None:
         with open(os.path.join(self.cfg.out, "metrics.json"), "w") as f:
-            json.dump({"config": asdict(self.cfg), "epochs": self.history}, f, indent=1)
+            json.dump({"config": asdict(self.cfg), "dense_accuracy": self.dense_accuracy,
+                       "epochs": self.history}, f, indent=1)
         with open(os.path.join(self.cfg.out, "metrics.csv"), "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(self.history[0]))
             w.writeheader()

@@ -26,7 +26,7 @@ def interpreter_enabled() -> bool:
 
 def validate(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, tau: torch.Tensor,
              inv_sigma: torch.Tensor, stride, padding, dilation, partitions: int, grouped: bool,
-             granularity: int, groups: int = 1) -> ConvGeometry:
+             granularity: int, groups: int = 1, tile=(1, 1)) -> ConvGeometry:
     """Check shapes and divisibility; every error names the offending argument."""
     if groups != 1:
         raise ValueError(f"groups={groups}: conv groups other than 1 are not supported by the "
@@ -54,6 +54,9 @@ def validate(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, t
     if not isinstance(granularity, int) or granularity < 1 or c_out % granularity:
         raise ValueError(f"granularity={granularity!r} must be a positive int dividing "
                          f"the output channels ({c_out})")
+    th, tw = pair(tile, "tile")
+    if th < 1 or tw < 1:
+        raise ValueError(f"tile must be positive (output rows, columns per gate block), got {tile!r}")
     for t, name in ((weight, "weight"), (tau, "tau"), (inv_sigma, "inv_sigma"), (bias, "bias")):
         if t is not None and t.device != x.device:
             raise ValueError(f"{name} is on {t.device} but x is on {x.device}")
@@ -85,31 +88,35 @@ def select_backend(backend: str, device: torch.device) -> str:
 def conditional_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                        tau: torch.Tensor, inv_sigma: torch.Tensor, *, stride=1, padding=0,
                        dilation=1, groups: int = 1, partitions: int = 4, grouped: bool = True,
-                       granularity: int = 1, backend: str = "auto", return_gate: bool = False):
+                       granularity: int = 1, tile=(1, 1), backend: str = "auto",
+                       return_gate: bool = False):
     """Conditional partial-sum convolution (CGNet inference) that skips gated-off work.
 
     Same semantics as :func:`kernels.reference.conditional_conv2d_reference`; ``backend``
     is "reference", "cpu" (CPU tensors), "triton" (CUDA tensors, or CPU under the Triton
-    interpreter) or "auto" (triton on CUDA, cpu on CPU). Inference only: no autograd.
+    interpreter) or "auto" (triton on CUDA, cpu on CPU). ``tile`` (th, tw) with ``granularity``
+    G makes one gate decision per block of th x tw output positions x G channels. Inference
+    only: no autograd.
     """
     geo = validate(x, weight, bias, tau, inv_sigma, stride, padding, dilation, partitions, grouped,
-                   granularity, groups)
+                   granularity, groups, tile)
+    tile = pair(tile, "tile")
     chosen = select_backend(backend, x.device)
     _LAST.path = chosen
     if chosen == "reference":
         return conditional_conv2d_reference(
             x, weight, bias, tau, inv_sigma, stride=geo.stride, padding=geo.padding,
             dilation=geo.dilation, partitions=partitions, grouped=grouped, granularity=granularity,
-            return_gate=return_gate)
+            tile=tile, return_gate=return_gate)
     with torch.no_grad():
         if chosen == "cpu":
             from kernels.cpu import conditional_conv2d_cpu, last_path as cpu_path
             res = conditional_conv2d_cpu(x, weight, bias, tau, inv_sigma, geo, partitions=partitions,
                                          grouped=grouped, granularity=granularity,
-                                         return_gate=return_gate)
+                                         return_gate=return_gate, gate_tile=tile)
             _LAST.path = cpu_path()
             return res
         from kernels.triton_conv import conditional_conv2d_triton
         return conditional_conv2d_triton(x, weight, bias, tau, inv_sigma, geo, partitions=partitions,
-                                         grouped=grouped, granularity=granularity,
+                                         grouped=grouped, granularity=granularity, tile=tile,
                                          return_gate=return_gate)

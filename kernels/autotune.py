@@ -37,7 +37,7 @@ from kernels import cpu_fused
 from kernels.geometry import ConvGeometry
 
 VERSION = 1
-PATHS = ("fused", "tiles", "chunk_tiles", "dense", "union", "groups")
+PATHS = ("fused", "tiles", "chunk_tiles", "block_tiles", "dense", "union", "groups")
 REPEATS = 3  # timed calls per path after one warm-up call; the median is kept
 
 _MEMO: dict[str, dict] = {}
@@ -69,11 +69,12 @@ def cache_file() -> Path:
 
 
 def key(geo: ConvGeometry, partitions: int, grouped: bool, granularity: int,
-        tile: tuple[int, int], threads: int) -> str:
+        tile: tuple[int, int], threads: int, gate_tile: tuple[int, int] = (1, 1)) -> str:
     bucket = 1 << max(geo.n - 1, 0).bit_length()
+    gate = "" if gate_tile == (1, 1) else f" gate{gate_tile[0]}x{gate_tile[1]}"
     return (f"{geo.c_in}x{geo.h}x{geo.w}->{geo.c_out} k{geo.kh}x{geo.kw} s{geo.stride} "
             f"p{geo.padding} d{geo.dilation} n{bucket} parts{partitions} grouped{int(grouped)} "
-            f"G{granularity} tile{tile[0]}x{tile[1]} threads{threads} isa-{cpu_fused.isa()}")
+            f"G{granularity} tile{tile[0]}x{tile[1]}{gate} threads{threads} isa-{cpu_fused.isa()}")
 
 
 def _valid(entry: object) -> bool:

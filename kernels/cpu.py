@@ -6,9 +6,11 @@ batch, the threads, the gate pattern and the CPU, so ``auto`` measures them at f
 
 * ``fused``: one compiled loop does base sum, gate and conditional pass per output tile
   (:mod:`kernels.cpu_fused`, float32, per-ISA vector layouts);
-* ``tiles`` / ``chunk_tiles``: oneDNN base pass, then the active output tiles (of all
-  channels, or per output chunk) are gathered with their halo and the remaining sum runs as
-  one oneDNN conv on them (:mod:`kernels.cpu_tiles`, SBNet/SIGE style);
+* ``tiles`` / ``chunk_tiles`` / ``block_tiles``: oneDNN base pass, then the active output
+  tiles (of all channels, per output chunk, or per gate group of a block gate) are gathered
+  with their halo and the remaining sum runs as one oneDNN conv on them
+  (:mod:`kernels.cpu_tiles`, SBNet/SIGE style). With block gates (``gate_tile`` other than
+  1x1) the kernel tile is the gate tile, so ``block_tiles`` computes exactly the blocks on;
 * ``dense``: oneDNN base pass and the remaining sum as dense convs (dense MACs in total), the
   gate selecting per element: what ``auto`` falls back to when nothing can be skipped;
 * ``union`` / ``groups``: gathered im2col rows of active positions times the remaining
@@ -51,10 +53,12 @@ import torch.nn.functional as F
 
 from kernels import autotune, cpu_fused, cpu_tiles
 from kernels.geometry import ConvGeometry
+from kernels.reference import block_scores, expand_blocks
 from kernels.workspace import derived, scratch
 
 CL = torch.channels_last
-STRATEGIES = ("auto", "fused", "pipeline", "tiles", "chunk_tiles", "groups", "union", "dense")
+STRATEGIES = ("auto", "fused", "pipeline", "tiles", "chunk_tiles", "block_tiles", "groups", "union",
+              "dense")
 _LAST = threading.local()
 
 # Cost model, nanoseconds on the reference 2-core AVX-512 box (see results/gated_conv_cpu.md):
@@ -116,10 +120,17 @@ def _chunk_indicator(partitions: int, co: int, dtype: torch.dtype) -> torch.Tens
     return torch.eye(partitions, dtype=dtype).repeat_interleave(co, dim=1)
 
 
-def _gate(ypf: torch.Tensor, tau: torch.Tensor, inv_sigma: torch.Tensor, granularity: int) -> torch.Tensor:
+def _gate(ypf: torch.Tensor, tau: torch.Tensor, inv_sigma: torch.Tensor, granularity: int,
+          gate_tile: tuple[int, int] = (1, 1), geo: ConvGeometry | None = None) -> torch.Tensor:
     """0/1 float gate (M, C) from the channels-last partial sum (float ops are ~4x faster than bool)."""
     m, c = ypf.shape
     g = scratch("gate", (m, c), ypf.dtype)
+    if gate_tile != (1, 1):     # block gate: mean over tile x G, then broadcast (reference.py)
+        score = (ypf - tau).mul_(inv_sigma).view(geo.n, geo.ho, geo.wo, c).permute(0, 3, 1, 2)
+        d = block_scores(score, granularity, gate_tile) > 0
+        d = expand_blocks(d, granularity, gate_tile, geo.ho, geo.wo)
+        g.view(geo.n, geo.ho, geo.wo, c).copy_(d.permute(0, 2, 3, 1))
+        return g
     if granularity == 1:
         return torch.gt(ypf, tau, out=g)
     score = (ypf - tau).mul_(inv_sigma).view(m, c // granularity, granularity).mean(dim=2, keepdim=True)
@@ -228,6 +239,11 @@ def _warn_fallback(reason: str) -> None:
                       "torch-op paths", RuntimeWarning, stacklevel=4)
 
 
+def last_tiles() -> int:
+    """Work counter: (tile x channel range) blocks the last tile path of this thread computed."""
+    return getattr(_LAST, "tiles", 0)
+
+
 def last_path() -> str | None:
     """The CPU path the last gated conv of this thread ran ("fused", "tiles", "chunk_tiles",
     "dense", "union", "groups"), None before the first call."""
@@ -238,29 +254,35 @@ def conditional_conv2d_cpu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Te
                            tau: torch.Tensor, inv_sigma: torch.Tensor, geo: ConvGeometry, *,
                            partitions: int, grouped: bool, granularity: int = 1,
                            return_gate: bool = False, strategy: str = "auto",
-                           tile: tuple[int, int] | None = None):
+                           tile: tuple[int, int] | None = None, gate_tile: tuple[int, int] = (1, 1)):
     """Gated conv on CPU tensors; arguments already validated by :func:`kernels.conditional_conv2d`.
 
     ``strategy`` forces one path (tests, benchmarks). "auto" uses the path measured fastest for
     this layer on this CPU (:mod:`kernels.autotune`; float32 only), or with ``DYNGATE_TUNE=0``
     and for float64 "pipeline": the cost model picks tiles/union/groups/dense per call after
     seeing the gate. ``tile`` is the output tile of the tile-gather path (default
-    :func:`kernels.cpu_tiles.default_tile`). Returns ``out`` or ``(out, gate)``; out has x's
-    dtype and memory format.
+    :func:`kernels.cpu_tiles.default_tile`; with a block gate, ``gate_tile``, which a different
+    ``tile`` may not contradict). Returns ``out`` or ``(out, gate)``; out has x's dtype and
+    memory format.
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    gate_tile = (min(gate_tile[0], geo.ho), min(gate_tile[1], geo.wo))
+    if gate_tile != (1, 1):
+        if tile is not None and (min(tile[0], geo.ho), min(tile[1], geo.wo)) != gate_tile:
+            raise ValueError(f"tile={tile} must equal the gate tile {gate_tile} of a block gate")
+        tile = gate_tile
     cdt = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
     xc = x.to(cdt).contiguous(memory_format=CL)
     tile = cpu_tiles.default_tile(geo) if tile is None else (min(tile[0], geo.ho), min(tile[1], geo.wo))
     if strategy == "auto":
         tuned = cdt == torch.float32 and autotune.enabled()
         strategy = _tuned_path(xc, weight, bias, tau, inv_sigma, geo, partitions, grouped,
-                               granularity, tile) if tuned else "pipeline"
+                               granularity, tile, gate_tile) if tuned else "pipeline"
     if strategy == "fused":
         if cdt != torch.float32:
             raise ValueError(f"strategy 'fused' computes in float32, got {cdt}")
-        reason = cpu_fused.unsupported_reason(geo, partitions, grouped, granularity)
+        reason = _fused_reason(geo, partitions, grouped, granularity, gate_tile)
         if reason is not None:
             raise ValueError(f"strategy 'fused' cannot run this layer: {reason}")
         out, gate, _ = cpu_fused.run(_padded_input(xc, geo, 0), weight, bias, tau, inv_sigma, geo,
@@ -268,30 +290,51 @@ def conditional_conv2d_cpu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Te
                                      return_gate=return_gate)
     else:
         out, gate, strategy = _pipeline(xc, weight, bias, tau, inv_sigma, geo, partitions, grouped,
-                                        granularity, strategy, tile, return_gate)
+                                        granularity, strategy, tile, gate_tile, return_gate)
     _LAST.path = strategy
     out = (out if x.is_contiguous(memory_format=CL) else out.contiguous()).to(x.dtype)
     return (out, gate) if return_gate else out
 
 
-def _runnable(geo: ConvGeometry, partitions: int, grouped: bool, granularity: int) -> tuple[str, ...]:
-    """Paths auto may choose for this layer (with p=1 there is no conditional pass to skip)."""
+def _fused_reason(geo, partitions, grouped, granularity, gate_tile) -> str | None:
+    if gate_tile != (1, 1):   # its decision is per row segment; a block spans rows
+        return f"gate tile {gate_tile[0]}x{gate_tile[1]}: the fused kernel decides per element"
+    return cpu_fused.unsupported_reason(geo, partitions, grouped, granularity)
+
+
+def _block_chunks(geo: ConvGeometry, partitions: int, grouped: bool, granularity: int):
+    """Channel ranges of ``block_tiles`` (one per gate group), None when it cannot run: a
+    group of a rotated (wide grouped) remaining sum must lie inside one partition chunk."""
+    co = geo.c_out // partitions
+    if grouped and co >= ROTATED_MIN_CHUNK and co % granularity:
+        return None
+    return [(j, j + granularity) for j in range(0, geo.c_out, granularity)]
+
+
+def _runnable(geo: ConvGeometry, partitions: int, grouped: bool, granularity: int,
+              gate_tile: tuple[int, int] = (1, 1)) -> tuple[str, ...]:
+    """Paths auto may choose for this layer (with p=1 there is no conditional pass to skip);
+    ``block_tiles`` only for block gates, whose tiles it skips exactly."""
     if partitions == 1:
         return ("dense",)
-    reason = cpu_fused.unsupported_reason(geo, partitions, grouped, granularity)
-    if reason is not None:
+    reason = _fused_reason(geo, partitions, grouped, granularity, gate_tile)
+    if reason is not None and gate_tile == (1, 1):
         _warn_fallback(reason)
-    return tuple(p for p in autotune.PATHS if p != "fused" or reason is None)
+    block = gate_tile != (1, 1) and _block_chunks(geo, partitions, grouped, granularity) is not None
+    return tuple(p for p in autotune.PATHS
+                 if (p != "fused" or reason is None) and (p != "block_tiles" or block))
 
 
-def _tuned_path(xc, weight, bias, tau, inv_sigma, geo, partitions, grouped, granularity, tile) -> str:
+def _tuned_path(xc, weight, bias, tau, inv_sigma, geo, partitions, grouped, granularity, tile,
+                gate_tile) -> str:
     """The measured-fastest path for this layer (timing every runnable path on first use)."""
-    k = autotune.key(geo, partitions, grouped, granularity, tile, torch.get_num_threads())
-    runnable = _runnable(geo, partitions, grouped, granularity)
+    k = autotune.key(geo, partitions, grouped, granularity, tile, torch.get_num_threads(), gate_tile)
+    runnable = _runnable(geo, partitions, grouped, granularity, gate_tile)
     hit = autotune.lookup(k, runnable)
     if hit is not None:
         return hit["path"]
-    kw = dict(partitions=partitions, grouped=grouped, granularity=granularity, tile=tile)
+    kw = dict(partitions=partitions, grouped=grouped, granularity=granularity, tile=tile,
+              gate_tile=gate_tile)
 
     def candidate(name):
         def call():
@@ -313,7 +356,7 @@ def _tuned_path(xc, weight, bias, tau, inv_sigma, geo, partitions, grouped, gran
 
 
 def _pipeline(xc, weight, bias, tau, inv_sigma, geo, partitions, grouped, granularity, strategy,
-              tile, return_gate):
+              tile, gate_tile, return_gate):
     """Torch-op paths: oneDNN base pass, gate, then the conditional pass by ``strategy``
     ("pipeline" asks the cost model). Returns (out, gate or None, strategy run)."""
     cdt = xc.dtype
@@ -330,7 +373,7 @@ def _pipeline(xc, weight, bias, tau, inv_sigma, geo, partitions, grouped, granul
     yp = yp.contiguous(memory_format=CL)
     m = geo.positions
     ypf = yp.permute(0, 2, 3, 1).reshape(m, geo.c_out)
-    g = _gate(ypf, tau.to(cdt), inv_sigma.to(cdt), granularity)
+    g = _gate(ypf, tau.to(cdt), inv_sigma.to(cdt), granularity, gate_tile, geo)
 
     # (p, M) count of on gates per chunk and position: a GEMM against the chunk indicator is
     # one streaming pass, where amax over the small chunk dimension is ~20x slower.
@@ -345,7 +388,7 @@ def _pipeline(xc, weight, bias, tau, inv_sigma, geo, partitions, grouped, granul
 
     if p == 1:
         pass                                      # base path is the whole conv: nothing remains
-    elif strategy in ("tiles", "chunk_tiles"):
+    elif strategy in ("tiles", "chunk_tiles", "block_tiles"):
         if not grouped:
             mode, rest_w, first = "add", prep.dense_rest, ci
         elif co >= ROTATED_MIN_CHUNK:
@@ -353,8 +396,14 @@ def _pipeline(xc, weight, bias, tau, inv_sigma, geo, partitions, grouped, granul
         else:
             mode, rest_w, first = "select", prep.dense_rest, 0
         kw = dict(partitions=p, rest_weight=rest_w, first=first, mode=mode, bias=b, tile=tile)
-        for chunk in (range(p) if strategy == "chunk_tiles" else [None]):
-            cpu_tiles.tile_gather_pass(xc, ypf, g, geo, chunk=chunk, **kw)
+        if strategy == "block_tiles":
+            chunks = _block_chunks(geo, p, grouped, granularity)
+            if chunks is None:
+                raise ValueError(f"strategy 'block_tiles': gate groups of {granularity} channels "
+                                 f"straddle partition chunks of {co}")
+        else:
+            chunks = range(p) if strategy == "chunk_tiles" else [None]
+        _LAST.tiles = sum(cpu_tiles.tile_gather_pass(xc, ypf, g, geo, chunk=c, **kw) for c in chunks)
     elif strategy == "dense" and bool(need_u.any()):
         if grouped and co < ROTATED_MIN_CHUNK:
             full = F.conv2d(xc, prep.dense_rest, b, geo.stride, geo.padding, geo.dilation)

@@ -65,14 +65,17 @@ def _tile_view(t: torch.Tensor, tiles: tuple[int, int], step: tuple[int, int],
 
 def tile_gather_pass(xc: torch.Tensor, ypf: torch.Tensor, gate: torch.Tensor, geo: ConvGeometry, *,
                      partitions: int, rest_weight: torch.Tensor, first: int, mode: str,
-                     bias: torch.Tensor | None, tile: tuple[int, int], chunk: int | None = None) -> int:
+                     bias: torch.Tensor | None, tile: tuple[int, int],
+                     chunk: int | tuple[int, int] | None = None) -> int:
     """Add the gated remaining partial sum of every active tile into ``ypf`` in place.
 
     ``xc``: channels-last input; ``ypf``: (M, C_out) NHWC view of the base partial sum (with
     bias); ``gate``: (M, C_out) 0/1 floats; ``rest_weight``/``first``/``mode``: the remaining-sum
     conv weight, its first input channel and how it combines ("add", "rotated" or "select",
     see the module docstring). ``chunk`` = i restricts everything to output chunk i (its own
-    active tiles, its rows of the weight); None computes all output channels of a tile.
+    active tiles, its rows of the weight), ``chunk`` = (start, stop) to those output channels
+    (one gate group of a block gate; in "rotated" mode inside one partition chunk); None
+    computes all output channels of a tile.
     Returns the number of tiles computed.
     """
     th, tw = min(tile[0], geo.ho), min(tile[1], geo.wo)
@@ -80,9 +83,14 @@ def tile_gather_pass(xc: torch.Tensor, ypf: torch.Tensor, gate: torch.Tensor, ge
     y4 = ypf.view(geo.n, geo.ho, geo.wo, geo.c_out)
     g4 = gate.view(geo.n, geo.ho, geo.wo, geo.c_out)
     w, b = rest_weight, bias
+    co = geo.c_out // partitions
+    part = None
     if chunk is not None:
-        co = geo.c_out // partitions
-        cols = slice(chunk * co, (chunk + 1) * co)
+        start, stop = (chunk * co, (chunk + 1) * co) if isinstance(chunk, int) else chunk
+        part = start // co
+        if mode == "rotated" and (stop - 1) // co != part:
+            raise ValueError(f"channels {start}:{stop} span two partition chunks of {co}")
+        cols = slice(start, stop)
         y4, g4, w = y4[..., cols], g4[..., cols], rest_weight[cols]
         b = None if bias is None else bias[cols]
     idx = active_tiles(g4, (th, tw))
@@ -111,7 +119,7 @@ def tile_gather_pass(xc: torch.Tensor, ypf: torch.Tensor, gate: torch.Tensor, ge
     yt = yv[n_i, ty, tx]                                       # (B, th, tw, C) copies
     if mode == "rotated":
         ci = geo.c_in // partitions
-        chunks = range(partitions) if chunk is None else [chunk]
+        chunks = range(partitions) if part is None else [part]
         parts = []
         for i in chunks:
             parts += [xt[:, (i + 1) * ci:], xt[:, :i * ci]]

@@ -5,8 +5,9 @@ This is the contract every backend is tested against. Semantics, per output elem
 
     Yp    = conv2d(x, W * M) + bias                   # base partial sum
     score = (Yp - tau[c]) * inv_sigma[c]              # folded decision-BN compare
-    score = mean of score over the G channels of c's gate group (granularity G > 1 only)
-    d     = score > 0                                 # G == 1: exactly Yp > tau[c]
+    score = mean of score over the gate block of (n, c, h, w): the ``tile`` (th x tw)
+            output positions holding (h, w) x the G channels of c's group (1x1 x 1: itself)
+    d     = score > 0                                 # per element: exactly Yp > tau[c]
     out   = Yp + d * conv2d(x, W * (1 - M))           # conditional pass only where d
 
 The reference computes both convolutions densely: it defines the result, it saves nothing.
@@ -44,28 +45,57 @@ def base_mask(out_channels: int, in_channels: int, partitions: int, grouped: boo
     return m
 
 
+def block_scores(score: torch.Tensor, granularity: int = 1, tile: tuple[int, int] = (1, 1)) -> torch.Tensor:
+    """(N, C/G, ceil(H/th), ceil(W/tw)) mean of a per-element score (N, C, H, W) over each gate
+    block of ``tile`` positions x G channels; an edge block of a ragged map averages the
+    elements it has (avg-pool, ceil mode, no padding: the divisor is the in-bounds count)."""
+    n, c, h, w = score.shape
+    if c % granularity:
+        raise ValueError(f"out_channels={c} is not divisible by gate granularity={granularity}")
+    if granularity > 1:
+        score = score.view(n, c // granularity, granularity, h, w).mean(dim=2)
+    if tuple(tile) != (1, 1):
+        score = F.avg_pool2d(score, tuple(tile), tuple(tile), ceil_mode=True)
+    return score
+
+
+def expand_blocks(d: torch.Tensor, granularity: int, tile: tuple[int, int], h: int, w: int) -> torch.Tensor:
+    """Per-block values (N, C/G, Hb, Wb) broadcast back to every element (N, C, h, w)."""
+    th, tw = tile
+    if (th, tw) != (1, 1):
+        d = d.repeat_interleave(th, dim=2)[:, :, :h].repeat_interleave(tw, dim=3)[:, :, :, :w]
+    if granularity > 1:
+        d = d.repeat_interleave(granularity, dim=1)
+    return d
+
+
 def gate_from_partial(yp: torch.Tensor, tau: torch.Tensor, inv_sigma: torch.Tensor,
-                      granularity: int = 1) -> torch.Tensor:
-    """Boolean gate d from the base partial sum (N, C, H, W)."""
+                      granularity: int = 1, tile: tuple[int, int] = (1, 1)) -> torch.Tensor:
+    """Boolean gate d from the base partial sum (N, C, H, W): one decision per block of
+    ``tile`` positions x ``granularity`` channels (1x1 x 1: exactly CGNet's ``Yp > tau``)."""
     c = yp.shape[1]
-    if granularity == 1:
+    tile = tuple(tile)
+    if granularity == 1 and tile == (1, 1):
         return yp > tau.view(1, c, 1, 1)
     if c % granularity:
         raise ValueError(f"out_channels={c} is not divisible by gate granularity={granularity}")
     score = (yp - tau.view(1, c, 1, 1)) * inv_sigma.view(1, c, 1, 1)
     n, _, h, w = yp.shape
-    g = score.view(n, c // granularity, granularity, h, w).mean(dim=2, keepdim=True) > 0
-    return g.expand(n, c // granularity, granularity, h, w).reshape(n, c, h, w)
+    if tile == (1, 1):
+        g = score.view(n, c // granularity, granularity, h, w).mean(dim=2, keepdim=True) > 0
+        return g.expand(n, c // granularity, granularity, h, w).reshape(n, c, h, w)
+    return expand_blocks(block_scores(score, granularity, tile) > 0, granularity, tile, h, w)
 
 
 def conditional_conv2d_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                                  tau: torch.Tensor, inv_sigma: torch.Tensor, *, stride=1,
                                  padding=0, dilation=1, partitions: int = 4, grouped: bool = True,
-                                 granularity: int = 1, return_gate: bool = False):
+                                 granularity: int = 1, tile: tuple[int, int] = (1, 1),
+                                 return_gate: bool = False):
     """Dense reference; returns ``out`` or ``(out, gate)``."""
     m = base_mask(weight.shape[0], weight.shape[1], partitions, grouped, weight.device, weight.dtype)
     yp = F.conv2d(x, weight * m, bias, stride, padding, dilation)
     rest = F.conv2d(x, weight * (1 - m), None, stride, padding, dilation)
-    d = gate_from_partial(yp, tau, inv_sigma, granularity)
+    d = gate_from_partial(yp, tau, inv_sigma, granularity, tile)
     out = torch.where(d, yp + rest, yp)
     return (out, d) if return_gate else out

@@ -182,8 +182,14 @@ def _weight_matrices(weight: torch.Tensor, partitions: int, grouped: bool, dtype
 def conditional_conv2d_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                               tau: torch.Tensor, inv_sigma: torch.Tensor, geo: ConvGeometry, *,
                               partitions: int, grouped: bool, granularity: int = 1,
-                              return_gate: bool = False):
-    """Triton backend; arguments already validated by :func:`kernels.conditional_conv2d`."""
+                              tile: tuple[int, int] = (1, 1), return_gate: bool = False):
+    """Triton backend; arguments already validated by :func:`kernels.conditional_conv2d`.
+
+    Block gates (``tile`` other than 1x1) are decided with torch on the device from the base
+    partial sum; the conditional launch then skips every (BLOCK_M positions x BLOCK_N
+    channels) program whose gates are all off. Its position tiles are rows of the flattened
+    NHWC output, not aligned to the gate's 2-D tiles, so a program straddling an on and an
+    off block still runs (a tile-major program order would align them; not done yet)."""
     if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise ValueError(f"triton backend supports float32/float16/bfloat16 inputs, got {x.dtype}")
     cdt = torch.float16 if x.dtype == torch.float16 else torch.float32
@@ -197,7 +203,8 @@ def conditional_conv2d_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch
     yp = torch.empty(m, geo.c_out, device=dev, dtype=torch.float32)
     gate = torch.empty(m, geo.c_out, device=dev, dtype=torch.int8)
     flags = torch.zeros(tiles_m * tiles_n, device=dev, dtype=torch.int32)
-    fuse = granularity == 1 or (bn % granularity == 0 and granularity & (granularity - 1) == 0)
+    fuse = tuple(tile) == (1, 1) and (
+        granularity == 1 or (bn % granularity == 0 and granularity & (granularity - 1) == 0))
     f32 = (lambda t: t.detach().to(torch.float32).contiguous())
     bias_t = f32(bias) if bias is not None else yp
     shape_args = (m, geo.h, geo.w, geo.c_in, geo.c_out, geo.ho, geo.wo, *geo.stride, *geo.padding,
@@ -206,11 +213,16 @@ def conditional_conv2d_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch
         xh, wb, bias_t, f32(tau), f32(inv_sigma), yp, gate, flags, *shape_args,
         GROUPED=grouped, HAS_BIAS=bias is not None, FUSE_GATE=fuse, G=granularity,
         KH=geo.kh, KW=geo.kw, BM=bm, BN=bn, BK=bk, PREC=prec)
-    if not fuse:  # non-power-of-two gate groups: compare on the device with torch
+    if not fuse:  # block gates, non-power-of-two gate groups: compare on the device with torch
         from kernels.reference import gate_from_partial
-        d = gate_from_partial(yp.t().reshape(1, geo.c_out, m, 1), tau.float(), inv_sigma.float(),
-                              granularity)
-        gate.copy_(d.reshape(geo.c_out, m).t())
+        if tuple(tile) == (1, 1):
+            d = gate_from_partial(yp.t().reshape(1, geo.c_out, m, 1), tau.float(), inv_sigma.float(),
+                                  granularity)
+            gate.copy_(d.reshape(geo.c_out, m).t())
+        else:
+            y4 = yp.view(geo.n, geo.ho, geo.wo, geo.c_out).permute(0, 3, 1, 2)
+            d = gate_from_partial(y4, tau.float(), inv_sigma.float(), granularity, tile)
+            gate.view(geo.n, geo.ho, geo.wo, geo.c_out).copy_(d.permute(0, 2, 3, 1))
         padded = torch.nn.functional.pad(gate, (0, tiles_n * bn - geo.c_out, 0, tiles_m * bm - m))
         flags.copy_(padded.view(tiles_m, bm, tiles_n, bn).amax(dim=(1, 3)).reshape(-1))
     if partitions > 1:

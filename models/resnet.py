@@ -120,11 +120,21 @@ class CifarBasicBlock(nn.Module):
         return self.relu(out + self.shortcut(x))
 
 
+class CifarPostActBlock(CifarBasicBlock):
+    """CGNet's ResNet block: both convs followed by BN + ReLU, the shortcut added after the
+    second ReLU, so CGNet's rule gates both convs (every conv feeds an activation)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        return out + self.shortcut(x)
+
+
 class CifarResNet(nn.Module):
     """ResNet-(6n+2) for 32x32 inputs: 16/32/64 channels, stem conv, 3 stages, linear."""
 
     def __init__(self, depth: int, num_classes: int = 10, in_channels: int = 3,
-                 shortcut: str = "A") -> None:
+                 shortcut: str = "A", block: type[CifarBasicBlock] = CifarBasicBlock) -> None:
         super().__init__()
         if (depth - 2) % 6:
             raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
@@ -139,7 +149,7 @@ class CifarResNet(nn.Module):
             blocks = []
             for j in range(n):
                 stride = 2 if (i > 0 and j == 0) else 1
-                blocks.append(CifarBasicBlock(planes_in, planes, stride, shortcut))
+                blocks.append(block(planes_in, planes, stride, shortcut))
                 planes_in = planes
             setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
@@ -171,6 +181,11 @@ def resnet34(num_classes: int = 1000, in_channels: int = 3) -> ResNet:
 
 def resnet20(num_classes: int = 10, in_channels: int = 3, shortcut: str = "A") -> CifarResNet:
     return CifarResNet(20, num_classes, in_channels, shortcut)
+
+
+def resnet20_postact(num_classes: int = 10, in_channels: int = 3, shortcut: str = "A") -> CifarResNet:
+    """ResNet-20 with CGNet's post-activation blocks (:class:`CifarPostActBlock`)."""
+    return CifarResNet(20, num_classes, in_channels, shortcut, CifarPostActBlock)
 
 
 def resnet56(num_classes: int = 10, in_channels: int = 3, shortcut: str = "A") -> CifarResNet:

@@ -2,6 +2,9 @@
 
 Tolerances: fp32, 1e-5 absolute on unit-scale activations unless stated.
 """
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -151,3 +154,123 @@ def test_model_backends_match_reference(backend):
     torch.testing.assert_close(out, ref, atol=1e-4, rtol=0)
     with pytest.raises(ValueError, match="triton"):
         dyngate.set_backend(g, "triton")(x)  # CPU tensors without the interpreter
+
+
+# --- block gates (tile x granularity) ---------------------------------------------------------
+def _block_layer(tile, granularity=4, cin=8, cout=16, dtype=torch.float32, sparse_bp=True):
+    conv = torch.nn.Conv2d(cin, cout, 3, 1, 1, bias=False)
+    g = GatedConv2d.from_conv(conv, name="t", partitions=4, grouped=True, granularity=granularity,
+                              tile=tile, sparse_bp=sparse_bp).to(dtype)
+    with torch.no_grad():
+        g.threshold.uniform_(-0.3, 0.3)
+    return g
+
+
+def test_tile_1x1_gate_is_todays_cgnet_gate():
+    """tile=(1, 1) keeps the per-element gate bit for bit: forward, gate and gradients."""
+    torch.manual_seed(0)
+    a = _block_layer((1, 1), granularity=1)
+    b = GatedConv2d.from_conv(torch.nn.Conv2d(8, 16, 3, 1, 1, bias=False), name="t", partitions=4)
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(2, 8, 7, 7, requires_grad=True)
+    xa = x.detach().clone().requires_grad_()
+    ya, yb = a.train()(xa), b.train()(x)
+    assert torch.equal(ya, yb)
+    ya.square().sum().backward()
+    yb.square().sum().backward()
+    assert torch.equal(xa.grad, x.grad) and torch.equal(a.threshold.grad, b.threshold.grad)
+
+
+@pytest.mark.parametrize("tile,granularity", [((2, 3), 4), ((4, 4), 1), ((7, 7), 16)])
+def test_block_gate_training_decision_is_the_block_mean(tile, granularity):
+    """One decision per tile x G block: the mean over the block of BN0(Yp) - delta > 0, the
+    same decision in training (batch statistics) and eval (folded, any backend)."""
+    sys.path.insert(0, str(Path(__file__).parents[1] / "kernels"))
+    from kern_helpers import block_score_loop   # tests/kernels helper (explicit loop)
+    torch.manual_seed(1)
+    g = _block_layer(tile, granularity).train()
+    x = torch.randn(3, 8, 7, 7)
+    out = g(x)
+    yp = g._base_conv(x)
+    bn = F.batch_norm(yp, None, None, training=True, eps=g.bn0.eps)
+    score = block_score_loop(bn - g.threshold.detach().view(1, -1, 1, 1), granularity, tile)
+    rest = F.conv2d(x, g.weight * (1 - g.mask), None, 1, 1)
+    torch.testing.assert_close(out, yp + (score > 0) * rest, rtol=0, atol=1e-5)
+    g.eval()
+    for backend in ("reference", "cpu"):
+        dyngate.set_backend(g, backend)
+        with torch.no_grad():
+            y = g(x)
+        tau, isg = g.folded_threshold()
+        want = conditional_conv2d_reference(x, g.weight, None, tau, isg, padding=1, partitions=4,
+                                            granularity=granularity, tile=tile)
+        torch.testing.assert_close(y, want, rtol=1e-5, atol=1e-5)
+
+
+def test_block_score_and_broadcast_pass_gradcheck():
+    """The differentiable pieces of a block gate, in float64: block mean and broadcast."""
+    from kernels.reference import block_scores, expand_blocks
+    s = torch.randn(2, 8, 7, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: block_scores(t, 4, (3, 2)), (s,))
+    d = torch.randn(2, 2, 3, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: expand_blocks(t, 4, (3, 2), 7, 5), (d,))
+
+
+@pytest.mark.parametrize("sparse_bp", [True, False])
+def test_block_gate_straight_through_gradient_reaches_the_whole_block(sparse_bp):
+    """d(out)/d(score of element e) = alpha * s'(alpha * mean_B) * [d_B if sparse bp]
+    * sum over the block's elements of grad_out * rest / |B| (edge blocks: their own size)."""
+    from kernels.reference import block_scores, expand_blocks
+    torch.manual_seed(2)
+    g = _block_layer((3, 4), 4, dtype=torch.float64, sparse_bp=sparse_bp).train()
+    score = torch.randn(2, 16, 7, 9, dtype=torch.float64, requires_grad=True)
+    up = torch.randn(2, 16, 7, 9, dtype=torch.float64)
+    (g._gate(score) * up).sum().backward()
+    b = block_scores(score.detach(), 4, (3, 4))
+    sig = torch.sigmoid(g.alpha * b)
+    local = g.alpha * sig * (1 - sig) * ((b > 0).double() if sparse_bp else 1.0)
+    count = block_scores(torch.ones_like(up), 4, (3, 4)) * 0 + \
+        torch.nn.functional.avg_pool2d(torch.ones(1, 1, 7, 9, dtype=torch.float64), (3, 4), (3, 4),
+                                       ceil_mode=True, divisor_override=1)
+    per_block = block_scores(up, 4, (3, 4)) * 4 * count          # sum of upstream over the block
+    want = expand_blocks(local * per_block / (4 * count), 4, (3, 4), 7, 9)
+    torch.testing.assert_close(score.grad, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name,size", [("resnet18", 32), ("resnet20", 28), ("resnet56", 28),
+                                       ("vgg16", 32), ("resnet20_postact", 28)])
+def test_rule_all_gates_every_conv_but_the_stem_and_open_gates_are_dense(name, size):
+    import models
+    m = models.build(name, in_channels=1, num_classes=10).eval()
+    g = dyngate.convert(m, rule="all", tile=(4, 4), granularity=4).eval()
+    convs = [n for n, c in m.named_modules() if isinstance(c, torch.nn.Conv2d) and c.groups == 1]
+    assert sorted(g.dyngate_spec["layers"]) == sorted(convs[1:]) and convs[0] in g.dyngate_spec["skipped"]
+    x = torch.randn(2, 1, size, size)
+    with dyngate.gates_open(g), torch.no_grad():
+        torch.testing.assert_close(g(x), m(x), rtol=0, atol=1e-5)
+    if name == "resnet20_postact":   # CGNet's net: its own rule already gates both block convs
+        assert sorted(dyngate.convert(m).dyngate_spec["layers"]) == sorted(convs[1:])
+
+
+def test_block_gates_save_load_and_profile(tmp_path):
+    import models
+    torch.manual_seed(3)
+    g = dyngate.convert(models.build("resnet20", in_channels=1, num_classes=10), rule="all",
+                        tile=(7, 7), granularity=16, grouped=False)
+    g.train()
+    with torch.no_grad():
+        g(torch.randn(8, 1, 28, 28))
+    g.eval()
+    dyngate.save(g, tmp_path / "g.pt")
+    h = dyngate.load(tmp_path / "g.pt")
+    x = torch.randn(4, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(h(x), g(x), rtol=1e-5, atol=1e-5)
+    p = dyngate.profile(h, x)
+    for l in p.layers:
+        if l.gated:
+            m = h.get_submodule(l.name)
+            assert l.tile == [7, 7] and m.tile == (7, 7)
+            ho, wo = l.output_hw
+            blocks = 4 * (l.out_channels // 16) * -(-ho // 7) * -(-wo // 7)
+            assert l.block_density * blocks == pytest.approx(round(l.block_density * blocks))

@@ -115,3 +115,30 @@ def test_cli_bad_arguments_are_clear(tmp_path, capsys):
     (tmp_path / "bad3.yaml").write_text("epochs: three\n")
     assert main(["train", "--config", str(tmp_path / "bad3.yaml")]) == 2
     assert "'epochs' must be int" in capsys.readouterr().err
+
+
+def test_cli_block_gates_rule_all_dense_accuracy_and_time(tmp_path, capsys):
+    """A gated run from a dense --init records that model's accuracy; eval --time reports the
+    whole-network wall clock against the dense copy (numbers, not their size: no timed asserts)."""
+    dense = tmp_path / "dense"
+    assert main(["train", "--model", "resnet20", "--dataset", "synthetic", "--epochs", "1",
+                 "--train-limit", "128", "--test-limit", "64", "--out", str(dense), "--threads", "1"]) == 0
+    gated = tmp_path / "gated"
+    assert main(["train", "--model", "resnet20", "--dataset", "synthetic", "--epochs", "1",
+                 "--train-limit", "128", "--test-limit", "64", "--gated", "--rule", "all",
+                 "--tile", "4", "4", "--granularity", "8", "--no-grouped", "--init",
+                 str(dense / "final.pt"), "--out", str(gated), "--threads", "1"]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(gated / "final.pt"), "--json", "--limit", "64", "--time",
+                 "--time-batch-size", "16", "--time-batches", "2"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    dense_eval = dyngate.train.evaluate(dyngate.load(dense / "final.pt"),
+                                        dyngate.train.load_dataset("synthetic", "test", None, 64))[0]
+    assert res["dense_accuracy"] == pytest.approx(dense_eval)
+    assert res["dense_ms"] > 0 and res["gated_ms"] > 0
+    assert res["real_speedup"] == pytest.approx(res["dense_ms"] / res["gated_ms"])
+    assert res["batch_size"] == 16 and res["batches"] == 2
+    gated_layers = [l for l in res["layers"] if l["gated"]]
+    assert len(gated_layers) == 18 and all(l["tile"] == [4, 4] for l in gated_layers)
+    assert main(["train", "--tile", "0", "4", "--out", str(tmp_path / "bad")]) == 2
+    assert main(["train", "--rule", "some", "--out", str(tmp_path / "bad")]) == 2

@@ -60,3 +60,14 @@ def test_triton_bias_none_and_channels_last():
     out, gate = conditional_conv2d(x, wt, None, tau, isg, padding=1, backend="triton", return_gate=True)
     assert out.is_contiguous(memory_format=torch.channels_last)
     check_against_reference(out, gate, x, wt, None, tau, isg, padding=1)
+
+
+@pytest.mark.parametrize("tile,granularity,grouped", [((3, 4), 4, False), ((4, 4), 8, True)],
+                         ids=["ragged-3x4-G4", "4x4-G8-grouped"])
+def test_triton_block_gates(tile, granularity, grouped):
+    """Block gates: one decision per tile x G channels, ragged edge tiles included."""
+    x, wt, b, tau, isg = make_case(2, 16, 16, 7, 9, 3, density=0.5, grouped=grouped, seed=5)
+    out, gate = conditional_conv2d(x, wt, b, tau, isg, padding=1, grouped=grouped,
+                                   granularity=granularity, tile=tile, backend="triton", return_gate=True)
+    check_against_reference(out, gate, x, wt, b, tau, isg, padding=1, grouped=grouped,
+                            granularity=granularity, tile=tile)
