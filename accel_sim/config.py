@@ -127,11 +127,58 @@ def config_from_mapping(data: Mapping[str, Any], source: str = "config") -> Acce
         raise ConfigError(f"{source}: {exc}") from None
 
 
-def load_config(path: str | Path) -> AccelConfig:
-    """Read a YAML config; fields left out keep their defaults."""
+# SCALE-Sim v2 .cfg [architecture_presets] keys -> AccelConfig fields; Bandwidth is in words
+# per cycle there and becomes bytes per cycle here.  Address offsets and bank counts only place
+# SCALE-Sim's traces and change no cycle count, so they are read and not used.
+SCALESIM_KEYS = {"arrayheight": "rows", "arraywidth": "cols", "ifmapsramszkb": "ifmap_sram_kb",
+                 "filtersramszkb": "filter_sram_kb", "ofmapsramszkb": "ofmap_sram_kb",
+                 "dataflow": "dataflow", "bandwidth": "dram_bytes_per_cycle"}
+SCALESIM_UNUSED = {"ifmapoffset", "filteroffset", "ofmapoffset", "memorybanks", "readrequestbuffer",
+                   "writerequestbuffer"}
+
+
+def load_scalesim_cfg(path: str | Path) -> AccelConfig:
+    """Read a SCALE-Sim v2 ``.cfg`` (INI: ``[architecture_presets]``); other sections are ignored."""
+    import configparser  # noqa: PLC0415
+
     path = Path(path)
+    cp = configparser.ConfigParser()
+    try:
+        cp.read_string(path.read_text(), source=str(path))
+    except configparser.Error as exc:
+        raise ConfigError(f"{path}: not a valid SCALE-Sim .cfg: {str(exc).splitlines()[0]}") from None
+    if not cp.has_section("architecture_presets"):
+        raise ConfigError(f"{path}: missing section [architecture_presets]")
+    data: dict[str, Any] = {}
+    for key, raw in cp.items("architecture_presets"):
+        if key in SCALESIM_UNUSED:
+            continue
+        if key not in SCALESIM_KEYS:
+            raise ConfigError(f"{path}: [architecture_presets] unknown key {key!r}; allowed: "
+                              f"{', '.join(sorted(SCALESIM_KEYS.keys() | SCALESIM_UNUSED))}")
+        field_name = SCALESIM_KEYS[key]
+        raw = raw.strip()
+        if field_name == "dataflow":
+            data[field_name] = raw.lower()
+            continue
+        try:
+            data[field_name] = int(raw) if field_name in ("rows", "cols") else float(raw)
+        except ValueError:
+            raise ConfigError(f"{path}: [architecture_presets] {key}: expected a number, got {raw!r}") from None
+    if "dram_bytes_per_cycle" in data:
+        data["dram_bytes_per_cycle"] *= WORDS[AccelConfig.word]
+    return config_from_mapping(data, str(path))
+
+
+def load_config(path: str | Path) -> AccelConfig:
+    """Read a YAML config, or a SCALE-Sim ``.cfg``; fields left out keep their defaults."""
+    path = Path(path)
+    if path.suffix.lower() == ".cfg":
+        return load_scalesim_cfg(path)
     try:
         data = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     return config_from_mapping(data, str(path))

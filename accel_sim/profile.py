@@ -189,11 +189,28 @@ def match_profile(profile: Profile, layers: list[Layer]) -> dict[str, GateSpec]:
     return specs
 
 
+def layers_from_profile(profile: Profile) -> list[Layer]:
+    """The topology a profile describes: every layer's shape is in the file, so a custom model
+    is simulated from its profile alone (no torch, no built-in network)."""
+    layers = []
+    for e in profile.layers:
+        try:
+            layers.append(Layer(e["name"], e["kind"], e["in_channels"], e["out_channels"],
+                                tuple(e["kernel_size"]), tuple(e["stride"]), tuple(e["padding"]),
+                                tuple(e["dilation"]), e["groups"], tuple(e["input_hw"]), tuple(e["output_hw"])))
+        except ValueError as exc:
+            raise ProfileError(f"{profile.source}: layer {e['name']}: {exc}") from None
+    return layers
+
+
 def uniform_gates(layers: list[Layer], density: float, partitions: int = 4) -> dict[str, GateSpec]:
     """Density ``density`` on every output channel of the layers CGNet would gate
-    (:func:`accel_sim.networks.cgnet_gated`), partitions 4, grouped base path, granularity 1."""
+    (:func:`accel_sim.networks.cgnet_gated`) whose input channels ``partitions`` divides;
+    grouped base path, granularity 1."""
     if not 0.0 <= density <= 1.0:
         raise ProfileError(f"density: must be in [0, 1], got {density}")
+    if isinstance(partitions, bool) or not isinstance(partitions, int) or partitions < 2:
+        raise ProfileError(f"partitions: must be an integer >= 2, got {partitions!r}")
     names = cgnet_gated(layers)
     return {l.name: GateSpec(partitions, np.full(l.out_channels, float(density)))
             for l in layers if l.name in names and l.in_channels % partitions == 0}

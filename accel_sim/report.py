@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from pathlib import Path
 from typing import Any
 
+from accel_sim.atomic import write_text_atomic
 from accel_sim.simulate import ROW_KEYS, SimResult
 
 _TABLE_COLS = [("name", "layer", "{}"), ("schedule", "schedule", "{}"), ("density", "dens", "{:.2f}"), ("macs", "MACs", "{:,}"),
@@ -61,11 +63,13 @@ def to_json(result: SimResult) -> str:
 
 
 def write_csv(result: SimResult, path: str | Path) -> None:
-    with Path(path).open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(ROW_KEYS))
-        w.writeheader()
-        for r in result.rows:
-            w.writerow({k: r[k] for k in ROW_KEYS})
+    """Per-layer rows, written atomically."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(ROW_KEYS))
+    w.writeheader()
+    for r in result.rows:
+        w.writerow({k: r[k] for k in ROW_KEYS})
+    write_text_atomic(path, buf.getvalue())
 
 
 def plot_layers(result: SimResult, path: str | Path, title: str = "") -> None:

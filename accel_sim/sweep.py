@@ -3,11 +3,13 @@ to a CSV and a Pareto plot of cycles against energy and area."""
 from __future__ import annotations
 
 import csv
+import io
 import itertools
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
 
+from accel_sim.atomic import write_text_atomic
 from accel_sim.config import AccelConfig, parse_array
 from accel_sim.networks import build
 from accel_sim.profile import uniform_gates
@@ -35,8 +37,14 @@ def _point(args: tuple[str, tuple[int, int, int] | None, dict[str, Any], float])
 
 def run_sweep(network: str, arrays: Sequence[str], dataflows: Sequence[str], sram_kb: Sequence[float],
               densities: Sequence[float], base: AccelConfig | None = None, workers: int = 2,
-              chw: tuple[int, int, int] | None = None, progress: bool = True) -> list[dict[str, Any]]:
-    """Evaluate every grid point; each SRAM size applies to all three buffers."""
+              chw: tuple[int, int, int] | None = None, progress: bool = True,
+              ray_address: str | None = None) -> list[dict[str, Any]]:
+    """Evaluate every grid point; each SRAM size applies to all three buffers.
+
+    Points run in ``workers`` local processes, or on Ray when ``ray_address`` is given
+    (``"local"`` starts a local cluster, anything else is passed to ``ray.init``); rows come
+    back in grid order either way, so the CSV is the same.
+    """
     base = base or AccelConfig()
     jobs = []
     for arr, df, kb, d in itertools.product(arrays, dataflows, sram_kb, densities):
@@ -45,6 +53,8 @@ def run_sweep(network: str, arrays: Sequence[str], dataflows: Sequence[str], sra
                   "ifmap_sram_kb": kb, "filter_sram_kb": kb, "ofmap_sram_kb": kb}
         AccelConfig(**fields)  # validate in the parent, so a bad grid fails before any work
         jobs.append((network, chw, fields, float(d)))
+    if ray_address is not None:
+        return _run_on_ray(jobs, ray_address)
     from tqdm import tqdm  # noqa: PLC0415
 
     if workers <= 1:
@@ -54,11 +64,31 @@ def run_sweep(network: str, arrays: Sequence[str], dataflows: Sequence[str], sra
                          total=len(jobs), disable=not progress, desc="sweep"))
 
 
+def _run_on_ray(jobs: list[tuple], address: str) -> list[dict[str, Any]]:
+    """One Ray task per point; a cluster this call started is shut down again."""
+    try:
+        import ray  # noqa: PLC0415 - optional extra: pip install .[ray]
+    except ImportError:
+        raise RuntimeError("sweep --ray needs Ray: pip install 'dyngate[ray]'") from None
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=None if address == "local" else address, include_dashboard=False,
+                 log_to_driver=False)
+    try:
+        task = ray.remote(_point)
+        return ray.get([task.remote(j) for j in jobs])
+    finally:
+        if started:
+            ray.shutdown()
+
+
 def write_sweep_csv(rows: list[dict[str, Any]], path: str | Path) -> None:
-    with Path(path).open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(SWEEP_KEYS))
-        w.writeheader()
-        w.writerows(rows)
+    """Sweep rows, written atomically."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(SWEEP_KEYS))
+    w.writeheader()
+    w.writerows(rows)
+    write_text_atomic(path, buf.getvalue())
 
 
 def pareto(points: list[tuple[float, float]]) -> list[int]:

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from accel_sim.atomic import write_text_atomic
+
 
 def conv_out(size: int, kernel: int, stride: int, pad: int, dilation: int = 1) -> int:
     """PyTorch output size: ``floor((H + 2p - d(k-1) - 1)/s) + 1``."""
@@ -154,25 +156,47 @@ def read_scalesim_csv(path: str | Path) -> list[Layer]:
     return layers
 
 
-def write_scalesim_csv(layers: Iterable[Layer], path: str | Path) -> None:
+def scalesim_unsupported(layer: Layer) -> str | None:
+    """Why SCALE-Sim's CSV cannot express ``layer`` (None if it can)."""
+    if layer.groups != 1:
+        return f"groups={layer.groups} (grouped/depthwise conv)"
+    if layer.dilation != (1, 1):
+        return f"dilation {list(layer.dilation)}"
+    if layer.stride[0] != layer.stride[1]:
+        return f"non-square stride {list(layer.stride)}"
+    return None
+
+
+def write_scalesim_csv(layers: Iterable[Layer], path: str | Path, skip_unsupported: bool = False) -> list[str]:
     """Write layers as a SCALE-Sim CSV with padded input dims (so SCALE-Sim sees our padding).
 
     SCALE-Sim's ceil rule can still give one extra row when (H+2p-k) is not divisible by s;
     ``write_scalesim_csv`` trims the padded height so its rule yields our output size.
+    Layers SCALE-Sim cannot express (grouped/depthwise, dilated, non-square stride) raise one
+    ValueError naming all of them before anything is written; with ``skip_unsupported`` they are
+    left out instead and returned as ``"name: reason"``.  The file is written atomically.
     """
-    with Path(path).open("w") as fh:
-        fh.write(", ".join(SCALESIM_HEADER) + ",\n")
-        for l in layers:
-            if l.groups != 1 or l.dilation != (1, 1) or l.stride[0] != l.stride[1]:
-                raise ValueError(f"layer {l.name}: SCALE-Sim CSV supports groups=1, dilation 1, square stride")
-            dims = [(o - 1) * l.stride[0] + k for o, k in zip(l.output_hw, l.kernel)]
-            fh.write(f"{l.name}, {dims[0]}, {dims[1]}, {l.kernel[0]}, {l.kernel[1]}, "
-                     f"{l.in_channels}, {l.out_channels}, {l.stride[0]},\n")
+    layers = list(layers)
+    skipped = [f"{l.name}: {why}" for l in layers if (why := scalesim_unsupported(l))]
+    if skipped and not skip_unsupported:
+        raise ValueError(f"{path}: SCALE-Sim CSV cannot express {len(skipped)} layer(s): " + "; ".join(skipped)
+                         + " (skip_unsupported=True writes the others)")
+    lines = [", ".join(SCALESIM_HEADER) + ","]
+    for l in layers:
+        if scalesim_unsupported(l):
+            continue
+        dims = [(o - 1) * l.stride[0] + k for o, k in zip(l.output_hw, l.kernel)]
+        lines.append(f"{l.name}, {dims[0]}, {dims[1]}, {l.kernel[0]}, {l.kernel[1]}, "
+                     f"{l.in_channels}, {l.out_channels}, {l.stride[0]},")
+    write_text_atomic(path, "\n".join(lines) + "\n")
+    return skipped
 
 
 # --------------------------------------------------------------------------- torch
 def from_torch(model: "object", input_shape: Sequence[int]) -> list[Layer]:
     """Conv and linear layers of a torch model, in execution order, named by module path.
+
+    ``input_shape`` is CxHxW or NxCxHxW; the layers are for one image whatever N is.
 
     Reads dyngate's graph view (the same fx capture that gating and pruning use), so gated,
     pruned and plain models all give their real shapes. torch is imported here only.
@@ -181,7 +205,17 @@ def from_torch(model: "object", input_shape: Sequence[int]) -> list[Layer]:
 
     from dyngate.graph import capture  # noqa: PLC0415
 
-    view = capture(model, torch.zeros(*input_shape))
+    shape = tuple(input_shape)
+    if (len(shape) not in (3, 4) or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 1
+                                            for x in shape)):
+        raise ValueError(f"from_torch: input_shape must be CxHxW or NxCxHxW positive integers, "
+                         f"got {input_shape!r}")
+    shape = (1, *shape[-3:])   # the simulator models one image
+    try:
+        view = capture(model, torch.zeros(*shape))
+    except RuntimeError as exc:   # shape mismatch inside the model's forward
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"from_torch: the model does not run on input {list(shape)}: {first}") from None
     layers: list[Layer] = []
     for info in view.layers.values():
         if info.kind == "conv2d":

@@ -40,8 +40,10 @@ def test_run_compat_topology_csv(tmp_path, capsys):
 
 
 def test_run_errors_and_outputs(tmp_path, capsys):
-    assert main(["run", "resnet18", "--dataflow", "rs"]) == 2
-    assert "dataflow: got 'rs'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:   # argparse lists the allowed values
+        main(["run", "resnet18", "--dataflow", "rs"])
+    assert exc.value.code == 2
+    assert "invalid choice: 'rs' (choose from 'os', 'ws', 'is')" in capsys.readouterr().err
     assert main(["run", "resnet20", "--input", "1x28x28", "--density", "0.3",
                  "--csv", str(tmp_path / "l.csv"), "--plot", str(tmp_path / "l.png")]) == 0
     assert "TOTAL" in capsys.readouterr().out
