@@ -403,7 +403,9 @@ def _pipeline(xc, weight, bias, tau, inv_sigma, geo, partitions, grouped, granul
                                  f"straddle partition chunks of {co}")
         else:
             chunks = range(p) if strategy == "chunk_tiles" else [None]
-        _LAST.tiles = sum(cpu_tiles.tile_gather_pass(xc, ypf, g, geo, chunk=c, **kw) for c in chunks)
+        xp = cpu_tiles.padded_input(xc, geo, tile, first)
+        _LAST.tiles = sum(cpu_tiles.tile_gather_pass(xc, ypf, g, geo, chunk=c, xp=xp, **kw)
+                          for c in chunks)
     elif strategy == "dense" and bool(need_u.any()):
         if grouped and co < ROTATED_MIN_CHUNK:
             full = F.conv2d(xc, prep.dense_rest, b, geo.stride, geo.padding, geo.dilation)

@@ -63,10 +63,26 @@ def _tile_view(t: torch.Tensor, tiles: tuple[int, int], step: tuple[int, int],
                         (sn, step[0] * sh, step[1] * sw, sh, sw, sc), t.storage_offset())
 
 
+def padded_input(xc: torch.Tensor, geo: ConvGeometry, tile: tuple[int, int], first: int) -> torch.Tensor:
+    """Zero-padded NHWC copy of input channels ``first:``, large enough for the halos of the
+    ragged last tiles; one per layer call, shared by every chunk's gather (scratch)."""
+    th, tw = min(tile[0], geo.ho), min(tile[1], geo.wo)
+    nty, ntx = -(-geo.ho // th), -(-geo.wo // tw)
+    hh, ww = _halo(geo, (th, tw))
+    (sh, sw), (ph, pw) = geo.stride, geo.padding
+    hp = max(geo.hp, (nty - 1) * th * sh + hh)
+    wp = max(geo.wp, (ntx - 1) * tw * sw + ww)
+    src = xc[:, first:].permute(0, 2, 3, 1)
+    xp = scratch("tiles.xpad", (geo.n, hp, wp, src.shape[3]), xc.dtype)
+    xp.zero_()
+    xp[:, ph:ph + geo.h, pw:pw + geo.w].copy_(src)
+    return xp
+
+
 def tile_gather_pass(xc: torch.Tensor, ypf: torch.Tensor, gate: torch.Tensor, geo: ConvGeometry, *,
                      partitions: int, rest_weight: torch.Tensor, first: int, mode: str,
                      bias: torch.Tensor | None, tile: tuple[int, int],
-                     chunk: int | tuple[int, int] | None = None) -> int:
+                     chunk: int | tuple[int, int] | None = None, xp: torch.Tensor | None = None) -> int:
     """Add the gated remaining partial sum of every active tile into ``ypf`` in place.
 
     ``xc``: channels-last input; ``ypf``: (M, C_out) NHWC view of the base partial sum (with
@@ -75,8 +91,8 @@ def tile_gather_pass(xc: torch.Tensor, ypf: torch.Tensor, gate: torch.Tensor, ge
     see the module docstring). ``chunk`` = i restricts everything to output chunk i (its own
     active tiles, its rows of the weight), ``chunk`` = (start, stop) to those output channels
     (one gate group of a block gate; in "rotated" mode inside one partition chunk); None
-    computes all output channels of a tile.
-    Returns the number of tiles computed.
+    computes all output channels of a tile. ``xp``: :func:`padded_input` of this call, when
+    several chunks share it. Returns the number of tiles computed.
     """
     th, tw = min(tile[0], geo.ho), min(tile[1], geo.wo)
     nty, ntx = -(-geo.ho // th), -(-geo.wo // tw)
@@ -98,14 +114,9 @@ def tile_gather_pass(xc: torch.Tensor, ypf: torch.Tensor, gate: torch.Tensor, ge
         return 0
     n_i, ty, tx = idx.unbind(1)
     hh, ww = _halo(geo, (th, tw))
-    (sh, sw), (ph, pw) = geo.stride, geo.padding
-    # zero-padded NHWC input large enough for the ragged last tiles' halos
-    hp = max(geo.hp, (nty - 1) * th * sh + hh)
-    wp = max(geo.wp, (ntx - 1) * tw * sw + ww)
-    src = xc[:, first:].permute(0, 2, 3, 1)
-    xp = scratch("tiles.xpad", (geo.n, hp, wp, src.shape[3]), xc.dtype)
-    xp.zero_()
-    xp[:, ph:ph + geo.h, pw:pw + geo.w].copy_(src)
+    sh, sw = geo.stride
+    if xp is None:
+        xp = padded_input(xc, geo, (th, tw), first)
     xt = _tile_view(xp, (nty, ntx), (th * sh, tw * sw), (hh, ww))[n_i, ty, tx]
     xt = xt.permute(0, 3, 1, 2)                                # (B, Cx, hh, ww), channels-last memory
     # output and gate padded to whole tiles (a copy only when the last tiles are ragged)
