@@ -31,6 +31,28 @@ class DataError(RuntimeError):
     """A data folder or file is missing or corrupt."""
 
 
+# The only globals a CIFAR-10 batch needs: numpy's array rebuild path (numpy 1 and 2 module names)
+# and _codecs.encode, which Python 3 protocol-2 pickles use to rebuild bytes (it only encodes a str).
+_CIFAR_GLOBALS = frozenset({
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),  # protocol 5
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+})
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickler for user-supplied CIFAR batches: numpy arrays, lists, dicts, bytes and str only.
+
+    Any other global (``os.system``, ``builtins.eval``...) is refused before it is looked up,
+    so a poisoned data folder cannot run code.
+    """
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _CIFAR_GLOBALS:
+            raise pickle.UnpicklingError(f"refusing global {module}.{name} (not a numpy array)")
+        return super().find_class(module, name)
+
+
 def _open_maybe_gz(path: Path):
     for candidate in (path, path.with_name(path.name + ".gz")):
         if candidate.exists():
@@ -49,6 +71,8 @@ def read_idx(path: Path) -> np.ndarray:
     zero, dtype_code, ndim = struct.unpack(">HBB", raw[:4])
     if zero != 0 or dtype_code != 0x08:
         raise DataError(f"{path}: not an unsigned-byte IDX file (magic {raw[:4].hex()})")
+    if len(raw) < 4 + 4 * ndim:
+        raise DataError(f"{path}: truncated IDX header ({ndim} dimensions announced)")
     dims = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if data.size != int(np.prod(dims)):
@@ -93,10 +117,12 @@ def cifar10(split: str, data_dir: str | os.PathLike, limit: int | None = None) -
             raise DataError(f"CIFAR-10 batch {path} not found (expected the python-pickle format)")
         try:
             with open(path, "rb") as f:
-                batch = pickle.load(f, encoding="bytes")
+                batch = _CifarUnpickler(f, encoding="bytes").load()
+            if not isinstance(batch, dict):
+                raise ValueError(f"expected a dict, found {type(batch).__name__}")
             xs.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
             ys.append(np.asarray(batch[b"labels"], dtype=np.int64))
-        except (pickle.UnpicklingError, KeyError, ValueError, EOFError) as e:
+        except (pickle.UnpicklingError, KeyError, ValueError, TypeError, EOFError) as e:
             raise DataError(f"CIFAR-10 batch {path} is corrupt: {e}") from e
     x = torch.from_numpy(np.concatenate(xs).astype(np.float32) / 255.0)
     x = (x - torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1)) / torch.tensor(CIFAR10_STD).view(1, 3, 1, 1)
