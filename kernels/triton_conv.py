@@ -22,6 +22,8 @@ interpreter mis-evaluates bf16 arithmetic).
 """
 from __future__ import annotations
 
+import threading
+
 import torch
 import triton
 import triton.language as tl
@@ -31,6 +33,13 @@ from kernels.geometry import ConvGeometry
 from kernels.reference import base_mask
 
 MIN_TILE = 16
+_LAST = threading.local()
+
+
+def last_active_programs() -> int:
+    """Work counter: conditional-pass programs the last call of this thread ran (host sync)."""
+    count = getattr(_LAST, "count", None)
+    return 0 if count is None else int(count.item())
 
 
 @triton.jit
@@ -59,10 +68,24 @@ def _tile_acc(acc, x_ptr, w_ptr, n_img, oh, ow, m_ok, offs_n, n_ok, c_lo, c_hi, 
 
 
 @triton.jit
-def _tile_coords(pid_m, pid_n, M, C_out, HO, WO, BM: tl.constexpr, BN: tl.constexpr):
-    """Row/column offsets of one output tile, their bounds masks, and (image, oh, ow) per row."""
-    offs_m = pid_m * BM + tl.arange(0, BM)
+def _tile_coords(pid_m, pid_n, M, C_out, HO, WO, TH, TW, NTY, NTX, PER,
+                 BM: tl.constexpr, BN: tl.constexpr, TILED: tl.constexpr):
+    """Output rows (flat NHWC positions) and columns of one program, their bounds masks, and
+    (image, oh, ow) per row. TILED: programs follow the gate's 2-D tiles (PER programs of BM
+    slots per TH x TW tile, slots past the tile or the map masked), so a program never mixes
+    two gate blocks and an off block is a skipped program; else BM consecutive positions."""
     offs_n = pid_n * BN + tl.arange(0, BN)
+    if TILED:
+        gt = pid_m // PER
+        slot = (pid_m % PER) * BM + tl.arange(0, BM)
+        n_img = gt // (NTY * NTX)
+        r = gt % (NTY * NTX)
+        oh = (r // NTX) * TH + slot // TW
+        ow = (r % NTX) * TW + slot % TW
+        m_ok = (slot < TH * TW) & (oh < HO) & (ow < WO)
+        rows = (n_img * HO + oh) * WO + ow
+        return rows, offs_n, m_ok, offs_n < C_out, n_img, oh, ow
+    offs_m = pid_m * BM + tl.arange(0, BM)
     n_img = offs_m // (HO * WO)
     rem = offs_m % (HO * WO)
     return offs_m, offs_n, offs_m < M, offs_n < C_out, n_img, rem // WO, rem % WO
@@ -71,12 +94,14 @@ def _tile_coords(pid_m, pid_n, M, C_out, HO, WO, BM: tl.constexpr, BN: tl.conste
 @triton.jit
 def _base_gate_kernel(x_ptr, w_ptr, bias_ptr, tau_ptr, isg_ptr, yp_ptr, gate_ptr, flag_ptr,
                       M, H, W, C_in, C_out, HO, WO, SH, SW, PH, PW, DH, DW, CI_P, CO_P,
+                      TH, TW, NTY, NTX, PER,
                       GROUPED: tl.constexpr, HAS_BIAS: tl.constexpr, FUSE_GATE: tl.constexpr,
                       G: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, BM: tl.constexpr,
-                      BN: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
+                      BN: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr, TILED: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
-    offs_m, offs_n, m_ok, n_ok, n_img, oh, ow = _tile_coords(pid_m, pid_n, M, C_out, HO, WO, BM, BN)
+    offs_m, offs_n, m_ok, n_ok, n_img, oh, ow = _tile_coords(pid_m, pid_n, M, C_out, HO, WO, TH, TW,
+                                                             NTY, NTX, PER, BM, BN, TILED)
     n_first = pid_n * BN
     n_last = tl.minimum(n_first + BN, C_out) - 1
     if GROUPED:
@@ -111,15 +136,17 @@ def _base_gate_kernel(x_ptr, w_ptr, bias_ptr, tau_ptr, isg_ptr, yp_ptr, gate_ptr
 
 @triton.jit
 def _cond_kernel(x_ptr, w_ptr, out_ptr, gate_ptr, order_ptr, count_ptr,
-                 M, H, W, C_in, C_out, HO, WO, SH, SW, PH, PW, DH, DW, CI_P, CO_P, TILES_N,
+                 M, H, W, C_in, C_out, HO, WO, SH, SW, PH, PW, DH, DW, CI_P, CO_P,
+                 TH, TW, NTY, NTX, PER, TILES_N,
                  GROUPED: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, BM: tl.constexpr,
-                 BN: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
+                 BN: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr, TILED: tl.constexpr):
     pid = tl.program_id(0)
     if pid < tl.load(count_ptr):
         tile = tl.load(order_ptr + pid)
         pid_m = tile // TILES_N
         pid_n = tile % TILES_N
-        offs_m, offs_n, m_ok, n_ok, n_img, oh, ow = _tile_coords(pid_m, pid_n, M, C_out, HO, WO, BM, BN)
+        offs_m, offs_n, m_ok, n_ok, n_img, oh, ow = _tile_coords(pid_m, pid_n, M, C_out, HO, WO, TH, TW,
+                                                                 NTY, NTX, PER, BM, BN, TILED)
         if GROUPED:
             chunk_first = (pid_n * BN) // CO_P
             chunk_last = (tl.minimum(pid_n * BN + BN, C_out) - 1) // CO_P
@@ -186,10 +213,10 @@ def conditional_conv2d_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch
     """Triton backend; arguments already validated by :func:`kernels.conditional_conv2d`.
 
     Block gates (``tile`` other than 1x1) are decided with torch on the device from the base
-    partial sum; the conditional launch then skips every (BLOCK_M positions x BLOCK_N
-    channels) program whose gates are all off. Its position tiles are rows of the flattened
-    NHWC output, not aligned to the gate's 2-D tiles, so a program straddling an on and an
-    off block still runs (a tile-major program order would align them; not done yet)."""
+    partial sum, and both launches order their programs by gate tile (``TILED``): a program
+    covers BLOCK_M slots of one th x tw tile (a power of two >= 16; slots past the tile are
+    masked, e.g. 49 of 64 for 7x7) and, when G is a power of two in 16..64, exactly one gate
+    group of channels, so the conditional launch skips exactly the blocks that are off."""
     if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise ValueError(f"triton backend supports float32/float16/bfloat16 inputs, got {x.dtype}")
     cdt = torch.float16 if x.dtype == torch.float16 else torch.float32
@@ -199,7 +226,17 @@ def conditional_conv2d_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch
     wb, wr = _weight_matrices(weight.detach(), partitions, grouped, cdt)
     m = geo.positions
     bm, bn, bk = tile_sizes(geo, partitions, grouped, granularity)
-    tiles_m, tiles_n = triton.cdiv(m, bm), triton.cdiv(geo.c_out, bn)
+    th, tw = min(tile[0], geo.ho), min(tile[1], geo.wo)
+    tiled = (th, tw) != (1, 1)
+    nty, ntx, per = triton.cdiv(geo.ho, th), triton.cdiv(geo.wo, tw), 1
+    if tiled:   # programs follow the gate tiles: BM slots (a power of two >= 16) per program
+        slots = max(MIN_TILE, 1 << (th * tw - 1).bit_length())
+        bm = min(slots, bm)
+        per = slots // bm
+        if granularity & (granularity - 1) == 0 and MIN_TILE <= granularity <= 64:
+            bn = granularity            # one gate group per program: skipping is exact
+    tiles_m = geo.n * nty * ntx * per if tiled else triton.cdiv(m, bm)
+    tiles_n = triton.cdiv(geo.c_out, bn)
     yp = torch.empty(m, geo.c_out, device=dev, dtype=torch.float32)
     gate = torch.empty(m, geo.c_out, device=dev, dtype=torch.int8)
     flags = torch.zeros(tiles_m * tiles_n, device=dev, dtype=torch.int32)
@@ -208,11 +245,11 @@ def conditional_conv2d_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch
     f32 = (lambda t: t.detach().to(torch.float32).contiguous())
     bias_t = f32(bias) if bias is not None else yp
     shape_args = (m, geo.h, geo.w, geo.c_in, geo.c_out, geo.ho, geo.wo, *geo.stride, *geo.padding,
-                  *geo.dilation, geo.c_in // partitions, geo.c_out // partitions)
+                  *geo.dilation, geo.c_in // partitions, geo.c_out // partitions, th, tw, nty, ntx, per)
     _base_gate_kernel[(tiles_m, tiles_n)](
         xh, wb, bias_t, f32(tau), f32(inv_sigma), yp, gate, flags, *shape_args,
         GROUPED=grouped, HAS_BIAS=bias is not None, FUSE_GATE=fuse, G=granularity,
-        KH=geo.kh, KW=geo.kw, BM=bm, BN=bn, BK=bk, PREC=prec)
+        KH=geo.kh, KW=geo.kw, BM=bm, BN=bn, BK=bk, PREC=prec, TILED=tiled)
     if not fuse:  # block gates, non-power-of-two gate groups: compare on the device with torch
         from kernels.reference import gate_from_partial
         if tuple(tile) == (1, 1):
@@ -223,13 +260,21 @@ def conditional_conv2d_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch
             y4 = yp.view(geo.n, geo.ho, geo.wo, geo.c_out).permute(0, 3, 1, 2)
             d = gate_from_partial(y4, tau.float(), inv_sigma.float(), granularity, tile)
             gate.view(geo.n, geo.ho, geo.wo, geo.c_out).copy_(d.permute(0, 2, 3, 1))
-        padded = torch.nn.functional.pad(gate, (0, tiles_n * bn - geo.c_out, 0, tiles_m * bm - m))
-        flags.copy_(padded.view(tiles_m, bm, tiles_n, bn).amax(dim=(1, 3)).reshape(-1))
+        if tiled:   # one flag per (gate tile, channel program), repeated for its PER programs
+            g4 = torch.nn.functional.pad(gate.view(geo.n, geo.ho, geo.wo, geo.c_out),
+                                         (0, tiles_n * bn - geo.c_out, 0, ntx * tw - geo.wo,
+                                          0, nty * th - geo.ho))
+            f = g4.view(geo.n, nty, th, ntx, tw, tiles_n, bn).amax(dim=(2, 4, 6))
+            flags.copy_(f.reshape(-1, 1, tiles_n).expand(-1, per, tiles_n).reshape(-1))
+        else:
+            padded = torch.nn.functional.pad(gate, (0, tiles_n * bn - geo.c_out, 0, tiles_m * bm - m))
+            flags.copy_(padded.view(tiles_m, bm, tiles_n, bn).amax(dim=(1, 3)).reshape(-1))
     if partitions > 1:
         order, count = compact_tiles(flags)
+        _LAST.count = count
         _cond_kernel[(tiles_m * tiles_n,)](
             xh, wr, yp, gate, order, count, *shape_args, tiles_n,
-            GROUPED=grouped, KH=geo.kh, KW=geo.kw, BM=bm, BN=bn, BK=bk, PREC=prec)
+            GROUPED=grouped, KH=geo.kh, KW=geo.kw, BM=bm, BN=bn, BK=bk, PREC=prec, TILED=tiled)
     out = yp.view(geo.n, geo.ho, geo.wo, geo.c_out).permute(0, 3, 1, 2).to(x.dtype)
     if not x.is_contiguous(memory_format=torch.channels_last):
         out = out.contiguous()

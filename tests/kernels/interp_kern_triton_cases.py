@@ -71,3 +71,19 @@ def test_triton_block_gates(tile, granularity, grouped):
                                    granularity=granularity, tile=tile, backend="triton", return_gate=True)
     check_against_reference(out, gate, x, wt, b, tau, isg, padding=1, grouped=grouped,
                             granularity=granularity, tile=tile)
+
+
+@pytest.mark.parametrize("tile,per", [((3, 3), 1), ((7, 7), 2)], ids=["3x3-one-program", "7x7-two-programs"])
+def test_triton_block_gates_skip_exactly_the_off_blocks(tile, per):
+    """G = 16 = BLOCK_N and programs ordered by gate tile: the conditional launch runs PER
+    programs per block that is on (7x7 = 49 slots -> 64 = 2 programs of 32 here), none else."""
+    from kernels import triton_conv
+    x, wt, b, tau, isg = make_case(2, 32, 32, 9, 10, 3, density=0.5, grouped=False, seed=11)
+    out, gate = conditional_conv2d(x, wt, b, tau, isg, padding=1, grouped=False, granularity=16,
+                                   tile=tile, backend="triton", return_gate=True)
+    check_against_reference(out, gate, x, wt, b, tau, isg, padding=1, grouped=False,
+                            granularity=16, tile=tile)
+    th, tw = tile
+    on_blocks = int(gate[:, ::16, ::th, ::tw].sum())
+    assert 0 < on_blocks < gate[:, ::16, ::th, ::tw].numel()
+    assert triton_conv.last_active_programs() == per * on_blocks
