@@ -121,7 +121,8 @@ def _ship(src: str, dst: str) -> None:
     the training config and the per-epoch history stay."""
     payload = torch.load(os.path.join(ROOT, src), map_location="cpu", weights_only=True)
     trainer = payload["extra"].get("trainer", {})
-    payload["extra"]["trainer"] = {k: trainer[k] for k in ("config", "history", "epoch") if k in trainer}
+    payload["extra"]["trainer"] = {k: trainer[k] for k in ("config", "history", "epoch", "dense_accuracy")
+                                   if k in trainer}
     torch.save(payload, os.path.join(ROOT, dst))
 
 

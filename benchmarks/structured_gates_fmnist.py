@@ -67,11 +67,11 @@ def main() -> None:
     args = ap.parse_args()
     print(cpu_header())
     print(f"threads {args.threads}, batch {args.batch}, {args.batches} timed batches (median)\n")
-    label, ckpt = args.control.split("=", 1)
+    label, ckpt = args.control.rsplit("=", 1)
     control = evaluate(ckpt, "native", args.threads, args.batch, 1, args.limit)
     rows = []
     for spec in args.run:
-        name, path = spec.split("=", 1)
+        name, path = spec.rsplit("=", 1)
         res = {isa: evaluate(path, isa, args.threads, args.batch, args.batches, args.limit) for isa in args.isa}
         first = res[args.isa[0]]
         gated = [l for l in first["layers"] if l["gated"]]
