@@ -6,10 +6,11 @@ only; torch is imported lazily by :func:`accel_sim.topology.from_torch` alone.
 """
 from accel_sim.config import AccelConfig, ConfigError, load_config
 from accel_sim.networks import build as build_network, cgnet_gated
-from accel_sim.profile import GateSpec, ProfileError, load_profile, match_profile, uniform_gates
+from accel_sim.profile import (GateSpec, ProfileError, layers_from_profile, load_profile, match_profile,
+                               uniform_gates)
 from accel_sim.simulate import SimResult, simulate
 from accel_sim.topology import Layer, from_torch, read_scalesim_csv
 
 __all__ = ["AccelConfig", "ConfigError", "GateSpec", "Layer", "ProfileError", "SimResult",
-           "build_network", "cgnet_gated", "from_torch", "load_config", "load_profile",
+           "build_network", "cgnet_gated", "from_torch", "layers_from_profile", "load_config", "load_profile",
            "match_profile", "read_scalesim_csv", "simulate", "uniform_gates"]

@@ -12,33 +12,29 @@ import yaml
 
 import dyngate
 from dyngate.errors import DyngateError
+from kernels.api import BACKENDS
+from dyngate.cli_model import add_parsers as add_model_parsers
+from dyngate.options import add_options
 from dyngate.train import TrainConfig, Trainer, config_from_dict, evaluate
 from models.data import DATASETS, DataError, load_dataset
 
 
 def _add_data_args(p: argparse.ArgumentParser, default_dataset: str | None = None) -> None:
     p.add_argument("--dataset", choices=DATASETS, default=default_dataset,
-                   help="dataset (default: the one the checkpoint was trained on)")
-    p.add_argument("--data-dir", help="dataset folder (Fashion-MNIST default: "
-                                      "/usr/share/datasets/fashion-mnist)")
-    p.add_argument("--limit", type=int, help="use only the first N test images")
+                   help="dataset (default: the one the checkpoint was trained on; one of: "
+                        f"{', '.join(DATASETS)})")
+    p.add_argument("--data-dir", help="dataset folder (default: the checkpoint's, else for "
+                                      "Fashion-MNIST /usr/share/datasets/fashion-mnist)")
+    p.add_argument("--limit", type=int, help="use only the first N test images (default: all; >= 1)")
 
 
 def _train_parser(sub) -> None:
     p = sub.add_parser("train", help="train a dense, gated (CGNet) or CUCB model")
-    p.add_argument("--config", help="YAML file of training options (flags override it)")
-    p.add_argument("--resume", help="resume from a checkpoint written by this command")
-    defaults = TrainConfig()
-    for f in fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        default = getattr(defaults, f.name)
-        if isinstance(default, bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
-        elif isinstance(default, list):
-            p.add_argument(flag, type=int, nargs="*", default=None)
-        else:
-            typ = type(default) if default is not None else (int if f.name.endswith("limit") or f.name == "threads" else str)
-            p.add_argument(flag, type=typ, default=None)
+    p.add_argument("--config", help="YAML file of training options, keys as the flags below "
+                                    "(default: none; flags override it)")
+    p.add_argument("--resume", help="resume from a checkpoint written by this command "
+                                    "(default: none: start fresh)")
+    add_options(p, TrainConfig)
 
 
 def _cfg_from_args(args) -> TrainConfig:
@@ -165,31 +161,53 @@ def cmd_profile(args) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dyngate", description=__doc__)
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line naming the subcommand and option, exit code 2."""
+
+    def error(self, message: str):
+        print(f"error: {self.prog}: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole CLI: every subcommand and option (tests walk it to check the help)."""
+    parser = _Parser(prog="python -m dyngate", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _train_parser(sub)
+    add_model_parsers(sub)
     for name, help_ in (("eval", "accuracy, MAC reduction and the per-layer density table"),
                         ("profile", "write the measured SparsityProfile YAML")):
         p = sub.add_parser(name, help=help_)
-        p.add_argument("checkpoint")
+        p.add_argument("checkpoint", help="dyngate checkpoint (.pt) to evaluate")
         _add_data_args(p)
-        p.add_argument("--backend", default="auto", choices=["auto", "reference", "cpu", "triton"])
+        p.add_argument("--backend", default="auto", choices=list(BACKENDS),
+                       help="gated-layer kernels: auto picks per layer by measurement; reference "
+                            "is plain torch (default: auto; one of: " + ", ".join(BACKENDS) + ")")
         if name == "eval":
-            p.add_argument("--json", action="store_true", help="print one JSON object")
-            p.add_argument("--profile-out", help="also write the sparsity profile YAML here")
+            p.add_argument("--json", action="store_true", help="print one JSON object (default: a table)")
+            p.add_argument("--profile-out", help="also write the sparsity profile YAML here (default: none)")
             p.add_argument("--time", action="store_true",
                            help="also time the whole network against its dense copy (same weights, "
                                 "threads and batches, channels-last oneDNN): dense_ms, gated_ms, "
-                                "real_speedup")
+                                "real_speedup (default: off)")
             p.add_argument("--time-batch-size", type=int, default=256,
                            help="images per timed batch (default: 256; >= 1)")
             p.add_argument("--time-batches", type=int, default=8,
                            help="timed batches, median reported (default: 8; >= 1)")
         else:
-            p.add_argument("--out", required=True, help="profile YAML path")
-    args = parser.parse_args(argv)
+            p.add_argument("--out", required=True, help="profile YAML path to write (required)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:   # --help (0) or a usage error (2), already printed
+        return int(e.code or 0)
+    try:
+        if hasattr(args, "func"):
+            return args.func(args)
         return {"train": cmd_train, "eval": cmd_eval, "profile": cmd_profile}[args.command](args)
     except (DyngateError, DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import copy
+import math
 import warnings
+from dataclasses import dataclass
 from typing import Iterable
 
 import torch
 import torch.nn as nn
 
 from dyngate.errors import ConversionError
+from dyngate.options import option
 from dyngate.gating import GatedConv2d
 from dyngate.graph import GraphView, LayerInfo, capture
 
@@ -16,10 +19,38 @@ SPEC_VERSION = 2   # 2 adds the gate block tile and the rule; version 1 reads as
 RULES = ("cgnet", "all")
 
 
+@dataclass
+class GateOptions:
+    """The gate settings ``convert`` takes, as config fields shared by ``train`` and the
+    ``convert`` command (help text and allowed values are the CLI's)."""
+    partitions: int = option(4, "gate partitions p: the base path reads 1/p of the input channels",
+                             allowed=">= 1, dividing the gated layers' channels")
+    grouped: bool = option(True, "block-diagonal base path (CGNet's grouped channel gating)")
+    granularity: int = option(1, "output channels per gate decision", allowed=">= 1, dividing C_out")
+    tile: list[int] = option([1, 1], "gate block: TH TW output positions per decision",
+                             allowed="two integers >= 1")
+    rule: str = option("cgnet", "which convs to gate", choices=RULES)
+    alpha: float = option(2.0, "CGNet's gate sharpness alpha", allowed="> 0")
+    threshold_init: float = option(0.0, "initial gate threshold Delta", allowed="finite")
+
+    def convert_kwargs(self) -> dict:
+        return dict(granularity=self.granularity, tile=tuple(self.tile), rule=self.rule,
+                    alpha=self.alpha, threshold_init=self.threshold_init)
+
+
 def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, new)
+
+
+def gatable_width_multiple(partitions: int, grouped: bool = True, granularity: int = 1) -> int:
+    """Smallest channel step at which every layer can be gated with these settings and run by
+    the fused CPU kernel on any ISA: inputs split into ``partitions`` chunks, grouped outputs
+    into chunks of a multiple of 4 (``kernels.cpu_fused.MIN_CHUNK``) that hold whole gate groups."""
+    from kernels.cpu_fused import MIN_CHUNK  # noqa: PLC0415 (kernels import torch extensions lazily)
+    lanes = math.lcm(MIN_CHUNK, granularity)
+    return partitions * lanes if grouped else math.lcm(partitions, lanes)
 
 
 def _why_not_gatable(info: LayerInfo, partitions: int, grouped: bool, granularity: int) -> str | None:
@@ -54,7 +85,7 @@ def select_layers(view: GraphView, partitions: int, grouped: bool, granularity: 
                 convs = ", ".join(l.name for l in view.convs())
                 raise ConversionError(f"{label}: no conv/linear layer named '{n}' in the model; "
                                       f"conv layers are: {convs}")
-    chosen, skipped = [], {}
+    chosen, skipped, unfit = [], {}, []
     if include is not None:
         for n in include:
             why = _why_not_gatable(view.layers[n], partitions, grouped, granularity)
@@ -74,9 +105,14 @@ def select_layers(view: GraphView, partitions: int, grouped: bool, granularity: 
             why = _why_not_gatable(info, partitions, grouped, granularity)
             if why:
                 skipped[info.name] = why
-                warnings.warn(f"dyngate.convert: not gating '{info.name}': {why}", stacklevel=3)
+                unfit.append(f"'{info.name}': {why}")
             else:
                 chosen.append(info.name)
+    if unfit:  # one summary, with the way out
+        step = gatable_width_multiple(partitions, grouped, granularity)
+        warnings.warn(f"dyngate.convert: not gating {len(unfit)} of {len(unfit) + len(chosen)} "
+                      f"candidate convs ({'; '.join(unfit)}); dyngate.prune(..., partitions={partitions}) "
+                      f"keeps widths at multiples of {step}, which gate", stacklevel=3)
     return chosen, skipped
 
 

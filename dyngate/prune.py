@@ -15,10 +15,27 @@ import torch
 import torch.nn as nn
 
 from dyngate import criteria
+from dyngate.convert import gatable_width_multiple
 from dyngate.errors import ConversionError
 from dyngate.graph import ChannelGroup, GraphView, capture
 from dyngate.latency import LatencyTable
 from dyngate.surgery import prune_groups, refuse_gated, shortcut_zones, zone_of_rows
+
+
+DEFAULT_MAX_GROUP_RATIO = 0.9
+"""Global ranking takes at most this share of any one channel group unless told otherwise, so
+a criterion that scores a whole group lowest (HRank on a rank-deficient block) leaves a tenth of
+it instead of refusing; ``max_group_ratio=1.0`` lifts the cap (emptying a group is then an error)."""
+
+
+def _group_cap(max_group_ratio: float | None) -> float:
+    return DEFAULT_MAX_GROUP_RATIO if max_group_ratio is None else max_group_ratio
+
+
+def _check_cap(r: Any) -> float:
+    if isinstance(r, bool) or not isinstance(r, (int, float)) or not (0 < r <= 1) or math.isnan(r):
+        raise ConversionError(f"max_group_ratio must be a number in (0, 1], got {r!r}")
+    return float(r)
 
 
 def _check_ratio(r: Any, what: str) -> float:
@@ -59,8 +76,9 @@ def select_keep(view: GraphView, scores: Mapping[int, np.ndarray], ratio: float,
     """Keep sets from scores. ``local``: each group drops floor(ratio * size) of its own lowest
     rows. ``global``: one ranking over all groups' scores drops ratio * (all rows) in total.
     ``max_group_ratio`` caps what global ranking may take from one group (Torch-Pruning's
-    ``max_pruning_ratio``). Groups in ``per_group_ratio`` always use their own local ratio. A
-    group is never emptied: that is an error naming it."""
+    ``max_pruning_ratio``; None: :data:`DEFAULT_MAX_GROUP_RATIO`), the next-lowest rows of other
+    groups go instead. Groups in ``per_group_ratio`` always use their own local ratio. A group
+    is never emptied: that is an error naming it."""
     per_group_ratio = per_group_ratio or {}
     by_id = {g.id: g for g in view.groups}
     zones = {gid: next(iter(z.values())) for gid, z in zone_of_rows(view, shortcut_zones(view)).items()}
@@ -74,18 +92,16 @@ def select_keep(view: GraphView, scores: Mapping[int, np.ndarray], ratio: float,
         owner = np.concatenate([np.full(len(scores[g]), g) for g in free])
         order = owner[np.lexsort((frac, vals))]
         n_drop = int(ratio * len(vals))
-        if max_group_ratio is None:
-            dropped = order[:n_drop]
-        else:  # skip rows of groups that reached their cap; the next-lowest rows go instead
-            cap = {g: int(max_group_ratio * by_id[g].size) for g in free}
-            dropped = []
-            for g in order.tolist():
-                if len(dropped) == n_drop:
-                    break
-                if cap[g] > 0:
-                    cap[g] -= 1
-                    dropped.append(g)
-            dropped = np.asarray(dropped, dtype=np.int64)
+        # skip rows of groups that reached their cap; the next-lowest rows go instead
+        cap = {g: int(_group_cap(max_group_ratio) * by_id[g].size) for g in free}
+        dropped = []
+        for g in order.tolist():
+            if len(dropped) == n_drop:
+                break
+            if cap[g] > 0:
+                cap[g] -= 1
+                dropped.append(g)
+        dropped = np.asarray(dropped, dtype=np.int64)
         counts = {g: by_id[g].size - int((dropped == g).sum()) for g in free}
     else:
         for g in free:
@@ -175,7 +191,7 @@ def select_keep_latency(view: GraphView, scores: Mapping[int, np.ndarray], ratio
     options = {}
     for g in free:
         size = by_id[g].size
-        low = 1 if max_group_ratio is None else max(1, size - int(max_group_ratio * size))
+        low = max(1, size - int(_group_cap(max_group_ratio) * size))
         ns = [n for n in range(low, size) if _round_keep(n, size, round_to) == n]
         if g in zones:
             n_mid = int((zones[g] == 0).sum())
@@ -209,11 +225,27 @@ def select_keep_latency(view: GraphView, scores: Mapping[int, np.ndarray], ratio
     return _keep_sets(view, scores, counts, zones, round_to, f"latency budget {ratio}")
 
 
+def _gating_round_to(round_to: int | None, partitions: Any, granularity: Any) -> int | None:
+    if partitions is None:
+        return round_to
+    for name, v in (("partitions", partitions), ("granularity", granularity)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ConversionError(f"{name} must be a positive integer, got {v!r}")
+    step = gatable_width_multiple(partitions, True, granularity)
+    if round_to is None:
+        return step
+    if round_to % step:
+        raise ConversionError(f"round_to={round_to} is not a multiple of {step}, the width step gating "
+                              f"with partitions={partitions}, granularity={granularity} needs")
+    return round_to
+
+
 def prune(model: nn.Module, method: str, ratio: float, *, scope: str = "global",
           example_input: torch.Tensor, data: Any = None, round_to: int | None = None,
           ignore: Iterable[str] = (), per_layer: Mapping[str, float] | None = None,
           max_group_ratio: float | None = None, max_batches: int = 4, seed: int = 0,
-          fold_shift: bool = True, latency: LatencyTable | None = None) -> nn.Module:
+          fold_shift: bool = True, latency: LatencyTable | None = None,
+          partitions: int | None = None, granularity: int = 1) -> nn.Module:
     """Return a physically smaller copy of ``model`` with ``ratio`` of its prunable channels
     removed by criterion ``method`` (see :mod:`dyngate.criteria`).
 
@@ -223,7 +255,11 @@ def prune(model: nn.Module, method: str, ratio: float, *, scope: str = "global",
     ``round_to`` keeps each group's width a multiple of it. ``ignore`` names layers whose output
     channels must stay; ``per_layer`` maps a layer name to its own (local) ratio for the groups it
     produces. ``max_group_ratio`` caps the share global ranking may take from any one group
-    (without it, a global ranking that would empty a group is an error). Data-driven criteria (hrank, ezcrop, taylor) read up to ``max_batches`` batches of
+    (default :data:`DEFAULT_MAX_GROUP_RATIO`; 1.0 lifts it, and a ranking that would then empty
+    a group is an error). ``partitions`` (and ``granularity``) prune for gating: ``round_to``
+    defaults to :func:`dyngate.convert.gatable_width_multiple`, the widths ``convert`` with the
+    same settings gates and the fused CPU kernel runs; a given ``round_to`` must be a multiple
+    of it. Data-driven criteria (hrank, ezcrop, taylor) read up to ``max_batches`` batches of
     ``data``. ``example_input`` gives the shapes and, with ``fold_shift``, the batch over which
     each removed channel's mean activation is measured and folded into its consumers (see
     :mod:`dyngate.surgery`): pass a real batch, not zeros. The input model is never modified.
@@ -240,6 +276,7 @@ def prune(model: nn.Module, method: str, ratio: float, *, scope: str = "global",
         raise ConversionError(f"scope must be 'global' or 'local', got {scope!r}")
     if round_to is not None and (isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1):
         raise ConversionError(f"round_to must be a positive integer or None, got {round_to!r}")
+    round_to = _gating_round_to(round_to, partitions, granularity)
     if method in criteria.DATA_DRIVEN and data is None:
         raise ConversionError(f"criterion '{method}' is data-driven: pass data= (a DataLoader or an "
                               "iterable of (x, y) batches)")
@@ -261,7 +298,7 @@ def prune(model: nn.Module, method: str, ratio: float, *, scope: str = "global",
     for n, r in per_layer.items():
         _check_ratio(r, f"per_layer['{n}']")
     if max_group_ratio is not None:
-        _check_ratio(max_group_ratio, "max_group_ratio")
+        _check_cap(max_group_ratio)
     groups = [g for g in view.groups if g.prunable
               and not any(role == "out" and l in ignore for l, role in g.members)]
     per_group: dict[int, float] = {}

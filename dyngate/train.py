@@ -9,7 +9,7 @@ import csv
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import torch
@@ -22,50 +22,49 @@ import dyngate
 import models
 from dyngate.checkpoint import read as read_checkpoint
 from dyngate.errors import CheckpointError
-from dyngate.convert import RULES
+from dyngate.convert import RULES, GateOptions
 from dyngate.gating import GatedConv2d
-from models.data import dataset_geometry, load_dataset
+from dyngate.options import option
+from models.data import DATASETS, dataset_geometry, load_dataset
 
 
 @dataclass
-class TrainConfig:
-    model: str = "resnet20"
-    dataset: str = "fashion-mnist"
-    data_dir: str | None = None
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: str = "cosine"          # cosine | step
-    milestones: list[int] = field(default_factory=lambda: [])  # step schedule, x0.1 each
-    augment: bool = True              # random crop (pad 2) + horizontal flip
-    gated: bool = False
-    partitions: int = 4
-    grouped: bool = True
-    granularity: int = 1
-    tile: list[int] = field(default_factory=lambda: [1, 1])  # gate block: th tw output positions
-    rule: str = "cgnet"               # which convs to gate: cgnet | all (dyngate.convert)
-    alpha: float = 2.0
-    threshold_init: float = 0.0
-    target: float = 1.0               # CGNet target threshold T
-    gate_lambda: float = 1e-4         # weight of sum (delta - T)^2
-    teacher: str | None = None        # dense teacher checkpoint for KD
-    kd_temperature: float = 4.0
-    kd_weight: float = 0.9            # weight of the KD term; (1 - w) on cross-entropy
-    init: str | None = None           # start from a (dense) checkpoint's weights
-    seed: int = 0
-    train_limit: int | None = None
-    test_limit: int | None = None
-    threads: int | None = None
-    out: str = "runs/train"
-    cucb: bool = False                # CUCB dynamic channel execution (dyngate.cucb)
-    keep: float = 0.5                 # CUCB target fraction of each group's channels
-    ucb_c: float = 1.5                # CUCB exploration constant c (3/2: Chen et al. 2013)
-    cucb_warmup: int = 1              # epochs over which keep anneals from 1.0 to --keep
-    cucb_finetune: int = 1            # epochs of fine-tuning the extracted compact model
-    cucb_finetune_lr: float = 0.01
-    cucb_bn_batches: int = 0          # forward-only BN re-calibration batches after extraction
+class TrainConfig(GateOptions):
+    model: str = option("resnet20", "architecture from the model registry (models.REGISTRY)",
+                        allowed="one of: " + ", ".join(sorted(models.REGISTRY)))
+    dataset: str = option("fashion-mnist", "training and test data", choices=DATASETS)
+    data_dir: str | None = option(None, "dataset folder (Fashion-MNIST: /usr/share/datasets/fashion-mnist)",
+                                  allowed="a folder holding the dataset's files")
+    epochs: int = option(10, "training epochs", allowed=">= 1")
+    batch_size: int = option(128, "images per SGD step", allowed=">= 1")
+    lr: float = option(0.1, "initial SGD learning rate", allowed="> 0, finite")
+    momentum: float = option(0.9, "SGD momentum", allowed="[0, 1)")
+    weight_decay: float = option(5e-4, "L2 weight decay (not on BN, bias or thresholds)", allowed=">= 0")
+    schedule: str = option("cosine", "learning-rate schedule", choices=("cosine", "step"))
+    milestones: list[int] = option([], "epochs at which the step schedule multiplies lr by 0.1",
+                                   allowed="increasing epochs")
+    augment: bool = option(True, "random crop (pad 2) and horizontal flip of training images")
+    gated: bool = option(False, "train a CGNet-gated model (dyngate.convert)")
+    target: float = option(1.0, "CGNet target threshold T of the gate loss", allowed="finite")
+    gate_lambda: float = option(1e-4, "weight of the gate loss sum (Delta - T)^2", allowed=">= 0")
+    teacher: str | None = option(None, "dense teacher checkpoint for knowledge distillation",
+                                 allowed="a dyngate checkpoint")
+    kd_temperature: float = option(4.0, "distillation temperature", allowed="> 0")
+    kd_weight: float = option(0.9, "weight of the KD term; (1 - w) on cross-entropy", allowed="[0, 1]")
+    init: str | None = option(None, "start from a dense checkpoint's weights", allowed="a dyngate checkpoint")
+    seed: int = option(0, "seed of weights, data order and augmentation", allowed="any integer")
+    train_limit: int | None = option(None, "use only the first N training images", allowed=">= 1", kind=int)
+    test_limit: int | None = option(None, "evaluate on only the first N test images", allowed=">= 1", kind=int)
+    threads: int | None = option(None, "torch CPU threads (none: torch's default)", allowed=">= 1", kind=int)
+    out: str = option("runs/train", "output folder for checkpoints and metrics", allowed="a writable folder")
+    cucb: bool = option(False, "CUCB dynamic channel execution (dyngate.cucb)")
+    keep: float = option(0.5, "CUCB target fraction of each group's channels", allowed="(0, 1]")
+    ucb_c: float = option(1.5, "CUCB exploration constant c (3/2: Chen et al. 2013)", allowed=">= 0")
+    cucb_warmup: int = option(1, "epochs over which keep anneals from 1.0 to --keep", allowed=">= 0")
+    cucb_finetune: int = option(1, "epochs of fine-tuning the extracted compact model", allowed=">= 0")
+    cucb_finetune_lr: float = option(0.01, "learning rate of the CUCB fine-tuning", allowed=">= 0")
+    cucb_bn_batches: int = option(0, "forward-only BN re-calibration batches after extraction",
+                                  allowed=">= 0")
 
     def validate(self) -> None:
         if self.model not in models.REGISTRY:
@@ -102,9 +101,7 @@ def build_model(cfg: TrainConfig) -> nn.Module:
             raise CheckpointError(f"--init {cfg.init}: expected a dense checkpoint, this one is gated")
         model = dyngate.load(cfg.init, model=model).train()
     if cfg.gated:
-        model = dyngate.convert(model, cfg.partitions, cfg.grouped, granularity=cfg.granularity,
-                                tile=tuple(cfg.tile), rule=cfg.rule, alpha=cfg.alpha,
-                                threshold_init=cfg.threshold_init)
+        model = dyngate.convert(model, cfg.partitions, cfg.grouped, **cfg.convert_kwargs())
     return model
 
 

@@ -1,8 +1,10 @@
 """Public entry point: validate, pick a backend, run the conditional partial-sum conv."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import threading
+import warnings
 
 import torch
 
@@ -11,6 +13,7 @@ from kernels.reference import conditional_conv2d_reference
 
 BACKENDS = ("auto", "reference", "cpu", "triton")
 _LAST = threading.local()
+_WARNED_NO_TRITON: list[bool] = []   # warn once per process
 
 
 def last_path() -> str | None:
@@ -71,12 +74,35 @@ def validate(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, t
     return geo
 
 
+INSTALL_GPU = 'pip install -e ".[gpu]"'
+
+
+def triton_available() -> bool:
+    """Triton is an optional extra (``.[gpu]``): a CPU install does without its 300 MB."""
+    try:
+        return importlib.util.find_spec("triton") is not None
+    except (ImportError, ValueError):   # a broken install counts as absent
+        return False
+
+
+def _no_triton_fallback() -> str:
+    if not _WARNED_NO_TRITON:
+        _WARNED_NO_TRITON.append(True)
+        warnings.warn(f"gated conv on CUDA without triton: running the plain-torch reference "
+                      f"(no skipped work); {INSTALL_GPU} for the Triton kernels", RuntimeWarning, stacklevel=4)
+    return "reference"
+
+
 def select_backend(backend: str, device: torch.device) -> str:
     """Resolve "auto" and refuse a backend on a device it cannot run on."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if backend == "auto":
-        return "triton" if device.type == "cuda" else "cpu" if device.type == "cpu" else "reference"
+        if device.type == "cuda":
+            return "triton" if triton_available() else _no_triton_fallback()
+        return "cpu" if device.type == "cpu" else "reference"
+    if backend == "triton" and not triton_available():
+        raise ValueError(f"backend 'triton' needs the triton package, not installed: {INSTALL_GPU}")
     if backend == "cpu" and device.type != "cpu":
         raise ValueError(f"backend 'cpu' needs CPU tensors, got tensors on {device}")
     if backend == "triton" and device.type != "cuda" and not (device.type == "cpu" and interpreter_enabled()):

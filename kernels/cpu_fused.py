@@ -68,6 +68,7 @@ _ISA_FLAGS = {"avx512": ["-march=native"], "avx2": ["-march=native", "-mno-avx51
 _ISA_LAYOUTS = {"avx512": [(16, False), (8, False), (16, True), (8, True), (4, False)],
                 "avx2": [(8, False), (8, True), (4, False), (16, False)],
                 "generic": [(4, False), (8, False), (16, False)]}  # wide last: gate groups of 8/16
+MIN_CHUNK = 4   # narrowest exact vector every ISA's layout list has: chunks of 4k channels always fit
 _ISA_TILE = {"avx512": (14, 12), "avx2": (12, 6), "generic": (12, 6)}
 
 

@@ -19,6 +19,18 @@ REGISTRY: dict[str, Callable[..., nn.Module]] = {
 }
 
 
+def register(name: str, builder: Callable[..., nn.Module], *, replace: bool = False) -> None:
+    """Add a model builder to the registry, so ``build(name, ...)`` works for it and
+    ``dyngate.load(path)`` can rebuild checkpoints of it with no ``model=`` argument."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"model name must be a non-empty string, got {name!r}")
+    if not callable(builder):
+        raise ValueError(f"builder for {name!r} must be callable, got {type(builder).__name__}")
+    if name in REGISTRY and not replace and REGISTRY[name] is not builder:
+        raise ValueError(f"model {name!r} is already registered; pass replace=True to override it")
+    REGISTRY[name] = builder
+
+
 def build(name: str, **kwargs: Any) -> nn.Module:
     """Build a registered model and tag it with its recipe (``model.dyngate_arch``)."""
     if name not in REGISTRY:
@@ -28,4 +40,4 @@ def build(name: str, **kwargs: Any) -> nn.Module:
     return model
 
 
-__all__ = ["REGISTRY", "build", "resnet18", "resnet20", "resnet20_postact", "resnet34", "resnet56", "vgg16"]
+__all__ = ["REGISTRY", "build", "register", "resnet18", "resnet20", "resnet20_postact", "resnet34", "resnet56", "vgg16"]

@@ -90,7 +90,7 @@ def test_indivisible_layers_are_reported_not_silently_skipped():
             x = torch.relu(self.d(x))
             return self.fc(x.mean((2, 3)))
 
-    with pytest.warns(UserWarning, match="not gating 'c': in_channels=6"):
+    with pytest.warns(UserWarning, match="not gating 1 of .*'c': in_channels=6.*partitions=4"):
         g = dyngate.convert(Net())
     assert _gated_names(g) == ["d"]
     assert "in_channels=6" in g.dyngate_spec["skipped"]["c"]

@@ -82,3 +82,36 @@ def test_bias_none_is_supported():
     x, w, _, tau, isg = make_case(2, 8, 8, 6, 6, 3, density=0.5)
     out, gate = conditional_conv2d(x, w, None, tau, isg, padding=1, backend="cpu", return_gate=True)
     check_against_reference(out, gate, x, w, None, tau, isg, padding=1)
+
+
+def test_without_triton_cpu_install_works_and_cuda_auto_falls_back(tmp_path):
+    """triton is an optional extra: with its import blocked, dyngate imports, gates and runs on
+    CPU; auto on CUDA resolves to the reference (with a warning), an explicit 'triton' is a
+    clear error naming the extra."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    block = tmp_path / "sitecustomize.py"
+    block.write_text("import sys\nclass _NoTriton:\n    def find_spec(self, name, path=None, target=None):\n"
+                     "        if name == 'triton' or name.startswith('triton.'):\n"
+                     "            raise ModuleNotFoundError(\"No module named 'triton'\")\n"
+                     "sys.meta_path.insert(0, _NoTriton())\n")
+    code = ("import warnings, torch, dyngate, models\n"
+            "from kernels import api\n"
+            "assert not api.triton_available()\n"
+            "g = dyngate.convert(models.build('resnet20', in_channels=1)).eval()\n"
+            "with torch.no_grad(): y = g(torch.randn(2, 1, 28, 28))\n"
+            "assert y.shape == (2, 10)\n"
+            "with warnings.catch_warnings(record=True) as w:\n"
+            "    warnings.simplefilter('always')\n"
+            "    assert api.select_backend('auto', torch.device('cuda')) == 'reference'\n"
+            "assert any('.[gpu]' in str(x.message) for x in w)\n"
+            "try:\n    api.select_backend('triton', torch.device('cuda'))\n"
+            "except ValueError as e:\n    assert '.[gpu]' in str(e), e\n"
+            "else:\n    raise AssertionError('triton backend accepted without triton')\n"
+            "import sys; assert 'triton' not in sys.modules\n")
+    import os
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(Path(__file__).resolve().parents[2])]))
+    env.pop("TRITON_INTERPRET", None)
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]

@@ -18,6 +18,7 @@ CASES = Path(__file__).with_name("interp_kern_triton_cases.py")
 def test_interpreter_cases_pass():
     """TRITON_INTERPRET must precede ``import triton``, and setting it in this process would
     leak into other tests (backend checks), so the kernel cases run in a child pytest."""
+    pytest.importorskip("triton", reason="triton is the optional extra .[gpu] (the dev extra installs it)")
     env = dict(os.environ, TRITON_INTERPRET="1")
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-o", "addopts=", "-p", "no:cacheprovider",
                            "-W", "ignore::DeprecationWarning", str(CASES)],

@@ -143,7 +143,8 @@ def test_global_ranking_that_empties_a_group_is_an_error_unless_capped(resnet):
     scores[victim] = np.zeros(16)
     ratio = 16 / sum(len(s) for s in scores.values()) + 1e-6
     with pytest.raises(ConversionError, match="every channel of group .*layer1.0.conv1"):
-        select_keep(view, scores, ratio)
+        select_keep(view, scores, ratio, max_group_ratio=1.0)
+    assert len(select_keep(view, scores, ratio)[victim]) == 16 - int(0.9 * 16)   # the default cap
     keep = select_keep(view, scores, ratio, max_group_ratio=0.5)
     assert len(keep[victim]) == 8
     dropped = sum(g.size - len(keep.get(g.id, range(g.size))) for g in view.groups if g.prunable)
