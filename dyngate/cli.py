@@ -13,6 +13,7 @@ import yaml
 import dyngate
 from dyngate.errors import DyngateError
 from kernels.api import BACKENDS
+from dyngate import distributed
 from dyngate.cli_model import add_parsers as add_model_parsers
 from dyngate.options import add_options
 from dyngate.train import TrainConfig, Trainer, config_from_dict, evaluate
@@ -87,11 +88,15 @@ def cmd_train(args) -> int:
         trainer = Trainer(cfg)
     if args.resume:
         trainer.resume(args.resume)
-    history = trainer.fit()
-    final = os.path.join(cfg.out, "final.pt")
-    trainer.save(final)
-    print(json.dumps(history[-1] if history else {}, indent=1))
-    print(f"saved {final}")
+    try:
+        history = trainer.fit()
+        final = os.path.join(cfg.out, "final.pt")
+        trainer.save(final)
+    finally:
+        distributed.shutdown()
+    if trainer.world.main:
+        print(json.dumps(history[-1] if history else {}, indent=1))
+        print(f"saved {final}")
     return 0
 
 

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 import dyngate
 import models
+from dyngate import distributed
 from dyngate.checkpoint import read as read_checkpoint
 from dyngate.errors import CheckpointError
 from dyngate.convert import RULES, GateOptions
@@ -153,13 +154,15 @@ def evaluate(model: nn.Module, data: TensorDataset, batch_size: int = 500,
 class Trainer:
     def __init__(self, cfg: TrainConfig, progress: bool = True) -> None:
         cfg.validate()
-        self.cfg, self.progress = cfg, progress
+        self.world = distributed.init(cfg.batch_size)
+        self.cfg, self.progress = cfg, progress and self.world.main
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
         self.train_set = load_dataset(cfg.dataset, "train", cfg.data_dir, cfg.train_limit)
         self.test_set = load_dataset(cfg.dataset, "test", cfg.data_dir, cfg.test_limit)
         self.model = build_model(cfg).to(memory_format=torch.channels_last)
+        self.net = distributed.wrap(self.model, self.world)   # what training steps call
         self.teacher = None
         if cfg.teacher:
             self.teacher = dyngate.load(cfg.teacher).eval().to(memory_format=torch.channels_last)
@@ -177,10 +180,11 @@ class Trainer:
         # accuracy of the dense model a gated run starts from (all gates open = the --init
         # weights exactly), kept in the checkpoint so eval can report the accuracy cost
         self.dense_accuracy: float | None = None
-        os.makedirs(cfg.out, exist_ok=True)
+        if self.world.main:
+            os.makedirs(cfg.out, exist_ok=True)
 
     def measure_dense_accuracy(self) -> None:
-        if self.cfg.gated and self.cfg.init and self.dense_accuracy is None:
+        if self.cfg.gated and self.cfg.init and self.dense_accuracy is None and self.world.main:
             with dyngate.gates_open(self.model):
                 self.dense_accuracy = evaluate(self.model, self.test_set)[0]
 
@@ -192,6 +196,12 @@ class Trainer:
                 "config": asdict(self.cfg), "dense_accuracy": self.dense_accuracy}
 
     def save(self, path: str) -> None:
+        """Rank 0 writes; on more ranks the others wait until the file is complete."""
+        if self.world.main:
+            self._write_checkpoint(path)
+        self.world.barrier()
+
+    def _write_checkpoint(self, path: str) -> None:
         dyngate.save(self.model, path, extra={"trainer": self.state(),
                                               "metrics": self.history[-1] if self.history else {}})
 
@@ -222,10 +232,14 @@ class Trainer:
         for b in bar:
             idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
             x, y = x_all[idx], y_all[idx]
-            if cfg.augment:
+            if cfg.augment:   # on the whole batch, so every rank's generator stays in step
                 x = _augment(x, self.gen)
+            mine = self.world.slice(len(idx))
+            if mine.start == mine.stop:
+                continue
+            x, y = x[mine], y[mine]
             x = x.contiguous(memory_format=torch.channels_last)  # ~1.3x faster convs on CPU
-            out = model(x)
+            out = self.net(x)
             loss = F.cross_entropy(out, y)
             if self.teacher is not None:
                 with torch.no_grad():
@@ -242,6 +256,7 @@ class Trainer:
             if b % 20 == 0:
                 bar.set_postfix(loss=f"{loss_sum / total:.3f}", acc=f"{correct / total:.3f}")
         self.sched.step()
+        total, correct, loss_sum = distributed.sum_across([total, correct, loss_sum], self.world)
         return {"train_loss": loss_sum / total, "train_acc": correct / total}
 
     def fit(self, stop_after: int | None = None) -> list[dict[str, Any]]:
@@ -253,14 +268,16 @@ class Trainer:
             t0 = time.perf_counter()
             row = {"epoch": self.epoch + 1, "lr": self.opt.param_groups[0]["lr"], **self.train_epoch()}
             row["train_seconds"] = time.perf_counter() - t0
-            acc, prof = evaluate(self.model, self.test_set)
-            t = prof.totals
-            row.update(test_acc=acc, mac_reduction=t["mac_reduction"],
-                       gated_mac_reduction=t["gated_mac_reduction"],
-                       mean_threshold=_mean_threshold(self.model))
+            if self.world.main:   # one evaluation; rank 0's weights are every rank's
+                acc, prof = evaluate(self.model, self.test_set)
+                t = prof.totals
+                row.update(test_acc=acc, mac_reduction=t["mac_reduction"],
+                           gated_mac_reduction=t["gated_mac_reduction"],
+                           mean_threshold=_mean_threshold(self.model))
             self.epoch += 1
             self.history.append(row)
-            self._log()
+            if self.world.main:
+                self._log()
             self.save(os.path.join(cfg.out, "last.pt"))
             if self.progress:
                 tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"

@@ -59,6 +59,8 @@ class CUCBTrainer(Trainer):
         if not cfg.cucb:
             raise ValueError("CUCBTrainer needs cfg.cucb = True (--cucb)")
         super().__init__(cfg, progress)
+        if self.world.size > 1:   # the sliced executor runs sub-networks outside DDP's hooks
+            raise ValueError(f"--cucb runs in one process; got a torchrun world of {self.world.size}")
         cin, size, _ = dataset_geometry(cfg.dataset)
         self.example_shape = (1, cin, size, size)
         self.dense_model = self.model
