@@ -5,12 +5,12 @@ import argparse
 import sys
 from typing import Sequence
 
-from accel_sim.config import (DATAFLOWS, GATE_SCHEDULES, WORDS, AccelConfig, ConfigError, config_from_mapping,
+from accel_sim.config import (DATAFLOWS, GATE_SCHEDULES, OBJECTIVES, WORDS, AccelConfig, ConfigError, config_from_mapping,
                               load_config, parse_array)
 from accel_sim.cost_tables import FPGA_PARTS, TABLE
 from accel_sim.networks import BUILTINS, build
 from accel_sim.profile import ProfileError, layers_from_profile, load_profile, match_profile, uniform_gates
-from accel_sim.report import format_table, plot_layers, to_json, write_csv
+from accel_sim.report import format_breakdown, format_table, plot_layers, to_json, write_csv
 from accel_sim.simulate import simulate
 from accel_sim.sweep import plot_pareto, run_sweep, write_sweep_csv
 from accel_sim.topology import read_scalesim_csv
@@ -35,14 +35,24 @@ def _chw(text: str | None) -> tuple[int, int, int] | None:
     return c, h, w
 
 
+def _kb(text: str) -> float:
+    """--gather-buffer-kb: a number (range checked by AccelConfig), one-line error otherwise."""
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected KiB as a number, got {text!r}") from None
+
+
 def _config(args: argparse.Namespace) -> AccelConfig:
     cfg = load_config(args.config) if args.config else AccelConfig()
     over = {}
     if args.array:
         over["rows"], over["cols"] = parse_array(args.array)
-    for key in ("dataflow", "word", "schedule"):
+    for key in ("dataflow", "word", "schedule", "optimize"):
         if getattr(args, key, None):
             over["gate_schedule" if key == "schedule" else key] = getattr(args, key)
+    if getattr(args, "gather_buffer_kb", None) is not None:
+        over["gather_buffer_kb"] = args.gather_buffer_kb
     if getattr(args, "no_dense_fallback", False):
         over["dense_fallback"] = False
     return config_from_mapping({**cfg.to_dict(), **over}, "command line") if over else cfg
@@ -92,6 +102,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.plot:
         plot_layers(result, args.plot)
     print(to_json(result) if args.json else format_table(result))
+    if args.breakdown and not args.json:
+        print(format_breakdown(result))
     return 0
 
 
@@ -131,6 +143,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     _add_hw_args(run)
     run.add_argument("--schedule", choices=GATE_SCHEDULES, help="conditional-pass hardware: auto (cheapest per "
                      "layer) | column (per-column compacted lists) | union (shared streams); config default auto")
+    run.add_argument("--optimize", help=f"what the per-layer choice between dense and the gated schedules "
+                     f"minimises: {' | '.join(OBJECTIVES)} (cycles = total cycles incl. DRAM stalls, "
+                     "edp = energy x cycles); default: the config's, AccelConfig default cycles")
+    run.add_argument("--gather-buffer-kb", type=_kb, help="WS gather window for per-column conditional lists, "
+                     "KiB >= 0 (0: none, gathers read the ifmap SRAM); default: the config's, AccelConfig "
+                     "default 8")
+    run.add_argument("--breakdown", action="store_true",
+                     help="also print, per gated layer, the energy by part against dense and why its "
+                     "schedule was chosen (the JSON/CSV rows always carry it)")
     run.add_argument("--no-dense-fallback", action="store_true",
                      help="run every gated layer gated, even where its dense mapping is faster")
     g = run.add_mutually_exclusive_group()

@@ -51,12 +51,14 @@ decision (``granularity`` > 1) share one draw at the group's mean density.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 
 from accel_sim.config import AccelConfig
-from accel_sim.dataflow import ceil_div, fold_cycles, folded_cycles, sram_accesses, total_folds
+from accel_sim.dataflow import ceil_div, fold_cycles, folded_cycles, gemm_dims, sram_accesses, total_folds
+from accel_sim.memory import usable_words
 from accel_sim.profile import GateSpec
 from accel_sim.topology import Layer
 
@@ -291,6 +293,10 @@ class GatedCounts:
     fill_drain_cycles: int     # fold fill/drain of all folds (fold cycles with T = 0)
     gated_compute_cycles: int  # best gated schedule, also when the dense mapping was cheaper
     candidates: dict           # "<base>+<cond>" -> compute cycles of every legal gated schedule
+    gather_hits: int = 0       # of ifmap_reads, those served by the gather window (not the SRAM)
+    gather_fills: int = 0      # words copied ifmap SRAM -> gather window
+    ifmap_fetch: float = 1.0   # DRAM ifmap words / the dense mapping's, when the ifmap does not fit
+    interleaved: bool = False  # passes run column tile by column tile (psums of the layer do not fit)
 
     @property
     def compute_cycles(self) -> int:
@@ -302,21 +308,119 @@ def _best(options: dict[str, PassCounts]) -> tuple[str, PassCounts]:
     return min(options.items(), key=lambda kv: (kv[1].cycles, kv[1].sram_reads))
 
 
-def gated_layer(layer: Layer, spec: GateSpec, cfg: AccelConfig, rng: np.random.Generator,
-                mask: np.ndarray | None = None) -> GatedCounts:
-    """Schedule one gated layer: the cheapest legal base and conditional mappings, or the
-    dense mapping when that is faster (and ``cfg.dense_fallback``).  ``mask`` [M, N] overrides
-    the drawn gate pattern."""
+def gather_window(needed: np.ndarray, cond_rows: int, rows: int, cols: int, buffer_words: float) -> tuple[int, int]:
+    """(operand reads served by the WS gather window, words filled into it) of a column pass.
+
+    Why: per-column lists break the WS array's horizontal input sharing, and a gather straight
+    from the ifmap SRAM costs one SRAM read per MAC.  The lists are ascending in pixel index and
+    advance one entry per cycle, so the columns of a tile need pixel vectors close to each other.
+    The window holds the ``buffer_words // R`` pixel vectors (R words each: one row fold's slice)
+    from the slowest column's list head on; each pixel is copied into it once from the ifmap
+    SRAM as the window slides, and a column whose head lies inside it reads there.  Heads
+    further ahead gather from the SRAM as before, so cycles are unchanged.  Assumed: the window
+    delivers one vector per column per cycle, as the per-column gather ports already do.
+    """
+    span = int(buffer_words // max(1, min(rows, cond_rows)))
+    hits = fills = 0
+    if span < 1:
+        return 0, 0
+    for j in range(0, needed.shape[1], cols):
+        tile = needed[:, j:j + cols].T                       # [columns, M]
+        col, pix = np.nonzero(tile)
+        if pix.size == 0:
+            continue
+        lens = tile.sum(axis=1)
+        rank = np.arange(pix.size) - np.repeat(np.cumsum(lens) - lens, lens)
+        pos = np.full((tile.shape[0], int(lens.max())), -1, dtype=np.int64)
+        pos[col, rank] = pix
+        live = pos >= 0
+        lo = np.where(live, pos, np.iinfo(np.int64).max).min(axis=0)   # slowest head per cycle
+        hits += int((live & (pos - lo[None, :] < span)).sum()) * cond_rows
+        fills += int(pix.max() - pix.min() + 1) * cond_rows
+    return hits, fills
+
+
+def ifmap_fetch_fraction(needed: np.ndarray, cls: np.ndarray, base_set: np.ndarray, cols: int,
+                         ifmap_words: int, capacity: float) -> float:
+    """DRAM ifmap words of the gated passes over the dense mapping's, when the ifmap does not fit
+    on chip and is re-fetched per column tile (WS/OS).  Per tile the base pass fetches the
+    channels of the tile's base partitions for all pixels; if that slice fits in the ifmap SRAM
+    it stays for the conditional pass, which then fetches only the other channels, and only for
+    pixels active in the tile; if not, the conditional pass re-fetches each filter's whole
+    conditional set for those pixels."""
+    fracs = []
+    for j in range(0, needed.shape[1], cols):
+        present = np.unique(cls[j:j + cols])
+        base_share = float(base_set[present].any(axis=0).mean())
+        stays = ifmap_words * base_share <= capacity
+        rest = 1.0 - base_share if stays else 1.0 - float(base_set[present].mean(axis=1).min())
+        pixels = float(needed[:, j:j + cols].any(axis=1).mean())
+        fracs.append(base_share + rest * pixels)
+    return float(np.mean(fracs))
+
+
+def _psums_interleave(layer: Layer, cfg: AccelConfig) -> bool:
+    """Run base and conditional pass column tile by column tile when the layer's base partial
+    sums or its ifmap do not all fit on chip: then only one tile's psums wait for the gate and
+    its base inputs are still in the ifmap SRAM for its conditional pass (a gate drain per tile
+    is charged).  Counted in words like the dense model's working sets."""
+    return (layer.ofmap_words > usable_words(cfg.ofmap_sram_kb, cfg)
+            or layer.ifmap_words > usable_words(cfg.ifmap_sram_kb, cfg))
+
+
+def _dense_counts(layer: Layer, cfg: AccelConfig, common: dict) -> GatedCounts:
+    """The layer's dense mapping, as a schedule option (gate ignored, every output in full)."""
+    df, r, c = cfg.dataflow, cfg.rows, cfg.cols
+    m, n, k = layer.gemm_m, layer.gemm_n, layer.gemm_k
+    sram = {key: int(v) for key, v in sram_accesses(df, r, c, m, n, k).items()}
+    folds = int(total_folds(df, r, c, m, n, k))
+    fill = int(fold_cycles(df, r, c, 0))
+    return GatedCounts(schedule="dense", base_cycles=int(folded_cycles(df, r, c, m, n, k)), cond_cycles=0,
+                       gate_cycles=0, folds=folds, base_macs=m * n * k, executed_macs=m * n * k,
+                       skipped_macs=0, compares=0, cond_balanced_cycles=0, fill_drain_cycles=fill * folds,
+                       **sram, **common)
+
+
+def _combine(names: tuple[str, str], base: PassCounts, cond: PassCounts, layer: Layer, cfg: AccelConfig,
+             extra: dict, common: dict) -> GatedCounts:
+    """One gated schedule: base pass, gate, conditional pass (``extra``: memory-side fields)."""
+    df, r, c = cfg.dataflow, cfg.rows, cfg.cols
+    tiles = 1
+    if extra["interleaved"]:
+        tiles = int(ceil_div(gemm_dims(df, layer.gemm_m, layer.gemm_n, layer.gemm_k)[1], c))
+    gate = gate_drain(df, r, cond, cfg.gate_latency) * tiles
+    hits, fills = extra["window"] if names[1] == "column" and df == "ws" else (0, 0)
+    fill = int(fold_cycles(df, r, c, 0))
+    return GatedCounts(
+        schedule=f"{names[0]}+{names[1]}" if cond.folds else names[0],
+        base_cycles=base.cycles, cond_cycles=cond.cycles, gate_cycles=gate,
+        folds=base.folds + cond.folds, base_macs=base.macs, executed_macs=base.macs + cond.macs,
+        skipped_macs=layer.macs - base.macs - cond.macs, compares=layer.gemm_m * layer.gemm_n,
+        ifmap_reads=base.ifmap_reads + cond.ifmap_reads, filter_reads=base.filter_reads + cond.filter_reads,
+        ofmap_writes=base.ofmap_writes + cond.ofmap_writes, ofmap_reads=base.ofmap_reads + cond.ofmap_reads,
+        cond_balanced_cycles=cond.balanced_cycles, fill_drain_cycles=fill * (base.folds + cond.folds),
+        gather_hits=hits, gather_fills=fills, ifmap_fetch=extra["ifmap_fetch"],
+        interleaved=extra["interleaved"], **common)
+
+
+def _check(layer: Layer, spec: GateSpec) -> None:
     if layer.groups != 1:
         raise ValueError(f"layer {layer.name}: gated layers must have groups 1, got {layer.groups}")
-    p = spec.partitions
-    if layer.in_channels % p:
-        raise ValueError(f"layer {layer.name}: partitions {p} must divide in_channels {layer.in_channels}")
+    if layer.in_channels % spec.partitions:
+        raise ValueError(f"layer {layer.name}: partitions {spec.partitions} must divide in_channels "
+                         f"{layer.in_channels}")
     if spec.channel_density.size != layer.out_channels:
         raise ValueError(f"layer {layer.name}: channel_density has {spec.channel_density.size} entries, "
                          f"out_channels is {layer.out_channels}")
+
+
+def _passes(layer: Layer, spec: GateSpec, cfg: AccelConfig, rng: np.random.Generator,
+            mask: np.ndarray | None):
+    """Every legal base and conditional pass, the memory-side facts and the common counters."""
+    _check(layer, spec)
     df, r, c = cfg.dataflow, cfg.rows, cfg.cols
     m, n, k = layer.gemm_m, layer.gemm_n, layer.gemm_k
+    p = spec.partitions
     grouped = spec.grouped and n % p == 0
     cls, base_set, cond_set = gate_classes(n, k, p, grouped)
     if mask is None:
@@ -326,31 +430,55 @@ def gated_layer(layer: Layer, spec: GateSpec, cfg: AccelConfig, rng: np.random.G
     cond_modes = tuple(md for md in COND_MODES[cfg.gate_schedule] if grouped or md != "group")
     bases = {md: pass_counts(df, r, c, everything, cls, base_set, md, False) for md in base_modes}
     conds = {md: pass_counts(df, r, c, mask, cls, cond_set, md, True) for md in cond_modes}
-    candidates = {f"{b}+{cm}": bp.cycles + gate_drain(df, r, cp, cfg.gate_latency) + cp.cycles
-                  for b, bp in bases.items() for cm, cp in conds.items()}
+    window = (0, 0)
+    if df == "ws" and "column" in conds and cfg.gather_buffer_kb > 0:
+        window = gather_window(mask, k - k // p, r, c, cfg.gather_buffer_kb * 1024 / cfg.word_bytes)
+    extra = {"window": window, "interleaved": _psums_interleave(layer, cfg),
+             "ifmap_fetch": 1.0}
+    if df in ("ws", "os"):
+        extra["ifmap_fetch"] = ifmap_fetch_fraction(mask, cls, base_set, c, layer.ifmap_words,
+                                                    usable_words(cfg.ifmap_sram_kb, cfg))
+    common = dict(active_outputs=int(mask.sum()), active_channels=int(mask.any(axis=0).sum()),
+                  active_pixels=int(mask.any(axis=1).sum()))
+    return bases, conds, extra, common
+
+
+def gated_options(layer: Layer, spec: GateSpec, cfg: AccelConfig, rng: np.random.Generator,
+                  mask: np.ndarray | None = None) -> dict[str, GatedCounts]:
+    """Every legal schedule of one gated layer: each base x conditional mapping, and ``dense``
+    (always listed; whether it may be chosen is ``cfg.dense_fallback``'s business)."""
+    bases, conds, extra, common = _passes(layer, spec, cfg, rng, mask)
+    out = {}
+    for (bn, bp), (cn, cp) in ((b, cc) for b in bases.items() for cc in conds.items()):
+        g = _combine((bn, cn), bp, cp, layer, cfg, extra, common | {
+            "gated_macs": bp.macs + cp.macs, "gated_compute_cycles": 0, "candidates": {}})
+        out[f"{bn}+{cn}"] = g
+    best = min(out.values(), key=lambda g: g.compute_cycles)
+    cands = {name: g.compute_cycles for name, g in out.items()}
+    out = {name: dataclasses.replace(g, gated_compute_cycles=best.compute_cycles, candidates=cands)
+           for name, g in out.items()}
+    out["dense"] = _dense_counts(layer, cfg, common | {"gated_macs": best.gated_macs, "candidates": cands,
+                                                      "gated_compute_cycles": best.compute_cycles})
+    return out
+
+
+def gated_layer(layer: Layer, spec: GateSpec, cfg: AccelConfig, rng: np.random.Generator,
+                mask: np.ndarray | None = None) -> GatedCounts:
+    """Schedule one gated layer on compute cycles alone: the cheapest legal base and conditional
+    mappings, or the dense mapping when that is faster (and ``cfg.dense_fallback``).  ``mask``
+    [M, N] overrides the drawn gate pattern.  :mod:`accel_sim.simulate` chooses among
+    :func:`gated_options` on total cycles with stalls, or energy (``cfg.optimize``)."""
+    bases, conds, extra, common = _passes(layer, spec, cfg, rng, mask)
     b_name, base = _best(bases)
     c_name, cond = _best(conds)
-    gate = gate_drain(df, r, cond, cfg.gate_latency)
-    gated_total = base.cycles + gate + cond.cycles
-    active = int(mask.sum())
-    fill = int(fold_cycles(df, r, c, 0))
-    common = dict(active_outputs=active, gated_macs=base.macs + cond.macs,
-                  active_channels=int(mask.any(axis=0).sum()), active_pixels=int(mask.any(axis=1).sum()),
-                  gated_compute_cycles=gated_total, candidates=candidates)
-    dense_total = int(folded_cycles(df, r, c, m, n, k))
-    if cfg.dense_fallback and dense_total <= gated_total:
-        sram = {key: int(v) for key, v in sram_accesses(df, r, c, m, n, k).items()}
-        folds = int(total_folds(df, r, c, m, n, k))
-        return GatedCounts(schedule="dense", base_cycles=dense_total, cond_cycles=0, gate_cycles=0,
-                           folds=folds, base_macs=m * n * k, executed_macs=m * n * k, skipped_macs=0,
-                           compares=0, cond_balanced_cycles=0, fill_drain_cycles=fill * folds, **sram,
-                           **common)
-    return GatedCounts(
-        schedule=f"{b_name}+{c_name}" if cond.folds else b_name,
-        base_cycles=base.cycles, cond_cycles=cond.cycles, gate_cycles=gate,
-        folds=base.folds + cond.folds, base_macs=base.macs, executed_macs=base.macs + cond.macs,
-        skipped_macs=m * n * k - base.macs - cond.macs, compares=m * n,
-        ifmap_reads=base.ifmap_reads + cond.ifmap_reads, filter_reads=base.filter_reads + cond.filter_reads,
-        ofmap_writes=base.ofmap_writes + cond.ofmap_writes, ofmap_reads=base.ofmap_reads + cond.ofmap_reads,
-        cond_balanced_cycles=cond.balanced_cycles, fill_drain_cycles=fill * (base.folds + cond.folds),
-        **common)
+    candidates = {f"{b}+{cm}": _combine((b, cm), bp, cp, layer, cfg, extra, common | {
+        "gated_macs": 0, "gated_compute_cycles": 0, "candidates": {}}).compute_cycles
+        for b, bp in bases.items() for cm, cp in conds.items()}
+    gated = _combine((b_name, c_name), base, cond, layer, cfg, extra,
+                     common | {"gated_macs": base.macs + cond.macs, "gated_compute_cycles": 0, "candidates": {}})
+    common |= dict(gated_macs=base.macs + cond.macs, gated_compute_cycles=gated.compute_cycles,
+                   candidates=candidates)
+    dense = _dense_counts(layer, cfg, common)
+    if cfg.dense_fallback and dense.compute_cycles <= gated.compute_cycles:
+        return dense
+    return dataclasses.replace(gated, gated_compute_cycles=gated.compute_cycles, candidates=candidates)
