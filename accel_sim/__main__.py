@@ -36,11 +36,11 @@ def _chw(text: str | None) -> tuple[int, int, int] | None:
 
 
 def _kb(text: str) -> float:
-    """--gather-buffer-kb: a number (range checked by AccelConfig), one-line error otherwise."""
+    """--gather-buffer-kb as a number (its range is AccelConfig's to check)."""
     try:
         return float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected KiB as a number, got {text!r}") from None
+        raise ConfigError(f"--gather-buffer-kb: expected KiB as a number, got {text!r}") from None
 
 
 def _config(args: argparse.Namespace) -> AccelConfig:
@@ -52,7 +52,7 @@ def _config(args: argparse.Namespace) -> AccelConfig:
         if getattr(args, key, None):
             over["gate_schedule" if key == "schedule" else key] = getattr(args, key)
     if getattr(args, "gather_buffer_kb", None) is not None:
-        over["gather_buffer_kb"] = args.gather_buffer_kb
+        over["gather_buffer_kb"] = _kb(args.gather_buffer_kb)
     if getattr(args, "no_dense_fallback", False):
         over["dense_fallback"] = False
     return config_from_mapping({**cfg.to_dict(), **over}, "command line") if over else cfg
@@ -146,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--optimize", help=f"what the per-layer choice between dense and the gated schedules "
                      f"minimises: {' | '.join(OBJECTIVES)} (cycles = total cycles incl. DRAM stalls, "
                      "edp = energy x cycles); default: the config's, AccelConfig default cycles")
-    run.add_argument("--gather-buffer-kb", type=_kb, help="WS gather window for per-column conditional lists, "
+    run.add_argument("--gather-buffer-kb", help="WS gather window for per-column conditional lists, "
                      "KiB >= 0 (0: none, gathers read the ifmap SRAM); default: the config's, AccelConfig "
                      "default 8")
     run.add_argument("--breakdown", action="store_true",
