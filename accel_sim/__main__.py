@@ -107,11 +107,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep_base(args: argparse.Namespace) -> AccelConfig | None:
+    """The sweep's base config: --config, with --optimize on top."""
+    cfg = load_config(args.config) if args.config else None
+    if args.optimize:
+        cfg = config_from_mapping({**(cfg or AccelConfig()).to_dict(), "optimize": args.optimize}, "command line")
+    return cfg
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     split = lambda s: [x.strip() for x in s.split(",") if x.strip()]  # noqa: E731
     rows = run_sweep(args.network, split(args.arrays), split(args.dataflows),
                      [float(x) for x in split(args.sram_kb)], [float(x) for x in split(args.densities)],
-                     base=load_config(args.config) if args.config else None, workers=args.workers,
+                     base=_sweep_base(args), workers=args.workers,
                      chw=_chw(args.input), ray_address=args.ray)
     write_sweep_csv(rows, args.csv)
     if args.plot:
@@ -175,6 +183,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     sw.add_argument("--dataflows", default="os,ws,is", help=f"comma list from {', '.join(DATAFLOWS)}")
     sw.add_argument("--sram-kb", default="64,256", help="comma list of KiB, applied to all three buffers")
     sw.add_argument("--densities", default="1.0,0.5,0.35,0.2", help="comma list of gate densities in [0, 1]")
+    sw.add_argument("--optimize", help=f"per-layer schedule choice minimises {' | '.join(OBJECTIVES)}; "
+                    "default: the config's, AccelConfig default cycles")
     sw.add_argument("--workers", type=int, default=2, help="local worker processes (1: in-process)")
     sw.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
                     help="run the points on Ray instead of local processes; no ADDRESS: start a local "

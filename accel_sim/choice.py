@@ -68,7 +68,9 @@ def _why_gated_loses(best: Costed, dense: Costed) -> str:
         elif best.stall > dense.stall:
             out.append(f"DRAM stalls {best.stall:,.0f} vs {dense.stall:,.0f} cycles")
         else:
-            out.append(f"conditional pass {gc.cond_cycles:,} cycles on top of a {gc.base_cycles:,}-cycle base")
+            out.append(f"base {gc.base_cycles:,} + gate {gc.gate_cycles:,} + conditional {gc.cond_cycles:,} "
+                       f"cycles vs dense {dense.counts.base_cycles:,}, {gc.fill_drain_cycles:,} of them fold "
+                       f"fill/drain ({gc.folds} folds vs {dense.counts.folds} dense)")
     if best.energy["total"] >= dense.energy["total"]:
         part = max(ENERGY_PARTS, key=lambda k: best.energy[k] - dense.energy[k])
         out.append(f"{part} +{(best.energy[part] - dense.energy[part]) / 1e6:.2f} uJ over dense")

@@ -110,12 +110,13 @@ def energy_pj(rates: EnergyRates, cfg: AccelConfig, *, macs, cycles, compares, i
 
 
 def asic_area_mm2(cfg: AccelConfig) -> dict[str, float]:
-    """PE array (multiplier, adder, pipeline registers) plus the three SRAMs, node-scaled."""
+    """PE array (multiplier, adder, pipeline registers) plus the three SRAMs and the WS gather
+    window (part of the gated hardware), node-scaled."""
     _, a = node_scale(cfg.tech_nm)
     wb = WORD_BITS[cfg.word]
     add = value("area_add_fp32_um2") if cfg.word == "fp16" else value("area_add_int32_um2")
     pe = value(f"area_mult_{cfg.word}_um2") + add + (2 * wb + ACC_BITS) * value("area_dff_um2")
-    sram_kb = cfg.ifmap_sram_kb + cfg.filter_sram_kb + cfg.ofmap_sram_kb
+    sram_kb = cfg.ifmap_sram_kb + cfg.filter_sram_kb + cfg.ofmap_sram_kb + cfg.gather_buffer_kb
     sram = sram_kb * 8192 * value("area_sram_bit_um2") / value("sram_array_efficiency")
     array = cfg.rows * cfg.cols * pe
     return {"array_mm2": array * a / 1e6, "sram_mm2": sram * a / 1e6, "total_mm2": (array + sram) * a / 1e6}

@@ -32,14 +32,39 @@ reduction set" onto the array in one of three ways.  Filters that share a reduct
 
 The base pass may use ``packed`` or ``group``; the conditional pass ``column`` (needs the
 gather hardware), ``packed`` or ``group``; ``AccelConfig.gate_schedule`` says which the
-hardware has (``auto``: all; ``column``: lists only; ``union``: shared streams only).  Per
-layer the cheapest legal base and conditional mappings are taken (the passes are independent,
-separated by the gate), and when even that is not faster than the layer's dense mapping the
-layer runs dense (``AccelConfig.dense_fallback``): the gate is ignored and every output
-computed in full, as an accelerator whose compiler sees that the gate does not pay would do.
+hardware has (``auto``: all; ``column``: lists only; ``union``: shared streams only).  Every
+legal base x conditional pair and the dense mapping are costed in full by
+:mod:`accel_sim.choice` (cycles with DRAM stalls, energy), and the layer runs the one that
+minimises ``AccelConfig.optimize``; dense is a candidate only with ``dense_fallback``: the gate
+is then ignored and every output computed in full, as an accelerator whose compiler sees that
+the gate does not pay would do.  :func:`gated_layer` keeps the compute-cycle-only choice that
+the cycle-stepped array is checked against.
 That happens where the base pass alone already costs the dense time: on WS/OS with N <= C all
 p groups share one column tile, so a block-diagonal base needs all K rows (WS) or a K-long
 stream (OS), exactly the dense fold, and a group-by-group base streams the pixels p times.
+
+What the gated schedule reuses on chip (the energy and traffic model of
+:mod:`accel_sim.choice` and :func:`accel_sim.memory.gated_dram_words`), and where it cannot:
+
+* partial sums: the base psum never goes to DRAM when the psum working set of a column tile
+  fits in the ofmap SRAM (the dense model's rule, in words).  WS/IS accumulate in the ofmap SRAM
+  anyway; OS shifts the base psum out of the PE accumulators into the ofmap SRAM, where the
+  conditional pass picks the active ones up.  The ofmap SRAM holds psums ACC_BITS wide, and
+  every access is charged at that width.  When a layer's psums (or its ifmap) do not all fit,
+  base and conditional pass run column tile by column tile, one gate drain per tile; when even
+  a tile's psums do not fit, the spill is charged at psum width
+  (:func:`accel_sim.memory.psum_spill_words`).
+* inputs: an ifmap that fits is fetched once for both passes.  One that does not is fetched per
+  column tile: the base pass brings the channels of the tile's base partitions, which stay in
+  the ifmap SRAM if they fit, and the conditional pass fetches only the other channels for the
+  pixels active in the tile (:func:`ifmap_fetch_fraction`).
+* weights: the conditional pass fetches only the remaining-channel weights of filters with at
+  least one active output.
+* WS per-column lists lose the array's horizontal input sharing; a small gather window
+  (``AccelConfig.gather_buffer_kb``, :func:`gather_window`) that follows the slowest list head
+  serves most of those gathers, each pixel copied into it once.  OS and IS column passes have
+  no window: each gathered operand is an SRAM read, which is why ``--optimize energy`` often
+  picks a shared-stream conditional pass (or dense) there.
 
 Fold cycles come from :func:`accel_sim.dataflow.fold_cycles`; :mod:`accel_sim.pe_array`
 executes the same schedules operand by operand and must agree cycle for cycle.

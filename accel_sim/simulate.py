@@ -1,9 +1,11 @@
 """Whole-network simulation: dense and gated execution of every layer, side by side.
 
 Dense numbers for all layers are one vectorised numpy evaluation of the closed forms; each
-gated layer adds one pass of :func:`accel_sim.gating.gated_layer`, which picks the layer's
-cheapest schedule (``schedule`` in the rows; ``dense-fallback`` when the layer's gate would not
-pay and it runs dense).  Layers without a gate spec run dense in the gated network too.
+gated layer costs every option of :func:`accel_sim.gating.gated_options` (cycles with DRAM
+stalls, traffic, energy by part) and runs the one :func:`accel_sim.choice.choose` picks for
+``cfg.optimize`` (``schedule`` and ``choice_reason`` in the rows; ``dense-fallback`` when the
+gate would not pay and the layer runs dense).  Rows carry the energy by part of the gated and
+the dense run (``energy_<part>_pj``, ``dense_energy_<part>_pj``), which sum to the totals.  Layers without a gate spec run dense in the gated network too.
 ``theoretical_speedup`` is the gate's MAC ratio (all MACs over base + active x conditional),
 also for a layer that fell back, so the rows show what the gate offered and what was taken.
 """
