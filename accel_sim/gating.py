@@ -340,7 +340,7 @@ def gather_window(needed: np.ndarray, cond_rows: int, rows: int, cols: int, buff
     from the ifmap SRAM costs one SRAM read per MAC.  The lists are ascending in pixel index and
     advance one entry per cycle, so the columns of a tile need pixel vectors close to each other.
     The window holds the ``buffer_words // R`` pixel vectors (R words each: one row fold's slice)
-    from the slowest column's list head on; each pixel is copied into it once from the ifmap
+    from the slowest column's list head of R-1 cycles ago on (the rows are skewed); each pixel is copied into it once from the ifmap
     SRAM as the window slides, and a column whose head lies inside it reads there.  Heads
     further ahead gather from the SRAM as before, so cycles are unchanged.  Assumed: the window
     delivers one vector per column per cycle, as the per-column gather ports already do.
@@ -360,6 +360,9 @@ def gather_window(needed: np.ndarray, cond_rows: int, rows: int, cols: int, buff
         pos[col, rank] = pix
         live = pos >= 0
         lo = np.where(live, pos, np.iinfo(np.int64).max).min(axis=0)   # slowest head per cycle
+        # row r of the fold works r cycles behind row 0 (systolic skew), so the window keeps
+        # the slowest head of R-1 cycles ago
+        lo = lo[np.maximum(np.arange(lo.size) - (min(rows, cond_rows) - 1), 0)]
         hits += int((live & (pos - lo[None, :] < span)).sum()) * cond_rows
         fills += int(pix.max() - pix.min() + 1) * cond_rows
     return hits, fills

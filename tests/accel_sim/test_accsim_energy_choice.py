@@ -127,13 +127,17 @@ def test_gather_window():
     mask = np.zeros((10, 2), dtype=bool)
     mask[[1, 3, 5], 0] = True
     mask[[1, 3, 5], 1] = True
-    assert gather_window(mask, 4, 4, 2, buffer_words=4) == (6 * 4, 5 * 4)   # same lists: one pixel wide
+    # one array row (no skew), same lists: a one-pixel window serves every gather
+    assert gather_window(mask, 4, 1, 2, buffer_words=1) == (6 * 4, 5 * 4)
+    # 4 skewed rows: the window must reach back to the head of 3 cycles ago
+    assert gather_window(mask, 4, 4, 2, buffer_words=4 * 1)[0] == 2 * 4
+    assert gather_window(mask, 4, 4, 2, buffer_words=4 * 5)[0] == 6 * 4
     mask[:, 1] = False
     mask[[7, 8, 9], 1] = True                                              # column 1 runs 6 pixels ahead
-    hits, fills = gather_window(mask, 4, 4, 2, buffer_words=4 * 2)
+    hits, fills = gather_window(mask, 4, 1, 2, buffer_words=2)
     assert hits == 3 * 4 and fills == 9 * 4                                # only the slow column hits
-    assert gather_window(mask, 4, 4, 2, buffer_words=4 * 7)[0] == 6 * 4
-    assert gather_window(mask, 4, 4, 2, buffer_words=0) == (0, 0)
+    assert gather_window(mask, 4, 1, 2, buffer_words=7)[0] == 6 * 4
+    assert gather_window(mask, 4, 1, 2, buffer_words=0) == (0, 0)
 
 
 @pytest.mark.parametrize("args,field", [(["--optimize", "speed"], "optimize: got 'speed'; allowed: cycles, energy, edp"),
