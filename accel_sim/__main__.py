@@ -151,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _add_hw_args(run)
     run.add_argument("--schedule", choices=GATE_SCHEDULES, help="conditional-pass hardware: auto (cheapest per "
                      "layer) | column (per-column compacted lists) | union (shared streams); config default auto")
-    run.add_argument("--optimize", help=f"what the per-layer choice between dense and the gated schedules "
+    run.add_argument("--optimize", metavar="{" + ",".join(OBJECTIVES) + "}", help=f"what the per-layer choice between dense and the gated schedules "
                      f"minimises: {' | '.join(OBJECTIVES)} (cycles = total cycles incl. DRAM stalls, "
                      "edp = energy x cycles); default: the config's, AccelConfig default cycles")
     run.add_argument("--gather-buffer-kb", help="WS gather window for per-column conditional lists, "
@@ -161,7 +161,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                      help="also print, per gated layer, the energy by part against dense and why its "
                      "schedule was chosen (the JSON/CSV rows always carry it)")
     run.add_argument("--no-dense-fallback", action="store_true",
-                     help="run every gated layer gated, even where its dense mapping is faster")
+                     help="run every gated layer gated, even where its dense mapping scores better on "
+                     "--optimize")
     g = run.add_mutually_exclusive_group()
     g.add_argument("--profile", help="dyngate SparsityProfile YAML (schema dyngate.sparsity_profile v1/v2); "
                    "alone, it is the topology too; default: none")
@@ -183,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sw.add_argument("--dataflows", default="os,ws,is", help=f"comma list from {', '.join(DATAFLOWS)}")
     sw.add_argument("--sram-kb", default="64,256", help="comma list of KiB, applied to all three buffers")
     sw.add_argument("--densities", default="1.0,0.5,0.35,0.2", help="comma list of gate densities in [0, 1]")
-    sw.add_argument("--optimize", help=f"per-layer schedule choice minimises {' | '.join(OBJECTIVES)}; "
+    sw.add_argument("--optimize", metavar="{" + ",".join(OBJECTIVES) + "}", help=f"per-layer schedule choice minimises {' | '.join(OBJECTIVES)}; "
                     "default: the config's, AccelConfig default cycles")
     sw.add_argument("--workers", type=int, default=2, help="local worker processes (1: in-process)")
     sw.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",

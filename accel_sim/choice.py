@@ -8,12 +8,16 @@ string says what won and, where gating lost, which part of it cost more than den
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+
+import numpy as np
 
 from accel_sim.config import AccelConfig
 from accel_sim.cost import ENERGY_PARTS, EnergyRates, energy_pj
-from accel_sim.gating import GatedCounts
+from accel_sim.gating import GatedCounts, gated_options
 from accel_sim.memory import gated_dram_words, stall_cycles
+from accel_sim.profile import GateSpec
 from accel_sim.topology import Layer
 
 
@@ -22,7 +26,7 @@ class Costed:
     """One schedule option of one layer, fully costed."""
 
     name: str
-    counts: GatedCounts
+    counts: GatedCounts | None              # None only while a dense option awaits its counts
     compute: float                          # compute cycles incl. the layer epilogue
     stall: float
     dram_words: tuple[float, float, float]  # ifmap, filter, ofmap
@@ -91,3 +95,15 @@ def choose(options: dict[str, Costed], objective: str, allow_dense: bool) -> tup
     why = _why_gated_loses(win, dense)
     forced = "" if allow_dense or win.score(objective) < dense.score(objective) else " (dense fallback off)"
     return win, f"{objective}: {win.name}{forced} {rel}" + (f"; costlier than dense in: {why}" if why else "")
+
+
+def schedule_layer(layer: Layer, spec: GateSpec, cfg: AccelConfig, rates: EnergyRates, rng: np.random.Generator,
+                   epilogue: int, dense: Costed) -> tuple[Costed, str]:
+    """Cost every option of one gated layer and pick one.  ``dense`` carries the layer's dense
+    cycles, traffic and energy from the vectorised dense model, so a layer that falls back
+    reports exactly the dense numbers."""
+    opts = gated_options(layer, spec, cfg, rng)
+    costed = {name: cost_option(gc, layer, cfg, rates, spec.partitions, dense.dram_words, epilogue)
+              for name, gc in opts.items() if name != "dense"}
+    costed["dense"] = dataclasses.replace(dense, counts=opts["dense"])
+    return choose(costed, cfg.optimize, cfg.dense_fallback)

@@ -316,8 +316,8 @@ class GatedCounts:
     active_pixels: int     # output pixels with at least one active output
     cond_balanced_cycles: int  # conditional pass if every stream were its fold's mean list
     fill_drain_cycles: int     # fold fill/drain of all folds (fold cycles with T = 0)
-    gated_compute_cycles: int  # best gated schedule, also when the dense mapping was cheaper
-    candidates: dict           # "<base>+<cond>" -> compute cycles of every legal gated schedule
+    gated_compute_cycles: int = 0  # best gated schedule, also when the dense mapping was cheaper
+    candidates: dict = dataclasses.field(default_factory=dict)  # "<base>+<cond>" -> compute cycles
     gather_hits: int = 0       # of ifmap_reads, those served by the gather window (not the SRAM)
     gather_fills: int = 0      # words copied ifmap SRAM -> gather window
     ifmap_fetch: float = 1.0   # DRAM ifmap words / the dense mapping's, when the ifmap does not fit
@@ -326,11 +326,6 @@ class GatedCounts:
     @property
     def compute_cycles(self) -> int:
         return self.base_cycles + self.gate_cycles + self.cond_cycles
-
-
-def _best(options: dict[str, PassCounts]) -> tuple[str, PassCounts]:
-    """Fewest cycles; ties go to fewer SRAM reads (more reuse, less energy)."""
-    return min(options.items(), key=lambda kv: (kv[1].cycles, kv[1].sram_reads))
 
 
 def gather_window(needed: np.ndarray, cond_rows: int, rows: int, cols: int, buffer_words: float) -> tuple[int, int]:
@@ -471,42 +466,36 @@ def _passes(layer: Layer, spec: GateSpec, cfg: AccelConfig, rng: np.random.Gener
     return bases, conds, extra, common
 
 
+def _sram_reads(g: GatedCounts) -> int:
+    """Operand and psum SRAM reads: the tie-break between equally fast schedules (more reuse)."""
+    return g.ifmap_reads + g.filter_reads + g.ofmap_reads
+
+
 def gated_options(layer: Layer, spec: GateSpec, cfg: AccelConfig, rng: np.random.Generator,
                   mask: np.ndarray | None = None) -> dict[str, GatedCounts]:
     """Every legal schedule of one gated layer: each base x conditional mapping, and ``dense``
-    (always listed; whether it may be chosen is ``cfg.dense_fallback``'s business)."""
+    (always listed; whether it may be chosen is ``cfg.dense_fallback``'s business).  Each
+    carries the fewest-compute-cycle gated schedule's cycles and MACs, and every candidate's."""
     bases, conds, extra, common = _passes(layer, spec, cfg, rng, mask)
-    out = {}
-    for (bn, bp), (cn, cp) in ((b, cc) for b in bases.items() for cc in conds.items()):
-        g = _combine((bn, cn), bp, cp, layer, cfg, extra, common | {
-            "gated_macs": bp.macs + cp.macs, "gated_compute_cycles": 0, "candidates": {}})
-        out[f"{bn}+{cn}"] = g
-    best = min(out.values(), key=lambda g: g.compute_cycles)
-    cands = {name: g.compute_cycles for name, g in out.items()}
-    out = {name: dataclasses.replace(g, gated_compute_cycles=best.compute_cycles, candidates=cands)
-           for name, g in out.items()}
-    out["dense"] = _dense_counts(layer, cfg, common | {"gated_macs": best.gated_macs, "candidates": cands,
-                                                      "gated_compute_cycles": best.compute_cycles})
+    out = {f"{bn}+{cn}": _combine((bn, cn), bp, cp, layer, cfg, extra, common | {"gated_macs": bp.macs + cp.macs})
+           for bn, bp in bases.items() for cn, cp in conds.items()}
+    best = min(out.values(), key=lambda g: (g.compute_cycles, _sram_reads(g)))
+    top = dict(gated_compute_cycles=best.compute_cycles, candidates={k: g.compute_cycles for k, g in out.items()})
+    out = {name: dataclasses.replace(g, **top) for name, g in out.items()}
+    out["dense"] = _dense_counts(layer, cfg, common | top | {"gated_macs": best.gated_macs})
     return out
 
 
 def gated_layer(layer: Layer, spec: GateSpec, cfg: AccelConfig, rng: np.random.Generator,
                 mask: np.ndarray | None = None) -> GatedCounts:
-    """Schedule one gated layer on compute cycles alone: the cheapest legal base and conditional
-    mappings, or the dense mapping when that is faster (and ``cfg.dense_fallback``).  ``mask``
-    [M, N] overrides the drawn gate pattern.  :mod:`accel_sim.simulate` chooses among
-    :func:`gated_options` on total cycles with stalls, or energy (``cfg.optimize``)."""
-    bases, conds, extra, common = _passes(layer, spec, cfg, rng, mask)
-    b_name, base = _best(bases)
-    c_name, cond = _best(conds)
-    candidates = {f"{b}+{cm}": _combine((b, cm), bp, cp, layer, cfg, extra, common | {
-        "gated_macs": 0, "gated_compute_cycles": 0, "candidates": {}}).compute_cycles
-        for b, bp in bases.items() for cm, cp in conds.items()}
-    gated = _combine((b_name, c_name), base, cond, layer, cfg, extra,
-                     common | {"gated_macs": base.macs + cond.macs, "gated_compute_cycles": 0, "candidates": {}})
-    common |= dict(gated_macs=base.macs + cond.macs, gated_compute_cycles=gated.compute_cycles,
-                   candidates=candidates)
-    dense = _dense_counts(layer, cfg, common)
+    """Schedule one gated layer on compute cycles alone: the cheapest legal base x conditional
+    mapping (ties: fewer SRAM reads), or the dense mapping when that is not slower (and
+    ``cfg.dense_fallback``).  ``mask`` [M, N] overrides the drawn gate pattern.
+    :mod:`accel_sim.simulate` instead chooses among :func:`gated_options` on total cycles with
+    stalls, or energy (``cfg.optimize``); this is the choice the cycle-stepped array replays."""
+    opts = gated_options(layer, spec, cfg, rng, mask)
+    dense = opts.pop("dense")
+    gated = min(opts.values(), key=lambda g: (g.compute_cycles, _sram_reads(g)))
     if cfg.dense_fallback and dense.compute_cycles <= gated.compute_cycles:
         return dense
-    return dataclasses.replace(gated, gated_compute_cycles=gated.compute_cycles, candidates=candidates)
+    return gated

@@ -17,10 +17,9 @@ from typing import Any
 import numpy as np
 
 from accel_sim.config import AccelConfig
-from accel_sim.choice import Costed, choose, cost_option
+from accel_sim.choice import Costed, schedule_layer
 from accel_sim.cost import ENERGY_PARTS, EnergyRates, asic_area_mm2, asic_power_w, energy_pj, fpga_resources
 from accel_sim.dataflow import dense_cycles, fold_cycles, layer_epilogue, mapping_efficiency, sram_accesses, total_folds
-from accel_sim.gating import gated_options
 from accel_sim.memory import dram_words, stall_cycles
 from accel_sim.profile import GateSpec
 from accel_sim.topology import Layer
@@ -100,7 +99,6 @@ def simulate(layers: list[Layer], cfg: AccelConfig, gates: dict[str, GateSpec] |
     reason = ["not gated"] * len(layers)
     best_gated = d_comp.astype(np.float64).copy()
     skipped = np.zeros(len(layers))
-    g_sram = {key: v.astype(np.float64).copy() for key, v in sram.items()}
     density = np.ones(len(layers))
     # where gated cycles go: ideal = executed MACs / PEs; fill/drain; column load imbalance
     ideal = macs / (R * C)
@@ -112,14 +110,10 @@ def simulate(layers: list[Layer], cfg: AccelConfig, gates: dict[str, GateSpec] |
             continue
         rng = np.random.default_rng([cfg.seed, idx])
         epi = layer_epilogue(df, R, compat)  # gated layers have groups 1
-        opts = gated_options(layer, spec, cfg, rng)
-        costed = {name: cost_option(gc, layer, cfg, rates, spec.partitions,
-                                    (d_if[idx], d_fi[idx], d_of[idx]), epi)
-                  for name, gc in opts.items() if name != "dense"}
-        costed["dense"] = Costed("dense", opts["dense"], float(d_comp[idx]), float(d_stall[idx]),
-                                 (float(d_if[idx]), float(d_fi[idx]), float(d_of[idx])), float(d_bytes[idx]),
-                                 {key: float(v[idx]) for key, v in d_parts.items()})
-        win, reason[idx] = choose(costed, cfg.optimize, cfg.dense_fallback)
+        dense = Costed("dense", None, float(d_comp[idx]), float(d_stall[idx]),
+                       (float(d_if[idx]), float(d_fi[idx]), float(d_of[idx])), float(d_bytes[idx]),
+                       {key: float(v[idx]) for key, v in d_parts.items()})
+        win, reason[idx] = schedule_layer(layer, spec, cfg, rates, rng, epi, dense)
         gc = win.counts
         g_comp[idx], g_stall[idx], g_bytes[idx] = win.compute, win.stall, win.dram_bytes
         for key in g_parts:
@@ -132,8 +126,6 @@ def simulate(layers: list[Layer], cfg: AccelConfig, gates: dict[str, GateSpec] |
         imbalance[idx] = gc.cond_cycles - gc.cond_balanced_cycles
         exe[idx], skipped[idx] = gc.executed_macs, gc.skipped_macs
         density[idx] = gc.active_outputs / (m[idx] * n[idx])
-        g_sram["ifmap_reads"][idx], g_sram["filter_reads"][idx] = gc.ifmap_reads, gc.filter_reads
-        g_sram["ofmap_writes"][idx], g_sram["ofmap_reads"][idx] = gc.ofmap_writes, gc.ofmap_reads
 
     d_total = d_comp + d_stall
     g_total = g_comp + g_stall
