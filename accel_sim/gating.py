@@ -60,11 +60,12 @@ What the gated schedule reuses on chip (the energy and traffic model of
   pixels active in the tile (:func:`ifmap_fetch_fraction`).
 * weights: the conditional pass fetches only the remaining-channel weights of filters with at
   least one active output.
-* WS per-column lists lose the array's horizontal input sharing; a small gather window
-  (``AccelConfig.gather_buffer_kb``, :func:`gather_window`) that follows the slowest list head
-  serves most of those gathers, each pixel copied into it once.  OS and IS column passes have
-  no window: each gathered operand is an SRAM read, which is why ``--optimize energy`` often
-  picks a shared-stream conditional pass (or dense) there.
+* per-column lists lose the array's input sharing; a small gather window
+  (``AccelConfig.gather_buffer_kb``) serves most of those gathers, each word copied into it
+  once: on WS it follows the slowest list head (:func:`gather_window`), on OS it holds a fold's
+  distinct pixels over the reduction indices in flight (:func:`gather_window_os`).  IS column
+  passes gather the filter stream and have no window: each gathered operand is an SRAM read,
+  which is why ``--optimize energy`` often picks a shared-stream pass (or dense) there.
 
 Fold cycles come from :func:`accel_sim.dataflow.fold_cycles`; :mod:`accel_sim.pe_array`
 executes the same schedules operand by operand and must agree cycle for cycle.
@@ -346,12 +347,10 @@ def gather_window(needed: np.ndarray, cond_rows: int, rows: int, cols: int, buff
         return 0, 0
     for j in range(0, needed.shape[1], cols):
         tile = needed[:, j:j + cols].T                       # [columns, M]
-        col, pix = np.nonzero(tile)
+        col, pix, rank = _column_lists(tile)
         if pix.size == 0:
             continue
-        lens = tile.sum(axis=1)
-        rank = np.arange(pix.size) - np.repeat(np.cumsum(lens) - lens, lens)
-        pos = np.full((tile.shape[0], int(lens.max())), -1, dtype=np.int64)
+        pos = np.full((tile.shape[0], int(rank.max()) + 1), -1, dtype=np.int64)
         pos[col, rank] = pix
         live = pos >= 0
         lo = np.where(live, pos, np.iinfo(np.int64).max).min(axis=0)   # slowest head per cycle
@@ -360,6 +359,40 @@ def gather_window(needed: np.ndarray, cond_rows: int, rows: int, cols: int, buff
         lo = lo[np.maximum(np.arange(lo.size) - (min(rows, cond_rows) - 1), 0)]
         hits += int((live & (pos - lo[None, :] < span)).sum()) * cond_rows
         fills += int(pix.max() - pix.min() + 1) * cond_rows
+    return hits, fills
+
+
+def _column_lists(tile: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(column, pixel, rank in its column's list) of every active entry of ``tile`` [columns, M]."""
+    col, pix = np.nonzero(tile)
+    lens = tile.sum(axis=1)
+    return col, pix, np.arange(pix.size) - np.repeat(np.cumsum(lens) - lens, lens)
+
+
+def gather_window_os(needed: np.ndarray, cond_rows: int, rows: int, cols: int,
+                     buffer_words: float) -> tuple[int, int]:
+    """(operand reads served by the OS gather window, words filled into it) of a column pass.
+
+    Why: on OS a column pass gives PE (r, c) output ``list_c[f*R + r]``, so the array's rows no
+    longer share one pixel and every operand would be its own SRAM read.  A fold needs, per
+    reduction index, the values of its distinct pixels only, and the skew keeps R + C - 1
+    reduction indices in flight: a window of ``distinct pixels x (R + C - 1)`` words, filled
+    once per (pixel, index) from the SRAM, serves every PE of the fold (one read per word per
+    cycle per PE, as the gather ports assume).  A fold whose window does not fit gathers from
+    the SRAM as before.
+    """
+    depth = min(rows + cols - 1, cond_rows)
+    hits = fills = 0
+    for j in range(0, needed.shape[1], cols):
+        col, pix, rank = _column_lists(needed[:, j:j + cols].T)
+        if pix.size == 0:
+            continue
+        fold = rank // rows
+        entries = np.bincount(fold)
+        distinct = np.bincount(np.unique(fold * needed.shape[0] + pix) // needed.shape[0], minlength=entries.size)
+        fits = distinct * depth <= buffer_words
+        hits += int(entries[fits].sum()) * cond_rows
+        fills += int(distinct[fits].sum()) * cond_rows
     return hits, fills
 
 
@@ -380,6 +413,10 @@ def ifmap_fetch_fraction(needed: np.ndarray, cls: np.ndarray, base_set: np.ndarr
         pixels = float(needed[:, j:j + cols].any(axis=1).mean())
         fracs.append(base_share + rest * pixels)
     return float(np.mean(fracs))
+
+
+#: gather windows of the column conditional pass, per dataflow (IS gathers filters: none)
+WINDOWS = {"ws": gather_window, "os": gather_window_os}
 
 
 def _psums_interleave(layer: Layer, cfg: AccelConfig) -> bool:
@@ -412,7 +449,7 @@ def _combine(names: tuple[str, str], base: PassCounts, cond: PassCounts, layer: 
     if extra["interleaved"]:
         tiles = int(ceil_div(gemm_dims(df, layer.gemm_m, layer.gemm_n, layer.gemm_k)[1], c))
     gate = gate_drain(df, r, cond, cfg.gate_latency) * tiles
-    hits, fills = extra["window"] if names[1] == "column" and df == "ws" else (0, 0)
+    hits, fills = extra["window"] if names[1] == "column" else (0, 0)
     fill = int(fold_cycles(df, r, c, 0))
     return GatedCounts(
         schedule=f"{names[0]}+{names[1]}" if cond.folds else names[0],
@@ -454,8 +491,8 @@ def _passes(layer: Layer, spec: GateSpec, cfg: AccelConfig, rng: np.random.Gener
     bases = {md: pass_counts(df, r, c, everything, cls, base_set, md, False) for md in base_modes}
     conds = {md: pass_counts(df, r, c, mask, cls, cond_set, md, True) for md in cond_modes}
     window = (0, 0)
-    if df == "ws" and "column" in conds and cfg.gather_buffer_kb > 0:
-        window = gather_window(mask, k - k // p, r, c, cfg.gather_buffer_kb * 1024 / cfg.word_bytes)
+    if df in WINDOWS and "column" in conds and cfg.gather_buffer_kb > 0:
+        window = WINDOWS[df](mask, k - k // p, r, c, cfg.gather_buffer_kb * 1024 / cfg.word_bytes)
     extra = {"window": window, "interleaved": _psums_interleave(layer, cfg),
              "ifmap_fetch": 1.0}
     if df in ("ws", "os"):

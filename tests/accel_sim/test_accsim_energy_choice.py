@@ -7,7 +7,7 @@ from accel_sim import AccelConfig, GateSpec, build_network, simulate, uniform_ga
 from accel_sim.__main__ import main
 from accel_sim.cost import ENERGY_PARTS, EnergyRates, sram_bits_pj, sram_word_pj
 from accel_sim.cost_tables import TABLE
-from accel_sim.gating import gather_window
+from accel_sim.gating import gather_window, gather_window_os
 from accel_sim.memory import psum_spill_words, stall_cycles
 from accel_sim.topology import conv
 
@@ -138,6 +138,19 @@ def test_gather_window():
     assert hits == 3 * 4 and fills == 9 * 4                                # only the slow column hits
     assert gather_window(mask, 4, 1, 2, buffer_words=7)[0] == 6 * 4
     assert gather_window(mask, 4, 1, 2, buffer_words=0) == (0, 0)
+
+
+def test_gather_window_os():
+    """OS fold = R list entries per column; the window holds the fold's distinct pixels over
+    the R + C - 1 reduction indices in flight."""
+    mask = np.zeros((8, 2), dtype=bool)
+    mask[[0, 2, 4, 6], 0] = True
+    mask[[0, 2, 5, 7], 1] = True
+    # R=2: fold 0 = pixels {0, 2} (2 distinct, 4 entries), fold 1 = {4, 6, 5, 7} (4 distinct)
+    depth = 2 + 2 - 1
+    assert gather_window_os(mask, 6, 2, 2, buffer_words=4 * depth) == (8 * 6, 6 * 6)
+    assert gather_window_os(mask, 6, 2, 2, buffer_words=2 * depth) == (4 * 6, 2 * 6)   # fold 1 misses
+    assert gather_window_os(mask, 6, 2, 2, buffer_words=1) == (0, 0)
 
 
 @pytest.mark.parametrize("args,field", [(["--optimize", "speed"], "optimize: got 'speed'; allowed: cycles, energy, edp"),
