@@ -5,12 +5,12 @@ import argparse
 import sys
 from typing import Sequence
 
-from accel_sim.config import (DATAFLOWS, GATE_SCHEDULES, WORDS, AccelConfig, ConfigError, config_from_mapping,
+from accel_sim.config import (DATAFLOWS, GATE_SCHEDULES, OBJECTIVES, WORDS, AccelConfig, ConfigError, config_from_mapping,
                               load_config, parse_array)
 from accel_sim.cost_tables import FPGA_PARTS, TABLE
 from accel_sim.networks import BUILTINS, build
 from accel_sim.profile import ProfileError, layers_from_profile, load_profile, match_profile, uniform_gates
-from accel_sim.report import format_table, plot_layers, to_json, write_csv
+from accel_sim.report import format_breakdown, format_table, plot_layers, to_json, write_csv
 from accel_sim.simulate import simulate
 from accel_sim.sweep import plot_pareto, run_sweep, write_sweep_csv
 from accel_sim.topology import read_scalesim_csv
@@ -35,14 +35,24 @@ def _chw(text: str | None) -> tuple[int, int, int] | None:
     return c, h, w
 
 
+def _kb(text: str) -> float:
+    """--gather-buffer-kb as a number (its range is AccelConfig's to check)."""
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"--gather-buffer-kb: expected KiB as a number, got {text!r}") from None
+
+
 def _config(args: argparse.Namespace) -> AccelConfig:
     cfg = load_config(args.config) if args.config else AccelConfig()
     over = {}
     if args.array:
         over["rows"], over["cols"] = parse_array(args.array)
-    for key in ("dataflow", "word", "schedule"):
+    for key in ("dataflow", "word", "schedule", "optimize"):
         if getattr(args, key, None):
             over["gate_schedule" if key == "schedule" else key] = getattr(args, key)
+    if getattr(args, "gather_buffer_kb", None) is not None:
+        over["gather_buffer_kb"] = _kb(args.gather_buffer_kb)
     if getattr(args, "no_dense_fallback", False):
         over["dense_fallback"] = False
     return config_from_mapping({**cfg.to_dict(), **over}, "command line") if over else cfg
@@ -92,14 +102,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.plot:
         plot_layers(result, args.plot)
     print(to_json(result) if args.json else format_table(result))
+    if args.breakdown and not args.json:
+        print(format_breakdown(result))
     return 0
+
+
+def _sweep_base(args: argparse.Namespace) -> AccelConfig | None:
+    """The sweep's base config: --config, with --optimize on top."""
+    cfg = load_config(args.config) if args.config else None
+    if args.optimize:
+        cfg = config_from_mapping({**(cfg or AccelConfig()).to_dict(), "optimize": args.optimize}, "command line")
+    return cfg
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     split = lambda s: [x.strip() for x in s.split(",") if x.strip()]  # noqa: E731
     rows = run_sweep(args.network, split(args.arrays), split(args.dataflows),
                      [float(x) for x in split(args.sram_kb)], [float(x) for x in split(args.densities)],
-                     base=load_config(args.config) if args.config else None, workers=args.workers,
+                     base=_sweep_base(args), workers=args.workers,
                      chw=_chw(args.input), ray_address=args.ray)
     write_sweep_csv(rows, args.csv)
     if args.plot:
@@ -131,8 +151,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     _add_hw_args(run)
     run.add_argument("--schedule", choices=GATE_SCHEDULES, help="conditional-pass hardware: auto (cheapest per "
                      "layer) | column (per-column compacted lists) | union (shared streams); config default auto")
+    run.add_argument("--optimize", metavar="{" + ",".join(OBJECTIVES) + "}", help=f"what the per-layer choice between dense and the gated schedules "
+                     f"minimises: {' | '.join(OBJECTIVES)} (cycles = total cycles incl. DRAM stalls, "
+                     "edp = energy x cycles); default: the config's, AccelConfig default cycles")
+    run.add_argument("--gather-buffer-kb", help="WS gather window for per-column conditional lists, "
+                     "KiB >= 0 (0: none, gathers read the ifmap SRAM); default: the config's, AccelConfig "
+                     "default 8")
+    run.add_argument("--breakdown", action="store_true",
+                     help="also print, per gated layer, the energy by part against dense and why its "
+                     "schedule was chosen (the JSON/CSV rows always carry it)")
     run.add_argument("--no-dense-fallback", action="store_true",
-                     help="run every gated layer gated, even where its dense mapping is faster")
+                     help="run every gated layer gated, even where its dense mapping scores better on "
+                     "--optimize")
     g = run.add_mutually_exclusive_group()
     g.add_argument("--profile", help="dyngate SparsityProfile YAML (schema dyngate.sparsity_profile v1/v2); "
                    "alone, it is the topology too; default: none")
@@ -154,6 +184,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     sw.add_argument("--dataflows", default="os,ws,is", help=f"comma list from {', '.join(DATAFLOWS)}")
     sw.add_argument("--sram-kb", default="64,256", help="comma list of KiB, applied to all three buffers")
     sw.add_argument("--densities", default="1.0,0.5,0.35,0.2", help="comma list of gate densities in [0, 1]")
+    sw.add_argument("--optimize", metavar="{" + ",".join(OBJECTIVES) + "}", help=f"per-layer schedule choice minimises {' | '.join(OBJECTIVES)}; "
+                    "default: the config's, AccelConfig default cycles")
     sw.add_argument("--workers", type=int, default=2, help="local worker processes (1: in-process)")
     sw.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
                     help="run the points on Ray instead of local processes; no ADDRESS: start a local "

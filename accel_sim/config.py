@@ -18,6 +18,7 @@ WORDS = {"int8": 1, "int16": 2, "fp16": 2}  # bytes per operand word
 TECH_NODES = (16, 22, 28, 32, 40, 45, 65, 90)
 DRAM_TYPES = ("lpddr4", "ddr3", "gddr5", "hbm2")
 GATE_SCHEDULES = ("auto", "column", "union")
+OBJECTIVES = ("cycles", "energy", "edp")  # what the per-layer schedule choice minimises
 
 
 class ConfigError(ValueError):
@@ -45,6 +46,12 @@ class AccelConfig:
     gate_schedule: str = "auto"
     dense_fallback: bool = True     # run a gated layer dense when its gated schedule is not faster
     gate_latency: int = 4           # cycles between the last base output and the first conditional fold
+    # per-layer schedule choice (dense or a gated mapping) minimises total cycles incl. DRAM
+    # stalls, energy, or energy x cycles; ties go to the other measure
+    optimize: str = "cycles"
+    # WS conditional-pass gather window (KiB; 0 = none): the pixel vectors between the
+    # slowest and the fastest column's list head, read once from the ifmap SRAM (accel_sim.gating)
+    gather_buffer_kb: float = 8.0
     seed: int = 0                   # gate-pattern draws when only densities are known
     fpga_clock_mhz: float = 250.0
 
@@ -61,6 +68,10 @@ class AccelConfig:
         _check_choice("tech_nm", self.tech_nm, TECH_NODES)
         _check_choice("dram_type", self.dram_type, DRAM_TYPES)
         _check_choice("gate_schedule", self.gate_schedule, GATE_SCHEDULES)
+        _check_choice("optimize", self.optimize, OBJECTIVES)
+        if isinstance(self.gather_buffer_kb, bool) or not isinstance(self.gather_buffer_kb, (int, float)) \
+                or not 0 <= self.gather_buffer_kb <= 1 << 20:
+            raise ConfigError(f"gather_buffer_kb: expected a number in [0, {1 << 20}], got {self.gather_buffer_kb!r}")
         for name in ("double_buffer", "dense_fallback"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name}: expected true or false, got {getattr(self, name)!r}")

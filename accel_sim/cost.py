@@ -15,7 +15,9 @@ from accel_sim.config import AccelConfig
 from accel_sim.cost_tables import FPGA_PARTS, value
 
 WORD_BITS = {"int8": 8, "int16": 16, "fp16": 16}
-ACC_BITS = 32  # int32 accumulator for int8/int16, fp32 for fp16
+ACC_BITS = int(value("psum_bits"))
+#: energy parts of :func:`energy_pj`, in the order reports print them
+ENERGY_PARTS = ("mac", "idle", "gate", "ifmap_sram", "filter_sram", "ofmap_sram", "gather_buffer", "dram")
 
 
 def _loglog(x: float, points: list[tuple[float, float]]) -> float:
@@ -44,11 +46,16 @@ def mac_energy_pj(word: str) -> float:
     return mult + add + regs
 
 
-def sram_word_pj(kb: float, word: str) -> float:
-    """Energy of one word access of an SRAM of ``kb`` KiB at 45 nm (64-bit energy pro rata)."""
+def sram_bits_pj(kb: float, bits: float) -> float:
+    """Energy of one ``bits``-wide access of an SRAM of ``kb`` KiB at 45 nm (64-bit energy pro rata)."""
     e64 = _loglog(kb, [(8, value("sram_8kb_64b_pj")), (32, value("sram_32kb_64b_pj")),
                        (1024, value("sram_1mb_64b_pj"))])
-    return e64 * WORD_BITS[word] / 64
+    return e64 * bits / 64
+
+
+def sram_word_pj(kb: float, word: str) -> float:
+    """Energy of one operand-word access of an SRAM of ``kb`` KiB at 45 nm."""
+    return sram_bits_pj(kb, WORD_BITS[word])
 
 
 @dataclass(frozen=True)
@@ -60,7 +67,8 @@ class EnergyRates:
     compare: float
     ifmap: float
     filter: float
-    ofmap: float
+    ofmap: float          # one partial-sum access (ACC_BITS wide): the ofmap SRAM holds psums
+    gather: float         # one operand word of the gather window (accel_sim.gating.gather_window)
     dram_bit: float
 
     @classmethod
@@ -71,35 +79,44 @@ class EnergyRates:
                    compare=value("compare_pj") * e,
                    ifmap=sram_word_pj(cfg.ifmap_sram_kb, cfg.word) * e,
                    filter=sram_word_pj(cfg.filter_sram_kb, cfg.word) * e,
-                   ofmap=sram_word_pj(cfg.ofmap_sram_kb, cfg.word) * e,
+                   ofmap=sram_bits_pj(cfg.ofmap_sram_kb, ACC_BITS) * e,
+                   gather=sram_word_pj(max(cfg.gather_buffer_kb, 1e-3), cfg.word) * e,
                    dram_bit=value(f"dram_{cfg.dram_type}_pj_bit"))
 
 
 def energy_pj(rates: EnergyRates, cfg: AccelConfig, *, macs, cycles, compares, ifmap_sram, filter_sram,
-              ofmap_sram, dram_bytes) -> dict[str, np.ndarray]:
-    """Energy breakdown (pJ) per layer; idle PE-cycles (fill, drain, unmapped, gated) are
-    charged at the clock-gated MAC rate."""
-    macs = np.asarray(macs, dtype=np.float64)
-    idle = np.maximum(np.asarray(cycles, dtype=np.float64) * cfg.rows * cfg.cols - macs, 0.0)
+              ofmap_sram, dram_bytes, gather=0) -> dict[str, np.ndarray]:
+    """Energy breakdown (pJ) per layer, keys :data:`ENERGY_PARTS` plus ``total`` (their sum).
+
+    Idle PE-cycles (fill, drain, unmapped, gated) are charged at the clock-gated MAC rate;
+    ``ofmap_sram`` counts partial-sum accesses, charged at ACC_BITS; ``gather`` counts
+    gather-window accesses.
+    """
+    f = lambda x: np.asarray(x, dtype=np.float64)  # noqa: E731
+    macs = f(macs)
+    idle = np.maximum(f(cycles) * cfg.rows * cfg.cols - macs, 0.0)
     parts = {
         "mac": macs * rates.mac,
         "idle": idle * rates.gated_slot,
-        "gate": np.asarray(compares, dtype=np.float64) * rates.compare,
-        "sram": (np.asarray(ifmap_sram) * rates.ifmap + np.asarray(filter_sram) * rates.filter
-                 + np.asarray(ofmap_sram) * rates.ofmap),
-        "dram": np.asarray(dram_bytes, dtype=np.float64) * 8 * rates.dram_bit,
+        "gate": f(compares) * rates.compare,
+        "ifmap_sram": f(ifmap_sram) * rates.ifmap,
+        "filter_sram": f(filter_sram) * rates.filter,
+        "ofmap_sram": f(ofmap_sram) * rates.ofmap,
+        "gather_buffer": f(gather) * rates.gather,
+        "dram": f(dram_bytes) * 8 * rates.dram_bit,
     }
-    parts["total"] = sum(parts.values())
+    parts["total"] = sum(parts[k] for k in ENERGY_PARTS)
     return parts
 
 
 def asic_area_mm2(cfg: AccelConfig) -> dict[str, float]:
-    """PE array (multiplier, adder, pipeline registers) plus the three SRAMs, node-scaled."""
+    """PE array (multiplier, adder, pipeline registers) plus the three SRAMs and the WS gather
+    window (part of the gated hardware), node-scaled."""
     _, a = node_scale(cfg.tech_nm)
     wb = WORD_BITS[cfg.word]
     add = value("area_add_fp32_um2") if cfg.word == "fp16" else value("area_add_int32_um2")
     pe = value(f"area_mult_{cfg.word}_um2") + add + (2 * wb + ACC_BITS) * value("area_dff_um2")
-    sram_kb = cfg.ifmap_sram_kb + cfg.filter_sram_kb + cfg.ofmap_sram_kb
+    sram_kb = cfg.ifmap_sram_kb + cfg.filter_sram_kb + cfg.ofmap_sram_kb + cfg.gather_buffer_kb
     sram = sram_kb * 8192 * value("area_sram_bit_um2") / value("sram_array_efficiency")
     array = cfg.rows * cfg.cols * pe
     return {"array_mm2": array * a / 1e6, "sram_mm2": sram * a / 1e6, "total_mm2": (array + sram) * a / 1e6}

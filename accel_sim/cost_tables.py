@@ -30,6 +30,8 @@ TABLE: dict[str, Const] = {
     "add_fp32_pj": Const(0.9, "pJ", HOROWITZ + " (fp32 accumulator for fp16)"),
     "gated_mac_fraction": Const(0.032, "x MAC", "Sparseloop ERT mac_gated 0.018 / mac_random 0.561 pJ: "
                                 "Accelergy-Project/micro22-sparseloop-artifact ERT_summary.yaml"),
+    "psum_bits": Const(32.0, "bits", "partial-sum width: int32 accumulator for int8/int16 operands, "
+                       "fp32 for fp16; ofmap-SRAM and psum-spill traffic is charged at this width"),
     "compare_pj": Const(0.1, "pJ", "one 32 b compare ~ a 32 b add, " + HOROWITZ),
     "reg_bit_pj": Const(0.009, "pJ/bit", "Aladdin register 0.009 pJ per bit-access (40 nm), "
                         "Accelergy-Project/accelergy-aladdin-plug-in: aladdin_table.py"),

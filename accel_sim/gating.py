@@ -32,14 +32,40 @@ reduction set" onto the array in one of three ways.  Filters that share a reduct
 
 The base pass may use ``packed`` or ``group``; the conditional pass ``column`` (needs the
 gather hardware), ``packed`` or ``group``; ``AccelConfig.gate_schedule`` says which the
-hardware has (``auto``: all; ``column``: lists only; ``union``: shared streams only).  Per
-layer the cheapest legal base and conditional mappings are taken (the passes are independent,
-separated by the gate), and when even that is not faster than the layer's dense mapping the
-layer runs dense (``AccelConfig.dense_fallback``): the gate is ignored and every output
-computed in full, as an accelerator whose compiler sees that the gate does not pay would do.
+hardware has (``auto``: all; ``column``: lists only; ``union``: shared streams only).  Every
+legal base x conditional pair and the dense mapping are costed in full by
+:mod:`accel_sim.choice` (cycles with DRAM stalls, energy), and the layer runs the one that
+minimises ``AccelConfig.optimize``; dense is a candidate only with ``dense_fallback``: the gate
+is then ignored and every output computed in full, as an accelerator whose compiler sees that
+the gate does not pay would do.  :func:`gated_layer` keeps the compute-cycle-only choice that
+the cycle-stepped array is checked against.
 That happens where the base pass alone already costs the dense time: on WS/OS with N <= C all
 p groups share one column tile, so a block-diagonal base needs all K rows (WS) or a K-long
 stream (OS), exactly the dense fold, and a group-by-group base streams the pixels p times.
+
+What the gated schedule reuses on chip (the energy and traffic model of
+:mod:`accel_sim.choice` and :func:`accel_sim.memory.gated_dram_words`), and where it cannot:
+
+* partial sums: the base psum never goes to DRAM when the psum working set of a column tile
+  fits in the ofmap SRAM (the dense model's rule, in words).  WS/IS accumulate in the ofmap SRAM
+  anyway; OS shifts the base psum out of the PE accumulators into the ofmap SRAM, where the
+  conditional pass picks the active ones up.  The ofmap SRAM holds psums ACC_BITS wide, and
+  every access is charged at that width.  When a layer's psums (or its ifmap) do not all fit,
+  base and conditional pass run column tile by column tile, one gate drain per tile; when even
+  a tile's psums do not fit, the spill is charged at psum width
+  (:func:`accel_sim.memory.psum_spill_words`).
+* inputs: an ifmap that fits is fetched once for both passes.  One that does not is fetched per
+  column tile: the base pass brings the channels of the tile's base partitions, which stay in
+  the ifmap SRAM if they fit, and the conditional pass fetches only the other channels for the
+  pixels active in the tile (:func:`ifmap_fetch_fraction`).
+* weights: the conditional pass fetches only the remaining-channel weights of filters with at
+  least one active output.
+* per-column lists lose the array's input sharing; a small gather window
+  (``AccelConfig.gather_buffer_kb``) serves most of those gathers, each word copied into it
+  once: on WS it follows the slowest list head (:func:`gather_window`), on OS it holds a fold's
+  distinct pixels over the reduction indices in flight (:func:`gather_window_os`).  IS column
+  passes gather the filter stream and have no window: each gathered operand is an SRAM read,
+  which is why ``--optimize energy`` often picks a shared-stream pass (or dense) there.
 
 Fold cycles come from :func:`accel_sim.dataflow.fold_cycles`; :mod:`accel_sim.pe_array`
 executes the same schedules operand by operand and must agree cycle for cycle.
@@ -51,12 +77,14 @@ decision (``granularity`` > 1) share one draw at the group's mean density.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 
 from accel_sim.config import AccelConfig
-from accel_sim.dataflow import ceil_div, fold_cycles, folded_cycles, sram_accesses, total_folds
+from accel_sim.dataflow import ceil_div, fold_cycles, folded_cycles, gemm_dims, sram_accesses, total_folds
+from accel_sim.memory import usable_words
 from accel_sim.profile import GateSpec
 from accel_sim.topology import Layer
 
@@ -289,34 +317,170 @@ class GatedCounts:
     active_pixels: int     # output pixels with at least one active output
     cond_balanced_cycles: int  # conditional pass if every stream were its fold's mean list
     fill_drain_cycles: int     # fold fill/drain of all folds (fold cycles with T = 0)
-    gated_compute_cycles: int  # best gated schedule, also when the dense mapping was cheaper
-    candidates: dict           # "<base>+<cond>" -> compute cycles of every legal gated schedule
+    gated_compute_cycles: int = 0  # best gated schedule, also when the dense mapping was cheaper
+    candidates: dict = dataclasses.field(default_factory=dict)  # "<base>+<cond>" -> compute cycles
+    gather_hits: int = 0       # of ifmap_reads, those served by the gather window (not the SRAM)
+    gather_fills: int = 0      # words copied ifmap SRAM -> gather window
+    ifmap_fetch: float = 1.0   # DRAM ifmap words / the dense mapping's, when the ifmap does not fit
+    interleaved: bool = False  # passes run column tile by column tile (psums of the layer do not fit)
 
     @property
     def compute_cycles(self) -> int:
         return self.base_cycles + self.gate_cycles + self.cond_cycles
 
 
-def _best(options: dict[str, PassCounts]) -> tuple[str, PassCounts]:
-    """Fewest cycles; ties go to fewer SRAM reads (more reuse, less energy)."""
-    return min(options.items(), key=lambda kv: (kv[1].cycles, kv[1].sram_reads))
+def gather_window(needed: np.ndarray, cond_rows: int, rows: int, cols: int, buffer_words: float) -> tuple[int, int]:
+    """(operand reads served by the WS gather window, words filled into it) of a column pass.
+
+    Why: per-column lists break the WS array's horizontal input sharing, and a gather straight
+    from the ifmap SRAM costs one SRAM read per MAC.  The lists are ascending in pixel index and
+    advance one entry per cycle, so the columns of a tile need pixel vectors close to each other.
+    The window holds the ``buffer_words // R`` pixel vectors (R words each: one row fold's slice)
+    from the slowest column's list head of R-1 cycles ago on (the rows are skewed); each pixel is copied into it once from the ifmap
+    SRAM as the window slides, and a column whose head lies inside it reads there.  Heads
+    further ahead gather from the SRAM as before, so cycles are unchanged.  Assumed: the window
+    delivers one vector per column per cycle, as the per-column gather ports already do.
+    """
+    span = int(buffer_words // max(1, min(rows, cond_rows)))
+    hits = fills = 0
+    if span < 1:
+        return 0, 0
+    for j in range(0, needed.shape[1], cols):
+        tile = needed[:, j:j + cols].T                       # [columns, M]
+        col, pix, rank = _column_lists(tile)
+        if pix.size == 0:
+            continue
+        pos = np.full((tile.shape[0], int(rank.max()) + 1), -1, dtype=np.int64)
+        pos[col, rank] = pix
+        live = pos >= 0
+        lo = np.where(live, pos, np.iinfo(np.int64).max).min(axis=0)   # slowest head per cycle
+        # row r of the fold works r cycles behind row 0 (systolic skew), so the window keeps
+        # the slowest head of R-1 cycles ago
+        lo = lo[np.maximum(np.arange(lo.size) - (min(rows, cond_rows) - 1), 0)]
+        hits += int((live & (pos - lo[None, :] < span)).sum()) * cond_rows
+        fills += int(pix.max() - pix.min() + 1) * cond_rows
+    return hits, fills
 
 
-def gated_layer(layer: Layer, spec: GateSpec, cfg: AccelConfig, rng: np.random.Generator,
-                mask: np.ndarray | None = None) -> GatedCounts:
-    """Schedule one gated layer: the cheapest legal base and conditional mappings, or the
-    dense mapping when that is faster (and ``cfg.dense_fallback``).  ``mask`` [M, N] overrides
-    the drawn gate pattern."""
+def _column_lists(tile: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(column, pixel, rank in its column's list) of every active entry of ``tile`` [columns, M]."""
+    col, pix = np.nonzero(tile)
+    lens = tile.sum(axis=1)
+    return col, pix, np.arange(pix.size) - np.repeat(np.cumsum(lens) - lens, lens)
+
+
+def gather_window_os(needed: np.ndarray, cond_rows: int, rows: int, cols: int,
+                     buffer_words: float) -> tuple[int, int]:
+    """(operand reads served by the OS gather window, words filled into it) of a column pass.
+
+    Why: on OS a column pass gives PE (r, c) output ``list_c[f*R + r]``, so the array's rows no
+    longer share one pixel and every operand would be its own SRAM read.  A fold needs, per
+    reduction index, the values of its distinct pixels only, and the skew keeps R + C - 1
+    reduction indices in flight: a window of ``distinct pixels x (R + C - 1)`` words, filled
+    once per (pixel, index) from the SRAM, serves every PE of the fold (one read per word per
+    cycle per PE, as the gather ports assume).  A fold whose window does not fit gathers from
+    the SRAM as before.
+    """
+    depth = min(rows + cols - 1, cond_rows)
+    hits = fills = 0
+    for j in range(0, needed.shape[1], cols):
+        col, pix, rank = _column_lists(needed[:, j:j + cols].T)
+        if pix.size == 0:
+            continue
+        fold = rank // rows
+        entries = np.bincount(fold)
+        distinct = np.bincount(np.unique(fold * needed.shape[0] + pix) // needed.shape[0], minlength=entries.size)
+        fits = distinct * depth <= buffer_words
+        hits += int(entries[fits].sum()) * cond_rows
+        fills += int(distinct[fits].sum()) * cond_rows
+    return hits, fills
+
+
+def ifmap_fetch_fraction(needed: np.ndarray, cls: np.ndarray, base_set: np.ndarray, cols: int,
+                         ifmap_words: int, capacity: float) -> float:
+    """DRAM ifmap words of the gated passes over the dense mapping's, when the ifmap does not fit
+    on chip and is re-fetched per column tile (WS/OS).  Per tile the base pass fetches the
+    channels of the tile's base partitions for all pixels; if that slice fits in the ifmap SRAM
+    it stays for the conditional pass, which then fetches only the other channels, and only for
+    pixels active in the tile; if not, the conditional pass re-fetches each filter's whole
+    conditional set for those pixels."""
+    fracs = []
+    for j in range(0, needed.shape[1], cols):
+        present = np.unique(cls[j:j + cols])
+        base_share = float(base_set[present].any(axis=0).mean())
+        stays = ifmap_words * base_share <= capacity
+        rest = 1.0 - base_share if stays else 1.0 - float(base_set[present].mean(axis=1).min())
+        pixels = float(needed[:, j:j + cols].any(axis=1).mean())
+        fracs.append(base_share + rest * pixels)
+    return float(np.mean(fracs))
+
+
+#: gather windows of the column conditional pass, per dataflow (IS gathers filters: none)
+WINDOWS = {"ws": gather_window, "os": gather_window_os}
+
+
+def _psums_interleave(layer: Layer, cfg: AccelConfig) -> bool:
+    """Run base and conditional pass column tile by column tile when the layer's base partial
+    sums or its ifmap do not all fit on chip: then only one tile's psums wait for the gate and
+    its base inputs are still in the ifmap SRAM for its conditional pass (a gate drain per tile
+    is charged).  Counted in words like the dense model's working sets."""
+    return (layer.ofmap_words > usable_words(cfg.ofmap_sram_kb, cfg)
+            or layer.ifmap_words > usable_words(cfg.ifmap_sram_kb, cfg))
+
+
+def _dense_counts(layer: Layer, cfg: AccelConfig, common: dict) -> GatedCounts:
+    """The layer's dense mapping, as a schedule option (gate ignored, every output in full)."""
+    df, r, c = cfg.dataflow, cfg.rows, cfg.cols
+    m, n, k = layer.gemm_m, layer.gemm_n, layer.gemm_k
+    sram = {key: int(v) for key, v in sram_accesses(df, r, c, m, n, k).items()}
+    folds = int(total_folds(df, r, c, m, n, k))
+    fill = int(fold_cycles(df, r, c, 0))
+    return GatedCounts(schedule="dense", base_cycles=int(folded_cycles(df, r, c, m, n, k)), cond_cycles=0,
+                       gate_cycles=0, folds=folds, base_macs=m * n * k, executed_macs=m * n * k,
+                       skipped_macs=0, compares=0, cond_balanced_cycles=0, fill_drain_cycles=fill * folds,
+                       **sram, **common)
+
+
+def _combine(names: tuple[str, str], base: PassCounts, cond: PassCounts, layer: Layer, cfg: AccelConfig,
+             extra: dict, common: dict) -> GatedCounts:
+    """One gated schedule: base pass, gate, conditional pass (``extra``: memory-side fields)."""
+    df, r, c = cfg.dataflow, cfg.rows, cfg.cols
+    tiles = 1
+    if extra["interleaved"]:
+        tiles = int(ceil_div(gemm_dims(df, layer.gemm_m, layer.gemm_n, layer.gemm_k)[1], c))
+    gate = gate_drain(df, r, cond, cfg.gate_latency) * tiles
+    hits, fills = extra["window"] if names[1] == "column" else (0, 0)
+    fill = int(fold_cycles(df, r, c, 0))
+    return GatedCounts(
+        schedule=f"{names[0]}+{names[1]}" if cond.folds else names[0],
+        base_cycles=base.cycles, cond_cycles=cond.cycles, gate_cycles=gate,
+        folds=base.folds + cond.folds, base_macs=base.macs, executed_macs=base.macs + cond.macs,
+        skipped_macs=layer.macs - base.macs - cond.macs, compares=layer.gemm_m * layer.gemm_n,
+        ifmap_reads=base.ifmap_reads + cond.ifmap_reads, filter_reads=base.filter_reads + cond.filter_reads,
+        ofmap_writes=base.ofmap_writes + cond.ofmap_writes, ofmap_reads=base.ofmap_reads + cond.ofmap_reads,
+        cond_balanced_cycles=cond.balanced_cycles, fill_drain_cycles=fill * (base.folds + cond.folds),
+        gather_hits=hits, gather_fills=fills, ifmap_fetch=extra["ifmap_fetch"],
+        interleaved=extra["interleaved"], **common)
+
+
+def _check(layer: Layer, spec: GateSpec) -> None:
     if layer.groups != 1:
         raise ValueError(f"layer {layer.name}: gated layers must have groups 1, got {layer.groups}")
-    p = spec.partitions
-    if layer.in_channels % p:
-        raise ValueError(f"layer {layer.name}: partitions {p} must divide in_channels {layer.in_channels}")
+    if layer.in_channels % spec.partitions:
+        raise ValueError(f"layer {layer.name}: partitions {spec.partitions} must divide in_channels "
+                         f"{layer.in_channels}")
     if spec.channel_density.size != layer.out_channels:
         raise ValueError(f"layer {layer.name}: channel_density has {spec.channel_density.size} entries, "
                          f"out_channels is {layer.out_channels}")
+
+
+def _passes(layer: Layer, spec: GateSpec, cfg: AccelConfig, rng: np.random.Generator,
+            mask: np.ndarray | None):
+    """Every legal base and conditional pass, the memory-side facts and the common counters."""
+    _check(layer, spec)
     df, r, c = cfg.dataflow, cfg.rows, cfg.cols
     m, n, k = layer.gemm_m, layer.gemm_n, layer.gemm_k
+    p = spec.partitions
     grouped = spec.grouped and n % p == 0
     cls, base_set, cond_set = gate_classes(n, k, p, grouped)
     if mask is None:
@@ -326,31 +490,49 @@ def gated_layer(layer: Layer, spec: GateSpec, cfg: AccelConfig, rng: np.random.G
     cond_modes = tuple(md for md in COND_MODES[cfg.gate_schedule] if grouped or md != "group")
     bases = {md: pass_counts(df, r, c, everything, cls, base_set, md, False) for md in base_modes}
     conds = {md: pass_counts(df, r, c, mask, cls, cond_set, md, True) for md in cond_modes}
-    candidates = {f"{b}+{cm}": bp.cycles + gate_drain(df, r, cp, cfg.gate_latency) + cp.cycles
-                  for b, bp in bases.items() for cm, cp in conds.items()}
-    b_name, base = _best(bases)
-    c_name, cond = _best(conds)
-    gate = gate_drain(df, r, cond, cfg.gate_latency)
-    gated_total = base.cycles + gate + cond.cycles
-    active = int(mask.sum())
-    fill = int(fold_cycles(df, r, c, 0))
-    common = dict(active_outputs=active, gated_macs=base.macs + cond.macs,
-                  active_channels=int(mask.any(axis=0).sum()), active_pixels=int(mask.any(axis=1).sum()),
-                  gated_compute_cycles=gated_total, candidates=candidates)
-    dense_total = int(folded_cycles(df, r, c, m, n, k))
-    if cfg.dense_fallback and dense_total <= gated_total:
-        sram = {key: int(v) for key, v in sram_accesses(df, r, c, m, n, k).items()}
-        folds = int(total_folds(df, r, c, m, n, k))
-        return GatedCounts(schedule="dense", base_cycles=dense_total, cond_cycles=0, gate_cycles=0,
-                           folds=folds, base_macs=m * n * k, executed_macs=m * n * k, skipped_macs=0,
-                           compares=0, cond_balanced_cycles=0, fill_drain_cycles=fill * folds, **sram,
-                           **common)
-    return GatedCounts(
-        schedule=f"{b_name}+{c_name}" if cond.folds else b_name,
-        base_cycles=base.cycles, cond_cycles=cond.cycles, gate_cycles=gate,
-        folds=base.folds + cond.folds, base_macs=base.macs, executed_macs=base.macs + cond.macs,
-        skipped_macs=m * n * k - base.macs - cond.macs, compares=m * n,
-        ifmap_reads=base.ifmap_reads + cond.ifmap_reads, filter_reads=base.filter_reads + cond.filter_reads,
-        ofmap_writes=base.ofmap_writes + cond.ofmap_writes, ofmap_reads=base.ofmap_reads + cond.ofmap_reads,
-        cond_balanced_cycles=cond.balanced_cycles, fill_drain_cycles=fill * (base.folds + cond.folds),
-        **common)
+    window = (0, 0)
+    if df in WINDOWS and "column" in conds and cfg.gather_buffer_kb > 0:
+        window = WINDOWS[df](mask, k - k // p, r, c, cfg.gather_buffer_kb * 1024 / cfg.word_bytes)
+    extra = {"window": window, "interleaved": _psums_interleave(layer, cfg),
+             "ifmap_fetch": 1.0}
+    if df in ("ws", "os"):
+        extra["ifmap_fetch"] = ifmap_fetch_fraction(mask, cls, base_set, c, layer.ifmap_words,
+                                                    usable_words(cfg.ifmap_sram_kb, cfg))
+    common = dict(active_outputs=int(mask.sum()), active_channels=int(mask.any(axis=0).sum()),
+                  active_pixels=int(mask.any(axis=1).sum()))
+    return bases, conds, extra, common
+
+
+def _sram_reads(g: GatedCounts) -> int:
+    """Operand and psum SRAM reads: the tie-break between equally fast schedules (more reuse)."""
+    return g.ifmap_reads + g.filter_reads + g.ofmap_reads
+
+
+def gated_options(layer: Layer, spec: GateSpec, cfg: AccelConfig, rng: np.random.Generator,
+                  mask: np.ndarray | None = None) -> dict[str, GatedCounts]:
+    """Every legal schedule of one gated layer: each base x conditional mapping, and ``dense``
+    (always listed; whether it may be chosen is ``cfg.dense_fallback``'s business).  Each
+    carries the fewest-compute-cycle gated schedule's cycles and MACs, and every candidate's."""
+    bases, conds, extra, common = _passes(layer, spec, cfg, rng, mask)
+    out = {f"{bn}+{cn}": _combine((bn, cn), bp, cp, layer, cfg, extra, common | {"gated_macs": bp.macs + cp.macs})
+           for bn, bp in bases.items() for cn, cp in conds.items()}
+    best = min(out.values(), key=lambda g: (g.compute_cycles, _sram_reads(g)))
+    top = dict(gated_compute_cycles=best.compute_cycles, candidates={k: g.compute_cycles for k, g in out.items()})
+    out = {name: dataclasses.replace(g, **top) for name, g in out.items()}
+    out["dense"] = _dense_counts(layer, cfg, common | top | {"gated_macs": best.gated_macs})
+    return out
+
+
+def gated_layer(layer: Layer, spec: GateSpec, cfg: AccelConfig, rng: np.random.Generator,
+                mask: np.ndarray | None = None) -> GatedCounts:
+    """Schedule one gated layer on compute cycles alone: the cheapest legal base x conditional
+    mapping (ties: fewer SRAM reads), or the dense mapping when that is not slower (and
+    ``cfg.dense_fallback``).  ``mask`` [M, N] overrides the drawn gate pattern.
+    :mod:`accel_sim.simulate` instead chooses among :func:`gated_options` on total cycles with
+    stalls, or energy (``cfg.optimize``); this is the choice the cycle-stepped array replays."""
+    opts = gated_options(layer, spec, cfg, rng, mask)
+    dense = opts.pop("dense")
+    gated = min(opts.values(), key=lambda g: (g.compute_cycles, _sram_reads(g)))
+    if cfg.dense_fallback and dense.compute_cycles <= gated.compute_cycles:
+        return dense
+    return gated

@@ -25,7 +25,8 @@ from __future__ import annotations
 import numpy as np
 
 from accel_sim.config import AccelConfig
-from accel_sim.dataflow import fold_counts, gemm_dims
+from accel_sim.cost import ACC_BITS
+from accel_sim.dataflow import ceil_div, fold_counts, gemm_dims
 
 
 def usable_words(kb: float, cfg: AccelConfig) -> float:
@@ -66,7 +67,55 @@ def stall_cycles(cfg: AccelConfig, compute_cycles, dram_bytes, folds):
     compute = np.asarray(compute_cycles, dtype=np.float64)
     transfer = np.asarray(dram_bytes, dtype=np.float64) / cfg.dram_bytes_per_cycle
     if not cfg.double_buffer:
-        return np.ceil(transfer)
+        return _whole_cycles(transfer)
     first = transfer / np.maximum(np.asarray(folds, dtype=np.float64), 1.0)
     total = first + np.maximum(compute, transfer - first)
-    return np.ceil(total - compute)
+    return _whole_cycles(total - compute)
+
+
+def _whole_cycles(exposed):
+    """Exposed transfer time in cycles: under one cycle it finishes within the cycle whose
+    operands it carries (so unbounded bandwidth costs 0, not the 1 a bare ceil gave every
+    layer); from one cycle up it is rounded up as before."""
+    exposed = np.asarray(exposed, dtype=np.float64)
+    return np.where(exposed < 1.0, 0.0, np.ceil(exposed))
+
+
+def psum_spill_words(cfg: AccelConfig, m: int, n: int, k: int, partitions: int, density: float) -> float:
+    """Extra DRAM traffic (in operand words) of a gated layer's partial sums that do not fit.
+
+    The passes run column tile by column tile, so one tile's psums (the dense model's working
+    set) wait for the gate; when even those do not fit, OS writes every base psum out once and
+    reads the active ones back, WS/IS spill per row fold of each pass like the dense mapping
+    (write every fold, read back every later one; the conditional pass only for active outputs).
+    Psums are ACC_BITS wide, so they are charged at that width.
+    """
+    s_r, s_c, t = gemm_dims(cfg.dataflow, m, n, k)
+    tile = (m if cfg.dataflow == "os" else t) * min(s_c, cfg.cols)
+    if tile <= usable_words(cfg.ofmap_sram_kb, cfg):
+        return 0.0
+    kb = k // partitions
+    if cfg.dataflow == "os":
+        trips = 1.0 + density
+    else:
+        trips = 2.0 * int(ceil_div(kb, cfg.rows)) - 1 + density * 2.0 * int(ceil_div(k - kb, cfg.rows))
+    return m * n * trips * (ACC_BITS / 8) / cfg.word_bytes
+
+
+def gated_dram_words(cfg: AccelConfig, layer, gc, partitions: int, dense: tuple[float, float, float]):
+    """(ifmap, filter, ofmap) DRAM words of one gated layer under schedule ``gc``.
+
+    The ifmap is fetched as the dense mapping does when it fits (once, kept for both passes),
+    else per column tile at ``gc.ifmap_fetch`` of the dense refetch; the base pass fetches each
+    filter's base weights, the conditional pass only the remaining weights of filters with an
+    active output; outputs are written once, plus :func:`psum_spill_words`.
+    """
+    d_if, d_fi, d_of = dense
+    if gc.schedule == "dense":
+        return d_if, d_fi, d_of
+    p = partitions
+    ifm = d_if if layer.ifmap_words <= usable_words(cfg.ifmap_sram_kb, cfg) else d_if * gc.ifmap_fetch
+    fil = d_fi * (1.0 / p + (p - 1) / p * gc.active_channels / layer.gemm_n)
+    dens = gc.active_outputs / (layer.gemm_m * layer.gemm_n)
+    ofm = d_of + psum_spill_words(cfg, layer.gemm_m, layer.gemm_n, layer.gemm_k, p, dens)
+    return ifm, fil, ofm

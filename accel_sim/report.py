@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from accel_sim.atomic import write_text_atomic
+from accel_sim.cost import ENERGY_PARTS
 from accel_sim.simulate import ROW_KEYS, SimResult
 
 _TABLE_COLS = [("name", "layer", "{}"), ("schedule", "schedule", "{}"), ("density", "dens", "{:.2f}"), ("macs", "MACs", "{:,}"),
@@ -55,6 +56,31 @@ def format_table(result: SimResult) -> str:
            f"{hw['asic_power_w']['total_w']:.3f} W;  FPGA {hw['fpga']['dsp']} DSP, {hw['fpga']['lut']:,} LUT, "
            f"{hw['fpga']['ff']:,} FF, {hw['fpga']['bram18']} BRAM18K @ {hw['fpga']['clock_mhz']:g} MHz; fits: "
            + (", ".join(p for p, v in hw["fpga"]["parts"].items() if v["fits"]) or "none")]
+    return "\n".join(out)
+
+
+def format_breakdown(result: SimResult) -> str:
+    """Per gated layer: where the gated run spends energy against dense (uJ, gated/dense per
+    part), the schedule chosen and why."""
+    short = {"mac": "MAC", "idle": "idle PE", "gate": "gate", "ifmap_sram": "ifmap SRAM",
+             "filter_sram": "filter SRAM", "ofmap_sram": "psum SRAM", "gather_buffer": "gather buf",
+             "dram": "DRAM"}
+    head = ["layer", "schedule", *(short[k] for k in ENERGY_PARTS), "total"]
+    body = []
+    for r in (r for r in result.rows if r["gated"]):
+        cells = [f"{r[f'energy_{k}_pj'] / 1e6:.1f}/{r[f'dense_energy_{k}_pj'] / 1e6:.1f}" for k in ENERGY_PARTS]
+        body.append([r["name"], r["schedule"], *cells, f"{r['energy_pj'] / 1e6:.1f}/{r['dense_energy_pj'] / 1e6:.1f}"])
+    t = result.totals
+    g, d = t["energy_breakdown_pj"], t["dense_energy_breakdown_pj"]
+    total = ["TOTAL (all layers)", "", *(f"{g[k] / 1e6:.1f}/{d[k] / 1e6:.1f}" for k in ENERGY_PARTS),
+             f"{t['energy_pj'] / 1e6:.1f}/{t['dense_energy_pj'] / 1e6:.1f}"]
+    widths = [max(len(row[i]) for row in [head, *body, total]) for i in range(len(head))]
+    line = lambda cells: "  ".join(c.rjust(w) if i > 1 else c.ljust(w)  # noqa: E731
+                                   for i, (c, w) in enumerate(zip(cells, widths)))
+    out = [f"energy breakdown, gated/dense uJ per part (choice optimises {t['optimize']})", line(head),
+           line(["-" * w for w in widths]), *map(line, body), line(["-" * w for w in widths]), line(total),
+           "why each gated layer runs what it runs:"]
+    out += [f"  {r['name']}: {r['choice_reason']}" for r in result.rows if r["gated"]]
     return "\n".join(out)
 
 

@@ -1,9 +1,11 @@
 """Whole-network simulation: dense and gated execution of every layer, side by side.
 
 Dense numbers for all layers are one vectorised numpy evaluation of the closed forms; each
-gated layer adds one pass of :func:`accel_sim.gating.gated_layer`, which picks the layer's
-cheapest schedule (``schedule`` in the rows; ``dense-fallback`` when the layer's gate would not
-pay and it runs dense).  Layers without a gate spec run dense in the gated network too.
+gated layer costs every option of :func:`accel_sim.gating.gated_options` (cycles with DRAM
+stalls, traffic, energy by part) and runs the one :func:`accel_sim.choice.choose` picks for
+``cfg.optimize`` (``schedule`` and ``choice_reason`` in the rows; ``dense-fallback`` when the
+gate would not pay and the layer runs dense).  Rows carry the energy by part of the gated and
+the dense run (``energy_<part>_pj``, ``dense_energy_<part>_pj``), which sum to the totals.  Layers without a gate spec run dense in the gated network too.
 ``theoretical_speedup`` is the gate's MAC ratio (all MACs over base + active x conditional),
 also for a layer that fell back, so the rows show what the gate offered and what was taken.
 """
@@ -15,10 +17,10 @@ from typing import Any
 import numpy as np
 
 from accel_sim.config import AccelConfig
-from accel_sim.cost import EnergyRates, asic_area_mm2, asic_power_w, energy_pj, fpga_resources
+from accel_sim.choice import Costed, schedule_layer
+from accel_sim.cost import ENERGY_PARTS, EnergyRates, asic_area_mm2, asic_power_w, energy_pj, fpga_resources
 from accel_sim.dataflow import dense_cycles, fold_cycles, layer_epilogue, mapping_efficiency, sram_accesses, total_folds
-from accel_sim.gating import gated_layer
-from accel_sim.memory import dram_words, stall_cycles, usable_words
+from accel_sim.memory import dram_words, stall_cycles
 from accel_sim.profile import GateSpec
 from accel_sim.topology import Layer
 
@@ -29,7 +31,8 @@ ROW_KEYS = ("name", "kind", "gated", "schedule", "density", "macs", "executed_ma
             "ifmap_sram_reads", "filter_sram_reads", "ofmap_sram_writes", "ofmap_sram_reads",
             "dense_dram_bytes", "gated_dram_bytes", "traffic_reduction",
             "dense_energy_pj", "energy_pj", "ideal_gated_cycles", "fill_drain_cycles",
-            "imbalance_cycles", "best_gated_compute_cycles")
+            "imbalance_cycles", "best_gated_compute_cycles", "choice_reason",
+            *(f"energy_{k}_pj" for k in ENERGY_PARTS), *(f"dense_energy_{k}_pj" for k in ENERGY_PARTS))
 
 
 @dataclass
@@ -83,59 +86,46 @@ def simulate(layers: list[Layer], cfg: AccelConfig, gates: dict[str, GateSpec] |
                          ifmap_sram=sram["ifmap_reads"], filter_sram=sram["filter_reads"],
                          ofmap_sram=sram["ofmap_writes"] + sram["ofmap_reads"], dram_bytes=d_bytes)
 
-    # ---- gated: start from dense, replace the gated layers
+    # ---- gated: start from dense, replace the gated layers by their chosen schedule
+    d_parts = {key: np.broadcast_to(np.asarray(v, dtype=np.float64), (len(layers),)).copy()
+               for key, v in d_energy.items()}
+    g_parts = {key: v.copy() for key, v in d_parts.items()}
     g_comp = d_comp.astype(np.float64).copy()
-    g_folds = folds.astype(np.float64).copy()
+    g_stall = d_stall.astype(np.float64).copy()
+    g_bytes = d_bytes.astype(np.float64).copy()
     exe = macs.astype(np.float64).copy()
     gated_macs = macs.astype(np.float64).copy()
     schedule = ["dense"] * len(layers)
+    reason = ["not gated"] * len(layers)
     best_gated = d_comp.astype(np.float64).copy()
     skipped = np.zeros(len(layers))
-    compares = np.zeros(len(layers))
-    g_sram = {key: v.astype(np.float64).copy() for key, v in sram.items()}
-    g_if, g_fi, g_of = d_if.copy(), d_fi.copy(), d_of.copy()
     density = np.ones(len(layers))
     # where gated cycles go: ideal = executed MACs / PEs; fill/drain; column load imbalance
     ideal = macs / (R * C)
     fill = (folds * np.asarray(fold_cycles(df, R, C, 0), dtype=np.float64)).astype(np.float64)
     imbalance = np.zeros(len(layers))
-    cap_i, cap_o = usable_words(cfg.ifmap_sram_kb, cfg), usable_words(cfg.ofmap_sram_kb, cfg)
     for idx, layer in enumerate(layers):
         spec = gates.get(layer.name)
         if spec is None:
             continue
         rng = np.random.default_rng([cfg.seed, idx])
-        gc = gated_layer(layer, spec, cfg, rng)
         epi = layer_epilogue(df, R, compat)  # gated layers have groups 1
-        g_comp[idx] = gc.compute_cycles + epi
+        dense = Costed("dense", None, float(d_comp[idx]), float(d_stall[idx]),
+                       (float(d_if[idx]), float(d_fi[idx]), float(d_of[idx])), float(d_bytes[idx]),
+                       {key: float(v[idx]) for key, v in d_parts.items()})
+        win, reason[idx] = schedule_layer(layer, spec, cfg, rates, rng, epi, dense)
+        gc = win.counts
+        g_comp[idx], g_stall[idx], g_bytes[idx] = win.compute, win.stall, win.dram_bytes
+        for key in g_parts:
+            g_parts[key][idx] = win.energy[key]
         best_gated[idx] = gc.gated_compute_cycles + epi
         gated_macs[idx] = gc.gated_macs
         schedule[idx] = "dense-fallback" if gc.schedule == "dense" else gc.schedule
-        g_folds[idx] = gc.folds
         ideal[idx] = gc.executed_macs / (R * C)
         fill[idx] = gc.fill_drain_cycles
         imbalance[idx] = gc.cond_cycles - gc.cond_balanced_cycles
-        exe[idx], skipped[idx], compares[idx] = gc.executed_macs, gc.skipped_macs, gc.compares
+        exe[idx], skipped[idx] = gc.executed_macs, gc.skipped_macs
         density[idx] = gc.active_outputs / (m[idx] * n[idx])
-        g_sram["ifmap_reads"][idx], g_sram["filter_reads"][idx] = gc.ifmap_reads, gc.filter_reads
-        g_sram["ofmap_writes"][idx], g_sram["ofmap_reads"][idx] = gc.ofmap_writes, gc.ofmap_reads
-        if gc.schedule == "dense":
-            continue  # the layer runs its dense mapping: dense DRAM traffic
-        p = spec.partitions
-        px_frac, ch_frac = gc.active_pixels / m[idx], gc.active_channels / n[idx]
-        base_share = 1.0 if spec.grouped else 1.0 / p
-        if i_w[idx] <= cap_i:  # the ifmap stays on chip for both passes
-            g_if[idx] = d_if[idx]
-        else:
-            g_if[idx] = d_if[idx] * (base_share + (p - 1) / p * px_frac)
-        g_fi[idx] = d_fi[idx] * (1.0 / p + (p - 1) / p * ch_frac)
-        spill = 0.0 if o_w[idx] <= cap_o else o_w[idx] * (1.0 + density[idx])
-        g_of[idx] = d_of[idx] + spill
-    g_bytes = (g_if + g_fi + g_of) * wb
-    g_stall = stall_cycles(cfg, g_comp, g_bytes, g_folds)
-    g_energy = energy_pj(rates, cfg, macs=exe, cycles=g_comp, compares=compares,
-                         ifmap_sram=g_sram["ifmap_reads"], filter_sram=g_sram["filter_reads"],
-                         ofmap_sram=g_sram["ofmap_writes"] + g_sram["ofmap_reads"], dram_bytes=g_bytes)
 
     d_total = d_comp + d_stall
     g_total = g_comp + g_stall
@@ -157,9 +147,12 @@ def simulate(layers: list[Layer], cfg: AccelConfig, gates: dict[str, GateSpec] |
             "ofmap_sram_writes": int(sram["ofmap_writes"][i]), "ofmap_sram_reads": int(sram["ofmap_reads"][i]),
             "dense_dram_bytes": int(d_bytes[i]), "gated_dram_bytes": int(g_bytes[i]),
             "traffic_reduction": _ratio(d_bytes[i], g_bytes[i]),
-            "dense_energy_pj": float(d_energy["total"][i]), "energy_pj": float(g_energy["total"][i]),
+            "dense_energy_pj": float(d_parts["total"][i]), "energy_pj": float(g_parts["total"][i]),
             "ideal_gated_cycles": float(ideal[i]), "fill_drain_cycles": int(fill[i]),
             "imbalance_cycles": int(imbalance[i]), "best_gated_compute_cycles": int(best_gated[i]),
+            "choice_reason": reason[i],
+            **{f"energy_{key}_pj": float(g_parts[key][i]) for key in ENERGY_PARTS},
+            **{f"dense_energy_{key}_pj": float(d_parts[key][i]) for key in ENERGY_PARTS},
         })
     dense_c, gated_c = float(d_total.sum()), float(g_total.sum())
     totals = {
@@ -176,8 +169,10 @@ def simulate(layers: list[Layer], cfg: AccelConfig, gates: dict[str, GateSpec] |
         "utilization": _ratio(macs.sum(), dense_c * R * C),
         "dense_dram_bytes": int(d_bytes.sum()), "gated_dram_bytes": int(g_bytes.sum()),
         "traffic_reduction": _ratio(d_bytes.sum(), g_bytes.sum()),
-        "dense_energy_pj": float(d_energy["total"].sum()), "energy_pj": float(g_energy["total"].sum()),
-        "energy_breakdown_pj": {key: float(v.sum()) for key, v in g_energy.items() if key != "total"},
+        "dense_energy_pj": float(d_parts["total"].sum()), "energy_pj": float(g_parts["total"].sum()),
+        "energy_breakdown_pj": {key: float(g_parts[key].sum()) for key in ENERGY_PARTS},
+        "dense_energy_breakdown_pj": {key: float(d_parts[key].sum()) for key in ENERGY_PARTS},
+        "optimize": cfg.optimize,
         "latency_ms": gated_c / (cfg.clock_mhz * 1e3), "dense_latency_ms": dense_c / (cfg.clock_mhz * 1e3),
     }
     area = asic_area_mm2(cfg)

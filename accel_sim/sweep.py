@@ -16,7 +16,7 @@ from accel_sim.profile import uniform_gates
 from accel_sim.simulate import simulate
 
 SWEEP_KEYS = ("network", "array", "rows", "cols", "dataflow", "sram_kb", "density", "dense_cycles",
-              "gated_cycles", "speedup", "theoretical_speedup", "energy_pj", "area_mm2", "utilization",
+              "gated_cycles", "speedup", "theoretical_speedup", "energy_pj", "dense_energy_pj", "area_mm2", "utilization",
               "gated_dram_bytes")
 
 
@@ -31,7 +31,8 @@ def _point(args: tuple[str, tuple[int, int, int] | None, dict[str, Any], float])
             "dataflow": cfg.dataflow, "sram_kb": cfg.ifmap_sram_kb, "density": density,
             "dense_cycles": tot["dense_cycles"], "gated_cycles": tot["gated_cycles"],
             "speedup": round(tot["speedup"], 4), "theoretical_speedup": round(tot["theoretical_speedup"], 4),
-            "energy_pj": round(tot["energy_pj"], 1), "area_mm2": round(t.hardware["asic_area_mm2"]["total_mm2"], 4),
+            "energy_pj": round(tot["energy_pj"], 1), "dense_energy_pj": round(tot["dense_energy_pj"], 1),
+            "area_mm2": round(t.hardware["asic_area_mm2"]["total_mm2"], 4),
             "utilization": round(tot["utilization"], 4), "gated_dram_bytes": tot["gated_dram_bytes"]}
 
 
