@@ -130,3 +130,11 @@ def check_writable_file(path: str | os.PathLike) -> None:
     except OSError as e:
         raise OSError(e.errno, f"output file {path}: folder {folder} is not writable: "
                                f"{e.strerror or e}") from None
+
+
+def save_figure_atomic(fig, path: str | os.PathLike, **savefig_kw) -> None:
+    """``fig.savefig`` (matplotlib, duck-typed: no import here) written atomically; the
+    format comes from the suffix, as savefig would infer it from a file name."""
+    fmt = savefig_kw.pop("format", None) or Path(path).suffix.lstrip(".") or "png"
+    with atomic_write(path, "wb") as fh:
+        fig.savefig(fh, format=fmt, **savefig_kw)

@@ -222,6 +222,7 @@ def test_oserror_is_one_line_exit_2(tmp_path, capsys, monkeypatch):
                         lambda self, path: (_ for _ in ()).throw(OSError(28, "No space left on device", path)))
     assert main(["profile", str(ckpt), "--dataset", "synthetic", "--limit", "16",
                  "--out", str(tmp_path / "p.yaml")]) == 2
-    err = capsys.readouterr().err.splitlines()[-1]   # after the progress bar
-    assert err.startswith("error: ") and "No space left" in err and "p.yaml" in err
-    assert "Traceback" not in capsys.readouterr().err
+    err = capsys.readouterr().err
+    last = err.splitlines()[-1]   # after the progress bar
+    assert last.startswith("error: ") and "No space left" in last and "p.yaml" in last
+    assert "Traceback" not in err

@@ -85,3 +85,17 @@ def test_accel_sim_uses_the_one_implementation_without_torch():
     out = subprocess.run([sys.executable, "-c", "import sys, fsio, accel_sim.atomic; "
                           "assert 'torch' not in sys.modules"], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
+
+
+def test_figure_written_atomically_in_the_suffix_format(tmp_path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from fsio import save_figure_atomic
+    fig, _ = plt.subplots()
+    save_figure_atomic(fig, tmp_path / "a.png", dpi=30)
+    save_figure_atomic(fig, tmp_path / "a.svg")
+    plt.close(fig)
+    assert (tmp_path / "a.png").read_bytes()[:4] == b"\x89PNG"
+    assert b"<svg" in (tmp_path / "a.svg").read_bytes()[:400]
+    assert sorted(os.listdir(tmp_path)) == ["a.png", "a.svg"]
