@@ -81,8 +81,9 @@ def _eval_data(args, payload_cfg: dict):
 def cmd_train(args) -> int:
     cfg = _cfg_from_args(args)
     if args.resume:  # before any data loading: a changed option is refused at once
-        check_resume_config(dyngate.checkpoint.read(args.resume)["extra"].get("trainer", {})
-                            .get("config", {}), cfg, args.resume)
+        state = dyngate.checkpoint.read(args.resume)["extra"].get("trainer")
+        if state and "config" in state:   # (no trainer state: Trainer.resume says so)
+            check_resume_config(state["config"], cfg, args.resume)
     check_writable_dir(cfg.out)
     with exclusive_lock(cfg.out):  # a second run into the same folder fails instead of mixing
         if cfg.cucb:

@@ -226,3 +226,31 @@ def test_oserror_is_one_line_exit_2(tmp_path, capsys, monkeypatch):
     last = err.splitlines()[-1]   # after the progress bar
     assert last.startswith("error: ") and "No space left" in last and "p.yaml" in last
     assert "Traceback" not in err
+
+
+def _interrupted_dump(doc, f, **kw):
+    f.write("half: [")
+    raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("which", ["profile", "latency"])
+def test_interrupted_yaml_write_keeps_the_previous_file(which, tmp_path, monkeypatch):
+    import yaml
+    from dyngate.latency import LatencyTable
+    if which == "profile":
+        g = dyngate.convert(models.build("resnet20", in_channels=1, num_classes=10), partitions=2).eval()
+        obj = dyngate.profile(g, torch.randn(2, 1, 28, 28))
+        write = obj.to_yaml
+    else:
+        obj = LatencyTable(batch=1, threads=1, layers={}, shapes={})
+        write = obj.save
+    (tmp_path / "o").mkdir()   # tmp_path also holds the test's tune cache
+    path = tmp_path / "o" / "out.yaml"
+    write(str(path))
+    before = path.read_text()
+    monkeypatch.setattr(yaml, "safe_dump", _interrupted_dump)
+    with pytest.raises(KeyboardInterrupt):
+        write(str(path))
+    monkeypatch.undo()
+    assert path.read_text() == before and yaml.safe_load(before)
+    assert os.listdir(tmp_path / "o") == ["out.yaml"]
