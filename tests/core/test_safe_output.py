@@ -254,3 +254,14 @@ def test_interrupted_yaml_write_keeps_the_previous_file(which, tmp_path, monkeyp
     monkeypatch.undo()
     assert path.read_text() == before and yaml.safe_load(before)
     assert os.listdir(tmp_path / "o") == ["out.yaml"]
+
+
+def test_ctrl_c_is_one_line_exit_130(monkeypatch, capsys):
+    import dyngate.cli as cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "cmd_eval", interrupted)
+    assert main(["eval", "some.pt"]) == 130
+    assert capsys.readouterr().err == "error: interrupted\n"
