@@ -16,6 +16,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from accel_sim import AccelConfig, GateSpec, build_network, simulate, uniform_gates  # noqa: E402
+from fsio import save_figure_atomic  # noqa: E402
 
 DENSITIES = (1.0, 0.7, 0.5, 0.35, 0.25, 0.15, 0.05, 0.0)
 
@@ -71,7 +72,7 @@ def main() -> int:
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
         fig.tight_layout()
-        fig.savefig(args.plot, dpi=110)
+        save_figure_atomic(fig, args.plot, dpi=110)
     return 0
 
 

@@ -38,11 +38,13 @@ import torch.nn.functional as F
 
 from bench_gated_conv_shapes import (NETWORKS, PATTERNS, ConvLayer, layer_inputs, median_time,  # noqa: E402
                                      theoretical_speedup)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout's packages
 from kernels import autotune, conditional_conv2d, cpu_fused, last_path  # noqa: E402
 from kernels.api import validate  # noqa: E402
 from kernels.cpu import conditional_conv2d_cpu  # noqa: E402
 from kernels.cpu_tiles import default_tile  # noqa: E402
 from kernels.workspace import release  # noqa: E402
+from fsio import write_text_atomic  # noqa: E402
 
 DENSITIES = (1.0, 0.5, 0.3, 0.1)
 KINDS = PATTERNS
@@ -323,8 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         top = {k: r18["whole"].get(f"{KINDS[0]}@0.3", {}).get(k) for k in ("real_speedup", "theoretical_speedup")}
     doc = json.dumps(dict(cpu=meta["cpu"], isa=meta["isa"], meta=meta, **top, summary=summary, results=results, checkpoint=ckpt), indent=1)
     if args.out_json:
-        with open(args.out_json, "w") as f:
-            f.write(doc + "\n")
+        write_text_atomic(args.out_json, doc + "\n")
     if args.json:
         print(doc)
         return 0

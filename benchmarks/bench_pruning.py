@@ -42,6 +42,7 @@ from dyngate.latency import FORMS as TABLE_FORMS, LatencyTable, measure  # noqa:
 from dyngate.prune_schedule import ScheduledTrainer  # noqa: E402
 from dyngate.train import TrainConfig  # noqa: E402
 from models.data import load_dataset  # noqa: E402
+from fsio import atomic_write, save_figure_atomic  # noqa: E402
 
 X1 = torch.zeros(1, 1, 28, 28)
 
@@ -302,7 +303,7 @@ def write_markdown(rows: list[dict], base: dict, args, path: str) -> None:
             spread = f" [{t['ratio_min']:.2f}-{t['ratio_max']:.2f}]" if "ratio_min" in t else ""
             line += f" {t['ratio']:.3f}{spread} ({gain(t['gain_vs_mac'], r)}) |"
         lines.append(line + "\n")
-    with open(path, "w") as f:
+    with atomic_write(path) as f:
         f.write(f"Dense: {base['macs'] / 1e6:.2f} M MACs, {base['params']} params, test accuracy "
                 f"{100 * base['acc']:.2f}%.\n\n" + "".join(lines))
 
@@ -337,7 +338,7 @@ def write_plot(rows: list[dict], base: dict, path: str) -> None:
     a.legend(fontsize=7)
     b.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure_atomic(fig, path, dpi=120)
     plt.close(fig)
 
 
@@ -360,7 +361,7 @@ def uniform_latency(dense: nn.Module, args, ratios=(0.15, 0.3, 0.5)) -> None:
     for r, row in rows.items():
         row.update(timed[r])
         print(json.dumps(row), flush=True)
-    with open(args.uniform_only, "w") as f:
+    with atomic_write(args.uniform_only) as f:
         json.dump(list(rows.values()), f, indent=1)
 
 
@@ -389,7 +390,7 @@ def tvm_latency(dense: nn.Module, out: str, rounds: int = 5) -> None:
         rows.append(dict(model=name, macs=macs_params(m)[0], torch_ms=min(tt), tvm_ms=min(tv),
                          tvm_over_torch=min(tv) / min(tt), build_s=build, max_abs_error=c.max_abs_error))
         print(json.dumps(rows[-1]), flush=True)
-    with open(out, "w") as f:
+    with atomic_write(out) as f:
         json.dump(rows, f, indent=1)
 
 
@@ -462,7 +463,7 @@ def main() -> None:
         run_args = {**json.load(open(args.json)).get("args", {}), "latency_threads": args.latency_threads}
 
     def save():
-        with open(args.json, "w") as f:
+        with atomic_write(args.json) as f:
             json.dump({"base": base, "args": run_args, "rows": rows}, f, indent=1)
         write_markdown(rows, base, args, args.json.replace(".json", "_table.md"))
         if any("error" not in r for r in rows):

@@ -20,7 +20,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 import torch  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout's packages
 from dyngate.train import TrainConfig  # noqa: E402
+from fsio import atomic_write, save_figure_atomic  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -130,7 +132,7 @@ def write_results(rows: list[dict], commands: list[list[str]], args) -> None:
     res_dir = os.path.join(ROOT, "results")
     os.makedirs(res_dir, exist_ok=True)
     dense = rows[0]
-    with open(os.path.join(res_dir, "fashion_mnist_cgnet.json"), "w") as f:
+    with atomic_write(os.path.join(res_dir, "fashion_mnist_cgnet.json")) as f:
         json.dump(rows, f, indent=1)
     fig, ax = plt.subplots(figsize=(5.5, 4))
     g = rows[1:]
@@ -148,7 +150,7 @@ def write_results(rows: list[dict], commands: list[list[str]], args) -> None:
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(os.path.join(res_dir, "fashion_mnist_cgnet.png"), dpi=120)
+    save_figure_atomic(fig, os.path.join(res_dir, "fashion_mnist_cgnet.png"), dpi=120)
     # best gated: the largest gated-layer reduction within 0.5 pt of dense, else the most accurate
     ok = [r for r in g if dense["accuracy"] - r["accuracy"] <= 0.005]
     best = max(ok, key=lambda r: r["gated_mac_reduction"]) if ok else max(g, key=lambda r: r["accuracy"])
@@ -160,7 +162,7 @@ def write_results(rows: list[dict], commands: list[list[str]], args) -> None:
     for r in rows:
         lines.append(f"| {r['name']} | {100 * r['accuracy']:.2f} | {100 * (r['accuracy'] - dense['accuracy']):+.2f} | "
                      f"{r['mac_reduction']:.2f}x | {r['gated_mac_reduction']:.2f}x | {r['train_minutes']:.1f} |")
-    with open(os.path.join(res_dir, "fashion_mnist_cgnet_table.md"), "w") as f:
+    with atomic_write(os.path.join(res_dir, "fashion_mnist_cgnet_table.md")) as f:
         f.write("\n".join(lines) + "\n\nShipped: checkpoints/resnet20_fmnist_cgnet.pt = " + best["name"] + "\n\n")
         f.write("Commands:\n\n```\n" + "\n".join(" ".join(c).replace(sys.executable, "python") for c in commands) + "\n```\n")
     print("\n".join(lines))

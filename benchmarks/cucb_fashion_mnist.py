@@ -26,9 +26,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout's packages
 from dyngate.cucb import CUCBTrainer  # noqa: E402
 from dyngate.train import TrainConfig, Trainer  # noqa: E402
 from models.data import dataset_geometry  # noqa: E402
+from fsio import atomic_write, save_figure_atomic, write_text_atomic  # noqa: E402
 
 
 def _run(cfg: TrainConfig, cucb: bool, skip_existing: bool) -> dict:
@@ -201,7 +203,7 @@ def _arms_plot(rows: list[dict], png: str) -> bool:
         ax.set_title(f"{r['model']} keep {r['keep']} c {r['ucb_c']}: arms per group (sorted; "
                      "blue = kept in the compact model)", fontsize=9)
     fig.tight_layout()
-    fig.savefig(png, dpi=110)
+    save_figure_atomic(fig, png, dpi=110)
     return True
 
 
@@ -239,8 +241,7 @@ def report(rows: list[dict], argv: list[str], md: str, png: str, note: str) -> N
     commands = list(dict.fromkeys(r.get("command", shlex.join(argv)) for r in rows))
     lines += ["Commands:", "", "```"] + [f"python benchmarks/cucb_fashion_mnist.py {c}"
                                          for c in commands] + ["```", ""]
-    with open(md, "w") as f:
-        f.write("\n".join(lines))
+    write_text_atomic(md, "\n".join(lines))
     fig, axes = plt.subplots(len(rows), 1, figsize=(10, 3.2 * len(rows)), squeeze=False)
     for ax, r in zip(axes[:, 0], rows):
         names, full, kept = r["widths"]
@@ -252,7 +253,7 @@ def report(rows: list[dict], argv: list[str], md: str, png: str, note: str) -> N
         ax.set_title(f"{r['model']}: kept output channels per conv")
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(png, dpi=110)
+    save_figure_atomic(fig, png, dpi=110)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -301,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
             row["step_s"] = step_timing(model, args.keep, args.step_reps)
         elif old and old[0].get("step_s"):  # re-rendering: keep the earlier measurement
             row["step_s"], row["command"] = old[0]["step_s"], old[0].get("command", row["command"])
-        with open(args.json, "w") as f:
+        with atomic_write(args.json) as f:
             json.dump(rows, f, indent=1)
         report(rows, argv, args.md, args.png, args.note)
         print(open(args.md).read(), flush=True)

@@ -23,6 +23,8 @@ import sys
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # run from a checkout without reinstalling
+from fsio import save_figure_atomic, write_text_atomic  # noqa: E402
 ISA_ENV = {"avx2": {"DYNGATE_ISA": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"},
            "native": {}}
 
@@ -94,21 +96,12 @@ def main() -> None:
               + " | ".join(f"{r[f'{i}_real_speedup']:.2f}x ({r[f'{i}_dense_ms']:.0f}/{r[f'{i}_gated_ms']:.0f} ms)"
                            for i in args.isa) + " |")
     if args.json:
-        _atomic_write(args.json, json.dumps({"cpu": cpu_header(), "threads": args.threads, "batch": args.batch,
+        write_text_atomic(args.json, json.dumps({"cpu": cpu_header(), "threads": args.threads, "batch": args.batch,
                                              "control": {"label": label, "checkpoint": ckpt,
                                                          "accuracy": control["accuracy"]},
                                              "runs": rows}, indent=1))
     if args.plot:
         _plot(args.plot, label, control, rows, args.isa)
-
-
-def _atomic_write(path: str, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _plot(path: str, label: str, control: dict, rows: list[dict], isas: list[str]) -> None:
@@ -128,10 +121,7 @@ def _plot(path: str, label: str, control: dict, rows: list[dict], isas: list[str
     axes[0].legend(fontsize=7)
     fig.suptitle("Gated ResNet-20 on Fashion-MNIST: accuracy against MACs and wall clock")
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, dpi=120)
-    os.replace(tmp, path)
+    save_figure_atomic(fig, path, dpi=120)
 
 
 if __name__ == "__main__":

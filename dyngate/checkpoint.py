@@ -18,6 +18,7 @@ import torch.nn as nn
 import models
 from dyngate.convert import convert
 from dyngate.errors import CheckpointError
+from fsio import atomic_write
 
 FORMAT = "dyngate.checkpoint"
 VERSION = 1
@@ -46,7 +47,8 @@ def save(model: nn.Module, path: str | os.PathLike, *, extra: dict[str, Any] | N
                "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                "extra": extra or {}}
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    torch.save(payload, path)
+    with atomic_write(path, "wb") as fh:  # a crash mid-save keeps the previous checkpoint
+        torch.save(payload, fh)
 
 
 def read(path: str | os.PathLike) -> dict[str, Any]:

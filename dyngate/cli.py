@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -11,12 +12,14 @@ import torch
 import yaml
 
 import dyngate
-from dyngate.errors import DyngateError
-from kernels.api import BACKENDS
 from dyngate import distributed
 from dyngate.cli_model import add_parsers as add_model_parsers
+from dyngate.errors import CheckpointError, DyngateError
 from dyngate.options import add_options
-from dyngate.train import TrainConfig, Trainer, config_from_dict, evaluate
+from dyngate.train import (TrainConfig, Trainer, check_resume_config, config_from_dict, evaluate,
+                           nonfinite_tensors)
+from fsio import check_writable_dir, check_writable_file, exclusive_lock
+from kernels.api import BACKENDS
 from models.data import DATASETS, DataError, load_dataset
 
 
@@ -59,14 +62,7 @@ def _cfg_from_args(args) -> TrainConfig:
         v = getattr(args, f.name)
         if v is not None:
             opts[f.name] = v
-    cfg = config_from_dict(opts)
-    defaults = TrainConfig()
-    for f in fields(TrainConfig):  # type-check values that came from YAML
-        v, d = getattr(cfg, f.name), getattr(defaults, f.name)
-        if d is not None and v is not None and not isinstance(v, type(d)) and not (
-                isinstance(d, float) and isinstance(v, int)):
-            raise DyngateError(f"training option '{f.name}' must be {type(d).__name__}, got {v!r}")
-    return cfg
+    return config_from_dict(opts)  # validated: types (from YAML too), ranges, finiteness
 
 
 def _load_eval_model(path: str, backend: str):
@@ -81,20 +77,30 @@ def _eval_data(args, payload_cfg: dict):
 
 def cmd_train(args) -> int:
     cfg = _cfg_from_args(args)
-    if cfg.cucb:
-        from dyngate.cucb import CUCBTrainer  # noqa: PLC0415 (only CUCB runs need it)
-        trainer: Trainer = CUCBTrainer(cfg)
-    else:
-        trainer = Trainer(cfg)
-    if args.resume:
-        trainer.resume(args.resume)
+    if args.resume:  # before any data loading: a changed option is refused at once
+        state = dyngate.checkpoint.read(args.resume)["extra"].get("trainer")
+        if state and "config" in state:   # (no trainer state: Trainer.resume says so)
+            check_resume_config(state["config"], cfg, args.resume)
+    main_rank = distributed.launched_rank() == 0   # under torchrun rank 0 alone writes
+    if main_rank:
+        check_writable_dir(cfg.out)
+    # a second run into the same folder fails instead of mixing its files with this one's
+    lock = exclusive_lock(cfg.out) if main_rank else contextlib.nullcontext()
     try:
-        history = trainer.fit()
-        final = os.path.join(cfg.out, "final.pt")
-        trainer.save(final)
+        with lock:
+            if cfg.cucb:
+                from dyngate.cucb import CUCBTrainer  # noqa: PLC0415 (only CUCB runs need it)
+                trainer: Trainer = CUCBTrainer(cfg)
+            else:
+                trainer = Trainer(cfg)
+            if args.resume:
+                trainer.resume(args.resume)
+            history = trainer.fit()
+            final = os.path.join(cfg.out, "final.pt")
+            trainer.save(final)
     finally:
         distributed.shutdown()
-    if trainer.world.main:
+    if main_rank:
         print(json.dumps(history[-1] if history else {}, indent=1))
         print(f"saved {final}")
     return 0
@@ -102,7 +108,13 @@ def cmd_train(args) -> int:
 
 def _evaluate_checkpoint(args, progress: bool):
     """Load a checkpoint and measure accuracy and the sparsity profile on its test set."""
+    if args.limit is not None and args.limit < 1:
+        raise DyngateError(f"--limit must be >= 1, got {args.limit}")
     payload = dyngate.checkpoint.read(args.checkpoint)
+    bad = nonfinite_tensors(payload["state_dict"])
+    if bad:  # NaN weights close gates: the MAC reduction would look like a result
+        raise CheckpointError(f"{args.checkpoint}: tensor(s) {', '.join(bad[:3])}"
+                              f"{' ...' if len(bad) > 3 else ''} hold NaN/inf values; not evaluated")
     tcfg = payload["extra"].get("trainer", {}).get("config", {})
     model = _load_eval_model(args.checkpoint, args.backend)
     data = _eval_data(args, tcfg)
@@ -125,6 +137,8 @@ def cmd_eval(args) -> int:
     for flag in ("time_batch_size", "time_batches"):   # checked before the long evaluation
         if getattr(args, flag) < 1:
             raise DyngateError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    if args.profile_out:
+        check_writable_file(args.profile_out)
     acc, prof, data = _evaluate_checkpoint(args, progress=not args.json)
     payload = dyngate.checkpoint.read(args.checkpoint)
     dense_acc = payload["extra"].get("trainer", {}).get("dense_accuracy")
@@ -159,6 +173,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_profile(args) -> int:
+    check_writable_file(args.out)  # before the evaluation, not after it
     _, prof, _ = _evaluate_checkpoint(args, progress=True)
     prof.to_yaml(args.out)
     print(prof.table())
@@ -212,11 +227,31 @@ def main(argv: list[str] | None = None) -> int:
         return int(e.code or 0)
     try:
         if hasattr(args, "func"):
-            return args.func(args)
-        return {"train": cmd_train, "eval": cmd_eval, "profile": cmd_profile}[args.command](args)
-    except (DyngateError, DataError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+            rc = args.func(args)
+        else:
+            rc = {"train": cmd_train, "eval": cmd_eval, "profile": cmd_profile}[args.command](args)
+        sys.stdout.flush()  # a closed pipe surfaces here, inside the handler
+        return rc
+    except BrokenPipeError:
+        # the reader left (``| head``): stop quietly; point stdout at /dev/null so the
+        # interpreter's final flush does not print a traceback
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except (DyngateError, DataError, ValueError, OSError) as e:
+        print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+def _one_line(e: BaseException) -> str:
+    """The error's message on one line (OSError: with the file it names)."""
+    msg = str(e)
+    if isinstance(e, OSError) and e.filename and str(e.filename) not in msg:
+        msg = f"{e.filename}: {msg}"
+    return " ".join(msg.split()) or type(e).__name__
 
 
 if __name__ == "__main__":

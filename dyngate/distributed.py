@@ -43,6 +43,11 @@ class World:
             dist.barrier()
 
 
+def launched_rank() -> int:
+    """The rank torchrun gave this process (0 without torchrun), known before :func:`init`."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def init(batch_size: int) -> World:
     """Join the process group torchrun describes (a no-op without one)."""
     size = int(os.environ.get("WORLD_SIZE", "1"))

@@ -19,3 +19,8 @@ class ProfileError(DyngateError):
 
 class CheckpointError(DyngateError):
     """A checkpoint is missing, malformed or does not match the architecture."""
+
+
+class TrainingError(DyngateError):
+    """A run cannot continue without producing wrong results (non-finite loss, a resume whose
+    configuration differs from the checkpoint's)."""

@@ -35,6 +35,7 @@ import yaml
 
 from dyngate.errors import ConversionError
 from dyngate.graph import GraphView, LayerInfo, capture
+from fsio import atomic_write
 
 _FORMAT = 1
 
@@ -102,7 +103,7 @@ class LatencyTable:
                "meta": self.meta, "shapes": self.shapes,
                "layers": {n: {"in_grid": c.in_grid, "out_grid": c.out_grid, "depthwise": c.depthwise,
                               "ms": c.ms} for n, c in self.layers.items()}}
-        with open(path, "w") as f:
+        with atomic_write(path) as f:  # an interrupted save keeps the previous table
             yaml.safe_dump(doc, f, sort_keys=False, default_flow_style=None, width=120)
 
     @classmethod

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from dyngate.errors import ProfileError
 from dyngate.gating import GatedConv2d
+from fsio import atomic_write
 
 SCHEMA = "dyngate.sparsity_profile"
 VERSION = 2          # 2 adds per-layer ``tile`` and ``block_density``; version 1 files still read
@@ -103,7 +104,8 @@ class SparsityProfile:
                 "layers": [l.to_dict() for l in self.layers], "totals": self.totals}
 
     def to_yaml(self, path: str | os.PathLike) -> None:
-        with open(path, "w") as f:
+        """Write the profile atomically: an interrupted write keeps the previous file."""
+        with atomic_write(path) as f:
             yaml.safe_dump(self.to_dict(), f, sort_keys=False, default_flow_style=None, width=120)
 
     @classmethod

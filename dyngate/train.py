@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
 import torch
@@ -22,10 +23,11 @@ import dyngate
 import models
 from dyngate import distributed
 from dyngate.checkpoint import read as read_checkpoint
-from dyngate.errors import CheckpointError
+from dyngate.errors import CheckpointError, TrainingError
 from dyngate.convert import RULES, GateOptions
 from dyngate.gating import GatedConv2d
 from dyngate.options import option
+from fsio import atomic_write
 from models.data import DATASETS, dataset_geometry, load_dataset
 
 
@@ -38,7 +40,7 @@ class TrainConfig(GateOptions):
                                   allowed="a folder holding the dataset's files")
     epochs: int = option(10, "training epochs", allowed=">= 1")
     batch_size: int = option(128, "images per SGD step", allowed=">= 1")
-    lr: float = option(0.1, "initial SGD learning rate", allowed="> 0, finite")
+    lr: float = option(0.1, "initial SGD learning rate (0 evaluates the losses without updates)", allowed=">= 0, finite")
     momentum: float = option(0.9, "SGD momentum", allowed="[0, 1)")
     weight_decay: float = option(5e-4, "L2 weight decay (not on BN, bias or thresholds)", allowed=">= 0")
     schedule: str = option("cosine", "learning-rate schedule", choices=("cosine", "step"))
@@ -68,13 +70,32 @@ class TrainConfig(GateOptions):
                                   allowed=">= 0")
 
     def validate(self) -> None:
+        """One-line error naming the option for any value that would make the run fail late
+        or train silently wrong (a NaN lr, a negative limit that slices from the end)."""
+        _check_types(self)
         if self.model not in models.REGISTRY:
             raise ValueError(f"--model: unknown model {self.model!r}; known: {', '.join(sorted(models.REGISTRY))}")
         if self.schedule not in ("cosine", "step"):
             raise ValueError(f"--schedule must be 'cosine' or 'step', got {self.schedule!r}")
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ValueError(f"--{_flag(f.name)} must be a finite number, got {v}")
         for name in ("epochs", "batch_size", "partitions", "granularity"):
             if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+                raise ValueError(f"--{_flag(name)} must be >= 1, got {getattr(self, name)}")
+        for name in ("train_limit", "test_limit", "threads"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"--{_flag(name)} must be >= 1 (or left out), got {getattr(self, name)}")
+        for name in ("lr", "weight_decay", "gate_lambda"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"--momentum must be in [0, 1), got {self.momentum}")
+        if self.kd_temperature <= 0:
+            raise ValueError(f"--kd-temperature must be > 0, got {self.kd_temperature}")
+        if any(m < 1 for m in self.milestones):
+            raise ValueError(f"--milestones must be epochs >= 1, got {self.milestones}")
         if len(self.tile) != 2 or min(self.tile) < 1:
             raise ValueError(f"--tile must be two integers >= 1 (rows columns), got {self.tile}")
         if self.rule not in RULES:
@@ -85,13 +106,37 @@ class TrainConfig(GateOptions):
             raise ValueError(f"--keep must be in (0, 1], got {self.keep}")
         for name in ("ucb_c", "cucb_warmup", "cucb_finetune", "cucb_finetune_lr", "cucb_bn_batches"):
             if getattr(self, name) < 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+                raise ValueError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)}")
         if self.cucb and self.gated:
             raise ValueError("--cucb and --gated are exclusive: CUCB trains a dense model")
         for name in ("teacher", "init"):
             p = getattr(self, name)
             if p is not None and not os.path.exists(p):
                 raise CheckpointError(f"--{name}: checkpoint {p} does not exist")
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _check_types(cfg: TrainConfig) -> None:
+    """Values from YAML arrive untyped: each must have its default's type (an int may stand
+    for a float), lists of ints where the default is a list."""
+    for f in fields(TrainConfig):
+        v = getattr(cfg, f.name)
+        d = f.default_factory() if f.default_factory is not MISSING else f.default  # type: ignore[misc]
+        if v is None:
+            if d is not None:
+                raise ValueError(f"--{_flag(f.name)} must be given a value, got null")
+            continue
+        want = (int,) if f.name.endswith("limit") or f.name == "threads" else (str,)
+        if d is not None:
+            want = (int, float) if isinstance(d, float) else (type(d),)
+        bad = (isinstance(v, bool) and bool not in want) or not isinstance(v, want)
+        if isinstance(v, list):
+            bad = bad or any(isinstance(x, bool) or not isinstance(x, int) for x in v)
+        if bad:
+            raise ValueError(f"training option '{f.name}' must be {want[-1].__name__}, got {v!r}")
 
 
 def build_model(cfg: TrainConfig) -> nn.Module:
@@ -145,6 +190,9 @@ def evaluate(model: nn.Module, data: TensorDataset, batch_size: int = 500,
     loader = DataLoader(data, batch_size=batch_size, shuffle=False)
 
     def count(out, batch):
+        if not torch.isfinite(out).all():   # NaN activations close every gate: a fake speedup
+            raise TrainingError("evaluation: the model's outputs are not finite (NaN/inf weights "
+                                "or inputs); accuracy and MAC reduction would be meaningless")
         correct[0] += int((out.argmax(1) == batch[1]).sum())
 
     prof = dyngate.profile(model, loader, progress=progress, on_batch=count)
@@ -211,6 +259,7 @@ class Trainer:
         if st is None or "optimizer" not in st:
             raise CheckpointError(f"{path}: no trainer state to resume from (a shipped checkpoint "
                                   "keeps only its weights and config; start from it with --init)")
+        check_resume_config(st.get("config", {}), self.cfg, path)
         dyngate.checkpoint._load_strict(self.model, payload["state_dict"], path)
         self.opt.load_state_dict(st["optimizer"])
         self.sched.load_state_dict(st["scheduler"])
@@ -247,6 +296,7 @@ class Trainer:
                 loss = (1 - cfg.kd_weight) * loss + cfg.kd_weight * kd_loss(out, t, cfg.kd_temperature)
             if cfg.gated:
                 loss = loss + cfg.gate_lambda * dyngate.gate_loss(model, cfg.target)
+            check_finite_loss(loss, self.epoch + 1, b)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()
@@ -276,22 +326,60 @@ class Trainer:
                            mean_threshold=_mean_threshold(self.model))
             self.epoch += 1
             self.history.append(row)
-            if self.world.main:
-                self._log()
             self.save(os.path.join(cfg.out, "last.pt"))
+            if self.world.main:   # after the checkpoint: metrics never describe weights not on disk
+                self._log()
             if self.progress:
                 tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                     for k, v in row.items()))
         return self.history
 
     def _log(self) -> None:
-        with open(os.path.join(self.cfg.out, "metrics.json"), "w") as f:
-            json.dump({"config": asdict(self.cfg), "dense_accuracy": self.dense_accuracy,
-                       "epochs": self.history}, f, indent=1)
-        with open(os.path.join(self.cfg.out, "metrics.csv"), "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(self.history[0]))
-            w.writeheader()
-            w.writerows(self.history)
+        write_metrics(self.cfg.out, {"config": asdict(self.cfg), "dense_accuracy": self.dense_accuracy,
+                                     "epochs": self.history}, self.history)
+
+
+def write_metrics(out: str, doc: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    """``metrics.json`` and ``metrics.csv`` in ``out``, each written atomically; CSV columns
+    are the union of the rows' keys (CUCB phases log different columns)."""
+    with atomic_write(os.path.join(out, "metrics.json")) as f:
+        json.dump(doc, f, indent=1)
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    with atomic_write(os.path.join(out, "metrics.csv"), newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys, restval="")
+        w.writeheader()
+        w.writerows(rows)
+
+
+# options that may differ on resume: they change how fast or where a run writes, not its numbers
+RESUME_NEUTRAL = frozenset({"threads", "out"})
+
+
+def check_resume_config(saved: dict[str, Any], cfg: TrainConfig, path: str) -> None:
+    """Refuse to resume ``path`` under options that would change the run (a new lr would be
+    overridden by the restored scheduler while metrics.json claimed it). Options an older
+    checkpoint lacks count as their defaults."""
+    now = asdict(cfg)
+    default = asdict(TrainConfig())
+    diff = [f"{k} (checkpoint {saved.get(k, default[k])!r}, now {now[k]!r})"
+            for k in now if k not in RESUME_NEUTRAL and saved.get(k, default[k]) != now[k]]
+    if diff:
+        raise TrainingError(f"--resume {path}: the training options differ from the checkpoint's: "
+                            + "; ".join(diff) + "; resume with the same options or start a new run")
+
+
+def check_finite_loss(loss: torch.Tensor, epoch: int, step: int) -> None:
+    """Stop before a non-finite loss reaches the weights (and then every checkpoint)."""
+    if not torch.isfinite(loss.detach()).all():
+        raise TrainingError(f"epoch {epoch}, step {step}: the training loss is {float(loss.detach())}; "
+                            "stopped before updating the weights (try a lower --lr)")
+
+
+def nonfinite_tensors(state: dict[str, torch.Tensor]) -> list[str]:
+    """Names of floating-point tensors in ``state`` holding NaN or infinity."""
+    return [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
 
 
 def _mean_threshold(model: nn.Module) -> float | None:
@@ -304,4 +392,6 @@ def config_from_dict(d: dict[str, Any]) -> TrainConfig:
     unknown = set(d) - known
     if unknown:
         raise ValueError(f"unknown training option(s): {sorted(unknown)}")
-    return TrainConfig(**d)
+    cfg = TrainConfig(**d)
+    cfg.validate()
+    return cfg

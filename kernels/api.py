@@ -60,6 +60,9 @@ def validate(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, t
     th, tw = pair(tile, "tile")
     if th < 1 or tw < 1:
         raise ValueError(f"tile must be positive (output rows, columns per gate block), got {tile!r}")
+    for t, name in ((x, "x"), (weight, "weight"), (tau, "tau"), (inv_sigma, "inv_sigma"), (bias, "bias")):
+        if t is not None and not t.is_floating_point():  # the fast paths would return zeros
+            raise ValueError(f"{name} must be a floating-point tensor, got {t.dtype}")
     for t, name in ((weight, "weight"), (tau, "tau"), (inv_sigma, "inv_sigma"), (bias, "bias")):
         if t is not None and t.device != x.device:
             raise ValueError(f"{name} is on {t.device} but x is on {x.device}")
@@ -122,12 +125,16 @@ def conditional_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     is "reference", "cpu" (CPU tensors), "triton" (CUDA tensors, or CPU under the Triton
     interpreter) or "auto" (triton on CUDA, cpu on CPU). ``tile`` (th, tw) with ``granularity``
     G makes one gate decision per block of th x tw output positions x G channels. Inference
-    only: no autograd.
+    only: when autograd needs gradients (grad mode on and an input requiring grad) the call
+    runs the differentiable reference instead, since the fast paths compute no gradients.
     """
     geo = validate(x, weight, bias, tau, inv_sigma, stride, padding, dilation, partitions, grouped,
                    granularity, groups, tile)
     tile = pair(tile, "tile")
     chosen = select_backend(backend, x.device)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                       for t in (x, weight, bias, tau, inv_sigma)):
+        chosen = "reference"  # the fast paths run under no_grad: their gradients would be lost
     _LAST.path = chosen
     if chosen == "reference":
         return conditional_conv2d_reference(

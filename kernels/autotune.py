@@ -24,7 +24,6 @@ import json
 import math
 import os
 import statistics
-import tempfile
 import threading
 import time
 import warnings
@@ -33,6 +32,7 @@ from typing import Callable
 
 import torch
 
+from fsio import atomic_write
 from kernels import cpu_fused
 from kernels.geometry import ConvGeometry
 
@@ -112,17 +112,8 @@ def _write(path: Path, k: str, entry: dict) -> None:
         entries = _read(path)
         entries[k] = entry
         doc = dict(version=VERSION, cpu=cpu_id(), entries=entries)
-        fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(doc, f, indent=1, sort_keys=True)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        with atomic_write(path) as f:
+            json.dump(doc, f, indent=1, sort_keys=True)
 
 
 def lookup(k: str, runnable: tuple[str, ...]) -> dict | None:

@@ -146,6 +146,9 @@ def synthetic(n: int = 512, in_channels: int = 1, size: int = 28, num_classes: i
 def load_dataset(name: str, split: str, data_dir: str | None = None,
                  limit: int | None = None) -> TensorDataset:
     """Dispatch by dataset name; returns an in-memory TensorDataset."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        # a negative slice bound would silently drop images from the end instead
+        raise DataError(f"{name} {split}: the image limit must be an integer >= 1, got {limit!r}")
     if name == "fashion-mnist":
         return fashion_mnist(split, data_dir, limit)
     if name == "cifar10":

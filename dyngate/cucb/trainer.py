@@ -22,8 +22,6 @@ activations and small next to the convolutions).
 """
 from __future__ import annotations
 
-import csv
-import json
 import math
 import os
 import time
@@ -44,7 +42,8 @@ from dyngate.cucb.reward import row_scores, taylor_scores
 from dyngate.cucb.sliced import SlicedExecutor, sliced_sgd_step
 from dyngate.errors import CheckpointError
 from dyngate.graph import capture
-from dyngate.train import TrainConfig, Trainer, _augment, evaluate, kd_loss, param_groups
+from dyngate.train import (TrainConfig, Trainer, _augment, evaluate, kd_loss, param_groups,
+                           check_finite_loss, write_metrics)
 from models.data import dataset_geometry
 
 TRAIN_MACS_PER_FORWARD = 3
@@ -130,6 +129,7 @@ class CUCBTrainer(Trainer):
                     t = self.teacher(x)
                 loss = (1 - cfg.kd_weight) * loss + cfg.kd_weight * kd_loss(run.output, t,
                                                                             cfg.kd_temperature)
+            check_finite_loss(loss, self.epoch + 1, b)
             loss.backward()
             sliced_sgd_step(self.opt, run.slices)
             self.bandits.update(selection, row_scores(self.view, plan, taylor_scores(run.measured)))
@@ -251,20 +251,12 @@ class CUCBTrainer(Trainer):
         if row["phase"] == "cucb":
             self.epoch += 1
         self.history.append(row)
-        self._log()
         self.save(os.path.join(self.cfg.out, "last.pt"))
+        self._log()  # after the checkpoint it describes
         if self.progress:
             tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                 for k, v in row.items()))
 
     def _log(self) -> None:
-        """As the base class, but rows of different phases carry different columns."""
-        with open(os.path.join(self.cfg.out, "metrics.json"), "w") as f:
-            json.dump({"config": asdict(self.cfg), "epochs": self.history}, f, indent=1)
-        keys: list[str] = []
-        for r in self.history:
-            keys += [k for k in r if k not in keys]
-        with open(os.path.join(self.cfg.out, "metrics.csv"), "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=keys, restval="")
-            w.writeheader()
-            w.writerows(self.history)
+        """As the base class, but without a dense accuracy."""
+        write_metrics(self.cfg.out, {"config": asdict(self.cfg), "epochs": self.history}, self.history)
