@@ -19,3 +19,7 @@ class ProfileError(DyngateError):
 
 class CheckpointError(DyngateError):
     """A checkpoint is missing, malformed or does not match the architecture."""
+
+
+class DeployError(DyngateError):
+    """A model cannot be exported (gated, missing ONNX packages) or its export does not verify."""
