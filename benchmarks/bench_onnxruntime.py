@@ -3,14 +3,15 @@
 For a dense and an FPGM-pruned ResNet-20 (1x28x28, Fashion-MNIST shape; with ``--resnet18`` also
 ResNet-18 at 3x224x224, batch 8) it exports each model with ``dyngate.export`` (which checks
 ORT's outputs against torch), then times both runtimes alternately on the same batch, so machine
-noise falls on both alike (ORT's thread spinning off, see ``ort_session``), and prints median milliseconds per batch with the ratios side by side:
-``torch/ORT`` (> 1: ORT is faster) and ``dense/pruned`` per runtime (the speedup pruning buys
-there). Weights are random: latency depends on the shapes only, and the FPGM ranking of random
-filters still yields the pruned widths a real run would have at this ratio.
+noise falls on both alike (ORT's thread spinning off, see ``ort_session``), and prints median
+milliseconds per batch with the ratios side by side: ``torch/ORT`` (> 1: ORT is faster) and
+``dense/pruned`` per runtime (the speedup pruning buys there). Weights are random: latency
+depends on the shapes only, and FPGM on random filters still gives this ratio's pruned widths.
 
     python benchmarks/bench_onnxruntime.py [--threads 4] [--batch 64] [--repeats 30] [--json out.json]
 
-Defaults finish in well under two minutes; time it on an otherwise idle machine.
+Defaults finish in under two minutes (each variant stops timing after ``--budget`` seconds);
+time it on an otherwise idle machine.
 """
 from __future__ import annotations
 

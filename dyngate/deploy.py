@@ -69,8 +69,9 @@ def _exportable(model: nn.Module, gates: str) -> tuple[nn.Module, str | None]:
     if gated and gates == "refuse":
         raise DeployError(f"model has {len(gated)} gated layers (first '{gated[0]}'): gate decisions "
                           "are data-dependent and ONNX cannot skip channels per input; pass "
-                          "gates='open' (CLI: --gates open) to export the gates-open dense equivalent, or export a "
-                          "dyngate.prune'd dense model for a statically smaller one")
+                          "gates='open' (CLI: --gates open) to export the gates-open dense "
+                          "equivalent, or export a dyngate.prune'd dense model for a statically "
+                          "smaller one")
     if gated:
         from dyngate.timing import to_dense  # noqa: PLC0415 (only for gated models)
         net = to_dense(model)
