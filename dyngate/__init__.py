@@ -14,6 +14,7 @@ from dyngate.checkpoint import load, save
 from dyngate.prune import prune
 from dyngate.compile import compile
 from dyngate.cucb import CUCBTrainer
+from dyngate.deploy import export
 
 __all__ = ["convert", "profile", "prune", "compile", "save", "load", "gates_open", "gates_closed", "gate_loss",
            "set_backend", "capture", "GatedConv2d", "SparsityProfile", "DyngateError",

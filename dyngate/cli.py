@@ -181,6 +181,58 @@ def cmd_profile(args) -> int:
     return 0
 
 
+def _export_parser(sub) -> None:
+    from dyngate.deploy import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET  # noqa: PLC0415 (cheap, no onnx)
+    p = sub.add_parser("export", help="export a dense or pruned checkpoint to ONNX, verified "
+                                      "against torch with ONNX Runtime (needs .[onnx])")
+    p.add_argument("checkpoint", help="checkpoint written by dyngate.save / train")
+    p.add_argument("--out", required=True, help="ONNX file to write (replaced atomically)")
+    p.add_argument("--input", metavar="CxHxW",
+                   help="input size of one image, e.g. 1x28x28 (default: the checkpoint's "
+                        "training dataset; else the model's input channels x 28x28 for 1 "
+                        "channel, x 32x32 otherwise)")
+    p.add_argument("--batch", type=int, default=1, help="batch size of the exported graph and "
+                                                        "the verification input (default: 1; >= 1)")
+    p.add_argument("--dynamic-batch", action="store_true",
+                   help="make the batch dimension symbolic (default: fixed to --batch)")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET,
+                   help=f"ONNX opset (default: {DEFAULT_OPSET}; {MIN_OPSET}..{MAX_OPSET})")
+    p.add_argument("--gates", choices=["refuse", "open"], default="refuse",
+                   help="gated checkpoints: refuse (default; gates are data-dependent) or export "
+                        "the gates-open dense equivalent")
+    p.set_defaults(func=_cmd_export)
+
+
+def _export_input_shape(args, model) -> tuple[int, int, int]:
+    if args.input is not None:
+        parts = args.input.lower().split("x")
+        if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
+            raise DyngateError(f"--input must be CxHxW with positive integers, e.g. 1x28x28; got {args.input!r}")
+        return int(parts[0]), int(parts[1]), int(parts[2])
+    from models.data import dataset_geometry  # noqa: PLC0415
+    dataset = dyngate.checkpoint.read(args.checkpoint)["extra"].get("trainer", {}).get("config", {}).get("dataset")
+    if dataset in DATASETS:
+        c, size, _ = dataset_geometry(dataset)
+        return c, size, size
+    conv = next((m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, dyngate.GatedConv2d))), None)
+    c = conv.in_channels if conv is not None else 1
+    return (1, 28, 28) if c == 1 else (c, 32, 32)
+
+
+def _cmd_export(args) -> int:
+    if args.batch < 1:
+        raise DyngateError(f"--batch must be >= 1, got {args.batch}")
+    model = dyngate.load(args.checkpoint)
+    shape = _export_input_shape(args, model)
+    x = torch.randn((args.batch, *shape), generator=torch.Generator().manual_seed(0))
+    r = dyngate.export(model, args.out, x, opset=args.opset, gates=args.gates,
+                       dynamic_batch=args.dynamic_batch)
+    print(f"wrote {r.path} (opset {r.opset}, input {'x'.join(map(str, r.input_shape))}"
+          f"{', dynamic batch' if r.dynamic_batch else ''}{', gates open' if r.gates else ''}); "
+          f"ONNX Runtime vs torch max abs error {r.max_abs_err:.2g} (tolerance {r.tolerance:.2g})")
+    return 0
+
+
 class _Parser(argparse.ArgumentParser):
     """Usage errors as one line naming the subcommand and option, exit code 2."""
 
@@ -195,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _train_parser(sub)
     add_model_parsers(sub)
+    _export_parser(sub)
     for name, help_ in (("eval", "accuracy, MAC reduction and the per-layer density table"),
                         ("profile", "write the measured SparsityProfile YAML")):
         p = sub.add_parser(name, help=help_)

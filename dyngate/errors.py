@@ -24,3 +24,7 @@ class CheckpointError(DyngateError):
 class TrainingError(DyngateError):
     """A run cannot continue without producing wrong results (non-finite loss, a resume whose
     configuration differs from the checkpoint's)."""
+
+
+class DeployError(DyngateError):
+    """A model cannot be exported (gated, missing ONNX packages) or its export does not verify."""

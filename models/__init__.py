@@ -6,16 +6,20 @@ from typing import Any, Callable
 
 import torch.nn as nn
 
+from models.mobilenetv2 import mobilenetv2
 from models.resnet import resnet18, resnet20, resnet20_postact, resnet34, resnet56
+from models.resnet50 import resnet50
 from models.vgg import vgg16
 
 REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "resnet18": resnet18,
     "resnet34": resnet34,
+    "resnet50": resnet50,
     "resnet20": resnet20,
     "resnet20_postact": resnet20_postact,
     "resnet56": resnet56,
     "vgg16": vgg16,
+    "mobilenetv2": mobilenetv2,
 }
 
 
@@ -40,4 +44,5 @@ def build(name: str, **kwargs: Any) -> nn.Module:
     return model
 
 
-__all__ = ["REGISTRY", "build", "register", "resnet18", "resnet20", "resnet20_postact", "resnet34", "resnet56", "vgg16"]
+__all__ = ["REGISTRY", "build", "mobilenetv2", "register", "resnet18", "resnet20", "resnet20_postact", "resnet34",
+           "resnet50", "resnet56", "vgg16"]

@@ -1,0 +1,182 @@
+"""torch (channels-last, oneDNN) vs ONNX Runtime on the same models, threads and batches.
+
+For a dense and an FPGM-pruned ResNet-20 (1x28x28, Fashion-MNIST shape; with ``--resnet18`` also
+ResNet-18 at 3x224x224, batch 8) it exports each model with ``dyngate.export`` (which checks
+ORT's outputs against torch), then times both runtimes alternately on the same batch, so machine
+noise falls on both alike (ORT's thread spinning off, see ``ort_session``), and prints median
+milliseconds per batch with the ratios side by side: ``torch/ORT`` (> 1: ORT is faster) and
+``dense/pruned`` per runtime (the speedup pruning buys there). Weights are random: latency
+depends on the shapes only, and FPGM on random filters still gives this ratio's pruned widths.
+
+    python benchmarks/bench_onnxruntime.py [--threads 4] [--batch 64] [--repeats 30] [--json out.json]
+
+Defaults finish in under two minutes (each variant stops timing after ``--budget`` seconds);
+time it on an otherwise idle machine.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import dyngate  # noqa: E402
+import models  # noqa: E402
+from dyngate.errors import DeployError  # noqa: E402
+
+CL = torch.channels_last
+
+
+def cpu_info() -> dict:
+    """lscpu's model name and whether the ISA has AVX2 / AVX-512F (what oneDNN and MLAS pick)."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        out = ""
+    fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    flags = set(fields.get("Flags", "").split())
+    if not flags and os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as fh:
+            flags = set(next((l.split(":", 1)[1] for l in fh if l.startswith("flags")), "").split())
+    return {"model": fields.get("Model name", platform.processor() or "unknown"),
+            "avx2": "avx2" in flags, "avx512f": "avx512f" in flags}
+
+
+def ort_session(path: str, threads: int, spinning: bool = False):
+    import onnxruntime as ort  # noqa: PLC0415 (after dyngate.export has checked it is installed)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    # ORT's pool threads spin after each run by default; with the runtimes alternating, that
+    # spinning would steal the cores torch's next call needs. Off unless --ort-spinning.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+
+
+def time_pair(model: torch.nn.Module, sess, x: torch.Tensor, repeats: int, warmup: int,
+              budget_s: float = 25.0) -> tuple[float, float, int]:
+    """Median ms of torch and ORT, alternating one call of each per round, and the rounds timed:
+    ``repeats``, or fewer (at least 5) once ``budget_s`` is spent, so defaults stay under 2 min
+    even on a slow machine."""
+    net = model.eval().to(memory_format=CL)
+    xt = x.contiguous(memory_format=CL)
+    feed = {sess.get_inputs()[0].name: x.contiguous().numpy()}
+    t_ms, o_ms = [], []
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for i in range(warmup + repeats):
+            if len(t_ms) >= 5 and time.perf_counter() - start > budget_s:
+                break
+            t0 = time.perf_counter()
+            net(xt)
+            t1 = time.perf_counter()
+            sess.run(None, feed)
+            t2 = time.perf_counter()
+            if i >= warmup:
+                t_ms.append(1e3 * (t1 - t0))
+                o_ms.append(1e3 * (t2 - t1))
+    return statistics.median(t_ms), statistics.median(o_ms), len(t_ms)
+
+
+def bench_net(name: str, kw: dict, chw: tuple[int, int, int], batch: int, args, folder: str) -> list[dict]:
+    torch.manual_seed(0)
+    dense = models.build(name, **kw).eval()
+    x = torch.randn(batch, *chw)
+    pruned = dyngate.prune(dense, "fpgm", args.ratio, example_input=x[:8])
+    rows = []
+    for variant, net in (("dense", dense), (f"fpgm {args.ratio:g}", pruned)):
+        path = os.path.join(folder, f"{name}_{variant.split()[0]}.onnx")
+        res = dyngate.export(net, path, x)
+        sess = ort_session(path, args.threads, args.ort_spinning)
+        torch_ms, ort_ms, n = time_pair(net, sess, x, args.repeats, args.warmup, args.budget)
+        macs = dyngate.profile(net, x[:1]).totals["dense_macs"]
+        rows.append({"model": name, "variant": variant, "input": "x".join(map(str, (batch, *chw))),
+                     "mmacs_per_image": macs / 1e6, "torch_ms": torch_ms, "ort_ms": ort_ms,
+                     "torch_over_ort": torch_ms / ort_ms, "rounds": n, "ort_max_abs_err": res.max_abs_err})
+        print(f"  {name} {variant}: torch {torch_ms:.2f} ms, ORT {ort_ms:.2f} ms ({n} rounds)", file=sys.stderr)
+    for r in rows[1:]:
+        r["dense_over_pruned_torch"] = rows[0]["torch_ms"] / r["torch_ms"]
+        r["dense_over_pruned_ort"] = rows[0]["ort_ms"] / r["ort_ms"]
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    head = ("| model | variant | input | MMACs/img | rounds | torch ms | ORT ms | torch/ORT | "
+            "dense/pruned torch | dense/pruned ORT |\n|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    lines = [head]
+    for r in rows:
+        dp_t = f"{r['dense_over_pruned_torch']:.2f}x" if "dense_over_pruned_torch" in r else "-"
+        dp_o = f"{r['dense_over_pruned_ort']:.2f}x" if "dense_over_pruned_ort" in r else "-"
+        lines.append(f"| {r['model']} | {r['variant']} | {r['input']} | {r['mmacs_per_image']:.1f} | {r['rounds']} | "
+                     f"{r['torch_ms']:.2f} | {r['ort_ms']:.2f} | {r['torch_over_ort']:.2f}x | {dp_t} | {dp_o} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--threads", type=int, default=torch.get_num_threads(),
+                   help="torch intra-op threads = ORT intra_op_num_threads (default: torch's current "
+                        f"setting, here {torch.get_num_threads()})")
+    p.add_argument("--batch", type=int, default=64, help="ResNet-20 batch size (default: 64)")
+    p.add_argument("--repeats", type=int, default=30, help="timed calls per runtime, median reported (default: 30)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed calls per runtime first (default: 5)")
+    p.add_argument("--budget", type=float, default=25.0,
+                   help="seconds of timing per model variant before stopping early (>= 5 rounds kept; default: 25)")
+    p.add_argument("--ratio", type=float, default=0.5, help="FPGM channel pruning ratio (default: 0.5)")
+    p.add_argument("--resnet18", action="store_true", help="also ResNet-18 at 3x224x224, batch 8 (about a minute more)")
+    p.add_argument("--ort-spinning", action="store_true",
+                   help="let ORT's idle threads spin between calls (default: off, so they do not "
+                        "compete with the interleaved torch calls)")
+    p.add_argument("--json", help="also write the header and rows as JSON here")
+    args = p.parse_args(argv)
+    for flag in ("threads", "batch", "repeats"):
+        if getattr(args, flag) < 1:
+            p.error(f"--{flag} must be >= 1")
+    if args.warmup < 0 or not 0 < args.ratio < 1:
+        p.error("--warmup must be >= 0 and --ratio in (0, 1)")
+    torch.set_num_threads(args.threads)
+    try:
+        import onnxruntime as ort  # noqa: PLC0415
+    except ImportError:
+        print('error: onnxruntime is not installed: pip install -e ".[onnx]"', file=sys.stderr)
+        return 2
+    cpu = cpu_info()
+    header = {"cpu": cpu["model"], "avx2": cpu["avx2"], "avx512f": cpu["avx512f"],
+              "torch": torch.__version__, "onnxruntime": ort.__version__, "threads": args.threads,
+              "mkldnn": torch.backends.mkldnn.is_available(), "repeats": args.repeats, "budget_s": args.budget}
+    print(f"# {cpu['model']}: avx2={'yes' if cpu['avx2'] else 'no'}, avx512f={'yes' if cpu['avx512f'] else 'no'}; "
+          f"torch {torch.__version__} (oneDNN {'on' if header['mkldnn'] else 'off'}, channels-last), "
+          f"onnxruntime {ort.__version__}; {args.threads} threads each; median of up to {args.repeats} rounds")
+    rows: list[dict] = []
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            rows += bench_net("resnet20", {"in_channels": 1}, (1, 28, 28), args.batch, args, folder)
+            if args.resnet18:
+                rows += bench_net("resnet18", {}, (3, 224, 224), 8, args, folder)
+    except DeployError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(table(rows))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"header": header, "rows": rows}, fh, indent=1)
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
