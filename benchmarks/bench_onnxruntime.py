@@ -20,9 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,25 +33,10 @@ sys.path.insert(0, ROOT)
 import dyngate  # noqa: E402
 import models  # noqa: E402
 from dyngate.errors import DeployError  # noqa: E402
+from bench_gated_conv import cpu_header  # noqa: E402 (one lscpu/ISA header for every benchmark)
 from fsio import write_text_atomic  # noqa: E402
 
 CL = torch.channels_last
-
-
-def cpu_info() -> dict:
-    """lscpu's model name and whether the ISA has AVX2 / AVX-512F (what oneDNN and MLAS pick)."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        out = ""
-    fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
-    fields = {k.strip(): v.strip() for k, v in fields.items()}
-    flags = set(fields.get("Flags", "").split())
-    if not flags and os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as fh:
-            flags = set(next((l.split(":", 1)[1] for l in fh if l.startswith("flags")), "").split())
-    return {"model": fields.get("Model name", platform.processor() or "unknown"),
-            "avx2": "avx2" in flags, "avx512f": "avx512f" in flags}
 
 
 def ort_session(path: str, threads: int, spinning: bool = False):
@@ -160,11 +143,10 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         print('error: onnxruntime is not installed: pip install -e ".[onnx]"', file=sys.stderr)
         return 2
-    cpu = cpu_info()
-    header = {"cpu": cpu["model"], "avx2": cpu["avx2"], "avx512f": cpu["avx512f"],
-              "torch": torch.__version__, "onnxruntime": ort.__version__, "threads": args.threads,
+    cpu = cpu_header()
+    header = {**cpu, "torch": torch.__version__, "onnxruntime": ort.__version__, "threads": args.threads,
               "mkldnn": torch.backends.mkldnn.is_available(), "repeats": args.repeats, "budget_s": args.budget}
-    print(f"# {cpu['model']}: avx2={'yes' if cpu['avx2'] else 'no'}, avx512f={'yes' if cpu['avx512f'] else 'no'}; "
+    print(f"# {cpu['cpu']}; ISA flags: {cpu['cpu_flags']}; "
           f"torch {torch.__version__} (oneDNN {'on' if header['mkldnn'] else 'off'}, channels-last), "
           f"onnxruntime {ort.__version__}; {args.threads} threads each; median of up to {args.repeats} rounds")
     rows: list[dict] = []
