@@ -259,4 +259,4 @@ def sliced_sgd_step(opt: torch.optim.SGD, slices: list[Slice]) -> None:
             buf_block = s.take(st["momentum_buffer"]).mul_(mom).add_(d)
             s.put(st["momentum_buffer"], buf_block)
             d = d.add(buf_block, alpha=mom) if hp["nesterov"] else buf_block
-        s.put(s.param.data, block - hp["lr"] * d)
+        s.put(s.param.data, block.add(d, alpha=-hp["lr"]))  # torch.optim.SGD's own op: same rounding
