@@ -2,7 +2,7 @@
 
 The torch-op pipeline in :mod:`kernels.cpu` pays for a separate base conv, elementwise gate
 passes and gathered GEMMs; on this CPU that left the gated model slower than dense even at
-density 0.3. ``csrc/gated_conv.c`` instead walks output tiles (R positions of a row x VW
+density 0.3. ``csrc/gated_conv.c`` instead walks output tiles (R consecutive output positions x VW
 output channels) once: base sum, compare, and the remaining-channel sum only when a gate of
 the tile is on, all in registers. Work is skipped per tile, so the saving follows the
 spatial structure of the gates: clustered gates (what trained CGNet gates look like) skip
@@ -69,6 +69,8 @@ _ISA_LAYOUTS = {"avx512": [(16, False), (8, False), (16, True), (8, True), (4, F
                 "avx2": [(8, False), (8, True), (4, False), (16, False)],
                 "generic": [(4, False), (8, False), (16, False)]}  # wide last: gate groups of 8/16
 MIN_CHUNK = 4   # narrowest exact vector every ISA's layout list has: chunks of 4k channels always fit
+# Tiles are R consecutive positions in (n, row, column) order, so every tile but the last is
+# full whatever the output width (7, 14, 28 ...) and keeps R*NBT FMA chains in flight.
 _ISA_TILE = {"avx512": (14, 12), "avx2": (12, 6), "generic": (12, 6)}
 
 
@@ -159,12 +161,16 @@ def _blocks_per_tile(geo: ConvGeometry, partitions: int, grouped: bool, vw: int,
     return 2 if wants_two and span % (2 * vw) == 0 else 1
 
 
-def _tiling(wo: int, nbt: int) -> tuple[int, int]:
-    """(R, RT): tile width and last-tile width along an output row, as even as possible."""
-    rmax = _max_tile(nbt)
-    tiles = -(-wo // rmax)
-    r = -(-wo // tiles)
-    return r, wo - (tiles - 1) * r
+# Loop order of the fused kernel: with at most this many bytes of packed weights (they stay in
+# a core's L2 on every x86 CPU we target: 512 KiB on Zen 2-4, 1-2 MiB on recent Intel) every
+# position tile runs all channel tiles, so the input is read once; larger weights run
+# channel-tile-major so each thread's weights stay in L2 while the input streams past.
+POS_MAJOR_MAX_BYTES = 256 * 1024
+
+
+def _weight_bytes(geo: ConvGeometry, spanning: bool) -> int:
+    """Bytes of packed fp32 weights the kernel streams (two copies for SPAN's masked pair)."""
+    return 4 * geo.c_out * geo.c_in * geo.kh * geo.kw * (2 if spanning else 1)
 
 
 def _defines(geo: ConvGeometry, partitions: int, grouped: bool, granularity: int) -> dict[str, int]:
@@ -173,11 +179,11 @@ def _defines(geo: ConvGeometry, partitions: int, grouped: bool, granularity: int
     density 1 and 2.8 vs 4.1 ms at density 0.2; under AVX2 it was slower (10.8 vs 8.2 ms)."""
     vw, spanning = layout(geo, partitions, grouped, granularity)
     nbt = _blocks_per_tile(geo, partitions, grouped, vw, spanning)
-    r, rt = _tiling(geo.wo, nbt)
     return dict(C_IN=geo.c_in, C_OUT=geo.c_out, KH=geo.kh, KW=geo.kw, SH=geo.stride[0],
                 SW=geo.stride[1], DH=geo.dilation[0], DW=geo.dilation[1], HP=geo.hp, WP=geo.wp,
                 HO=geo.ho, WO=geo.wo, P=partitions, GROUPED=int(grouped and partitions > 1), VW=vw,
-                NBT=nbt, G=granularity, R=r, RT=rt, SPAN=int(spanning),
+                NBT=nbt, G=granularity, R=_max_tile(nbt), SPAN=int(spanning),
+                POS_MAJOR=int(_weight_bytes(geo, spanning) <= POS_MAJOR_MAX_BYTES),
                 EXACT_BASE=int(spanning and geo.c_in == geo.c_out and isa() == "avx512"))
 
 
@@ -281,5 +287,4 @@ def run(xrows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, ta
 def tiles(geo: ConvGeometry, partitions: int, grouped: bool, granularity: int) -> int:
     """Number of (position tile, channel tile) pairs of a layer: the denominator of ``ran``."""
     d = _defines(geo, partitions, grouped, granularity)
-    per_row = (geo.wo - d["RT"]) // d["R"] + 1
-    return geo.n * geo.ho * per_row * (geo.c_out // (d["VW"] * d["NBT"]))
+    return -(-geo.positions // d["R"]) * (geo.c_out // (d["VW"] * d["NBT"]))

@@ -20,17 +20,21 @@
 #error "compile through kernels/cpu_fused.py: the geometry comes as -D constants"
 #endif
 
-/* Required constants: C_IN C_OUT KH KW SH SW DH DW HP WP HO WO P GROUPED VW NBT G R RT SPAN.
+/* Required constants: C_IN C_OUT KH KW SH SW DH DW HP WP HO WO P GROUPED VW NBT G R SPAN
+ * POS_MAJOR.
  * SPAN: a tile holds several output chunks of a grouped base path (chunks narrower than a
  * vector). Base and remaining sums then run over all input channels with pre-masked weights
  * (w = W*M, wrest = W*(1-M)): twice the dense MACs, but full-width vectors, which beats
  * 4-lane vectors over the exact ranges on this CPU. Otherwise wrest is unused (NULL).
- * An output tile is R positions x TW = NBT*VW channels (NBT vectors of VW lanes). */
+ * An output tile is R consecutive output positions (in N*HO*WO order, so a tile may span
+ * rows and images) x TW = NBT*VW channels (NBT vectors of VW lanes). Every tile but the last
+ * holds R positions, so every tile keeps R*NBT independent accumulators in flight (row tiles
+ * left 3-4 positions at the end of 7- and 14-wide rows: 6-8 FMA chains on AVX2, whose FMA
+ * latency needs about 10 to stay busy). */
 #define CI (C_IN / P)
 #define CO (C_OUT / P)
 #define TW (NBT * VW)
 #define NT (C_OUT / TW)
-#define NTW ((WO - RT) / R + 1)          /* tiles per output row; the last one has RT columns */
 
 #ifndef EXACT_BASE
 #define EXACT_BASE 0
@@ -56,35 +60,56 @@ static inline void channel_ranges(int ot, int base[2], int rest[4]) {
     rest[0] = 0; rest[1] = base[0]; rest[2] = base[1]; rest[3] = C_IN;
 }
 
+/* The gate of one vector of base sums y: all-ones lanes where on (G == 1: y > tau; else the
+ * mean over each group of G lanes of (y - tau) * inv_sigma > 0). */
+static inline ivec gate_of(vec y, vec tv, vec iv) {
+    if (G == 1) return y > tv;
+    const vec s = (y - tv) * iv;
+    ivec on;
+    for (int g0 = 0; g0 < VW; g0 += G) {
+        float sum = 0.f;
+        for (int l = 0; l < G; l++) sum += s[g0 + l];
+        const int32_t d = (sum / G) > 0.f ? -1 : 0;
+        for (int l = 0; l < G; l++) on[g0 + l] = d;
+    }
+    return on;
+}
+
 /* acc[b][j] += sum over taps and channels c0..c1 of x[position j] * w[block b]: per channel one
  * weight vector per block and one broadcast input per position, NBT*RR FMAs. */
 #define DEFINE_TILE_(RR)                                                                       \
-static inline void accum_##RR(vec acc[NBT][RR], const float *xb, const float *wt, int c0,     \
-                              int c1) {                                                        \
+static inline void accum_##RR(vec acc[NBT][RR], const float *const xs[RR], const float *wt,   \
+                              int c0, int c1) {                                                \
     for (int kh = 0; kh < KH; kh++)                                                            \
         for (int kw = 0; kw < KW; kw++) {                                                      \
-            const float *xp = xb + (kh * DH * WP + kw * DW) * C_IN;                            \
+            const int tap = (kh * DH * WP + kw * DW) * C_IN;                                   \
             const float *wp = wt + (kh * KW + kw) * C_IN * TW;                                 \
             for (int c = c0; c < c1; c++) {                                                    \
+                /* NBT weight vectors, then per position one broadcast feeding NBT FMAs: */    \
+                /* RR*NBT accumulators + NBT weights + 1 broadcast fit 16 ymm at 6x2. */       \
+                vec w[NBT];                                                                    \
                 _Pragma("GCC unroll 4")                                                        \
-                for (int b = 0; b < NBT; b++) {                                                \
-                    const vec w = *(const vec *)(wp + c * TW + b * VW);                         \
-                    _Pragma("GCC unroll 16")                                                   \
-                    for (int j = 0; j < RR; j++) acc[b][j] += xp[j * SW * C_IN + c] * w;       \
+                for (int b = 0; b < NBT; b++) w[b] = *(const vec *)(wp + c * TW + b * VW);     \
+                _Pragma("GCC unroll 16")                                                       \
+                for (int j = 0; j < RR; j++) {                                                 \
+                    const float xv = xs[j][tap + c];                                           \
+                    _Pragma("GCC unroll 4")                                                    \
+                    for (int b = 0; b < NBT; b++) acc[b][j] += xv * w[b];                      \
                 }                                                                              \
             }                                                                                  \
         }                                                                                      \
 }                                                                                              \
-static inline void accum_base_##RR(vec acc[NBT][RR], const float *xb, const float *wb, int ot) { \
+static inline void accum_base_##RR(vec acc[NBT][RR], const float *const xs[RR], const float *wb, \
+                                   int ot) {                                                   \
     for (int kh = 0; kh < KH; kh++)                                                            \
         for (int kw = 0; kw < KW; kw++) {                                                      \
-            const float *xp = xb + (kh * DH * WP + kw * DW) * C_IN + ot * TW;                  \
+            const int tap = (kh * DH * WP + kw * DW) * C_IN + ot * TW;                         \
             const float *wp = wb + (kh * KW + kw) * CI * TW;                                   \
             for (int b = 0; b < NBT; b++)                                                      \
                 _Pragma("GCC unroll 16")                                                       \
                 for (int j = 0; j < RR; j++) {                                                 \
                     vec xv;                                                                    \
-                    memcpy(&xv, xp + j * SW * C_IN + b * VW, sizeof xv);                       \
+                    memcpy(&xv, xs[j] + tap + b * VW, sizeof xv);                              \
                     _Pragma("GCC unroll 16")                                                   \
                     for (int q = 0; q < CI; q++) {                                             \
                         ivec idx;                                                              \
@@ -95,39 +120,36 @@ static inline void accum_base_##RR(vec acc[NBT][RR], const float *xb, const floa
                 }                                                                              \
         }                                                                                      \
 }                                                                                              \
-/* One tile of RR positions x TW channels; returns 1 when its conditional pass ran. */         \
-static inline int tile_##RR(const float *xb, const float *wt, const float *wr, int ot,         \
-                            const float *bias,                                                 \
+/* One tile of RR positions (input windows xs[j]) x TW channels, of which the first nv are     \
+ * real (the others repeat the last real one and are not stored); returns 1 when its          \
+ * conditional pass ran. */                                                                    \
+static inline int tile_##RR(const float *const xs[RR], int nv, const float *wt,                \
+                            const float *wr, int ot, const float *bias,                        \
                             const float *tau, const float *isg, float *out, uint8_t *gate) {   \
     int base[2], rest[4];                                                                      \
     channel_ranges(ot, base, rest);                                                            \
     vec acc[NBT][RR];                                                                          \
-    ivec on[NBT][RR];                                                                          \
     ivec any = {0};                                                                            \
     for (int b = 0; b < NBT; b++) {                                                            \
         vec bv = {0};                                                                          \
         if (bias) memcpy(&bv, bias + b * VW, sizeof bv);                                       \
         for (int j = 0; j < RR; j++) acc[b][j] = bv;                                           \
     }                                                                                          \
-    if (EXACT_BASE) accum_base_##RR(acc, xb, wt, ot);                                          \
-    else accum_##RR(acc, xb, wt, base[0], base[1]);                                            \
+    if (EXACT_BASE) accum_base_##RR(acc, xs, wt, ot);                                          \
+    else accum_##RR(acc, xs, wt, base[0], base[1]);                                            \
+    /* Yp goes to out now and the gate is recomputed from it after the conditional pass, so    \
+     * neither Yp nor the masks hold registers while the remaining sum accumulates. */         \
     for (int b = 0; b < NBT; b++) {                                                            \
         vec tv, iv;                                                                            \
         memcpy(&tv, tau + b * VW, sizeof tv);                                                  \
         memcpy(&iv, isg + b * VW, sizeof iv);                                                  \
         for (int j = 0; j < RR; j++) {                                                         \
-            if (G == 1) {                                                                      \
-                on[b][j] = acc[b][j] > tv;                                                     \
-            } else {                                                                           \
-                vec s = (acc[b][j] - tv) * iv;                                                 \
-                for (int g0 = 0; g0 < VW; g0 += G) {                                           \
-                    float sum = 0.f;                                                           \
-                    for (int l = 0; l < G; l++) sum += s[g0 + l];                              \
-                    int32_t d = (sum / G) > 0.f ? -1 : 0;                                      \
-                    for (int l = 0; l < G; l++) on[b][j][g0 + l] = d;                          \
-                }                                                                              \
-            }                                                                                  \
-            any |= on[b][j];                                                                   \
+            const ivec on = gate_of(acc[b][j], tv, iv);                                        \
+            any |= on;                                                                         \
+            if (j >= nv) continue;                                                             \
+            memcpy(out + j * C_OUT + b * VW, &acc[b][j], sizeof acc[b][j]);                    \
+            if (gate)                                                                          \
+                for (int l = 0; l < VW; l++) gate[j * C_OUT + b * VW + l] = on[l] ? 1 : 0;     \
         }                                                                                      \
     }                                                                                          \
     int active = 0;                                                                            \
@@ -136,58 +158,62 @@ static inline int tile_##RR(const float *xb, const float *wt, const float *wr, i
         vec r[NBT][RR];                                                                        \
         for (int b = 0; b < NBT; b++)                                                          \
             for (int j = 0; j < RR; j++) r[b][j] = (vec){0};                                   \
-        accum_##RR(r, xb, wr, rest[0], rest[1]);                                               \
-        accum_##RR(r, xb, wr, rest[2], rest[3]);                                               \
-        for (int b = 0; b < NBT; b++)                                                          \
-            for (int j = 0; j < RR; j++) acc[b][j] += (vec)((ivec)r[b][j] & on[b][j]);         \
-    }                                                                                          \
-    for (int j = 0; j < RR; j++)                                                               \
+        accum_##RR(r, xs, wr, rest[0], rest[1]);                                               \
+        accum_##RR(r, xs, wr, rest[2], rest[3]);                                               \
         for (int b = 0; b < NBT; b++) {                                                        \
-            memcpy(out + j * C_OUT + b * VW, &acc[b][j], sizeof acc[b][j]);                    \
-            if (gate)                                                                          \
-                for (int l = 0; l < VW; l++) gate[j * C_OUT + b * VW + l] = on[b][j][l] ? 1 : 0; \
+            vec tv, iv;                                                                        \
+            memcpy(&tv, tau + b * VW, sizeof tv);                                              \
+            memcpy(&iv, isg + b * VW, sizeof iv);                                              \
+            for (int j = 0; j < nv; j++) {                                                     \
+                vec y;                                                                         \
+                memcpy(&y, out + j * C_OUT + b * VW, sizeof y);                                \
+                y += (vec)((ivec)r[b][j] & gate_of(y, tv, iv));                                \
+                memcpy(out + j * C_OUT + b * VW, &y, sizeof y);                                \
+            }                                                                                  \
         }                                                                                      \
+    }                                                                                          \
     return active && P > 1;                                                                    \
 }
 
 #define DEFINE_TILE(RR) DEFINE_TILE_(RR)
 DEFINE_TILE(R)
-#if RT != R
-DEFINE_TILE(RT)
-#endif
 
-/* Output tile ot at position tile t (row-major over n*HO rows of NTW tiles). */
+/* Output tile ot at position tile t: flat output positions t*R .. t*R+R-1 of m in all. */
 static inline int do_tile(const float *x, const float *w, const float *wrest, const float *bias,
-                          const float *tau,
-                          const float *isg, float *out, uint8_t *gate, int ot, long long t) {
-    const long long row = t / NTW;
-    const int tw = (int)(t % NTW);
-    const int img = (int)(row / HO), oh = (int)(row % HO), ow0 = tw * R;
-    const float *xb = x + (((long long)img * HP + oh * SH) * WP + ow0 * SW) * C_IN;
-    const long long o = (row * WO + ow0) * C_OUT + ot * TW;
+                          const float *tau, const float *isg, float *out, uint8_t *gate, int ot,
+                          long long t, long long m) {
+    const long long p0 = t * R;
+    const int nv = (int)(m - p0 < R ? m - p0 : R);
+    const float *xs[R];
+    for (int j = 0; j < R; j++) {
+        const long long p = p0 + (j < nv ? j : nv - 1);
+        const long long img = p / (HO * WO);
+        const int r = (int)(p - img * (HO * WO)), oh = r / WO, ow = r % WO;
+        xs[j] = x + ((img * HP + oh * SH) * WP + (long long)ow * SW) * C_IN;
+    }
+    const long long o = p0 * C_OUT + ot * TW;
     const float *wt = w + (long long)ot * KH * KW * (EXACT_BASE ? CI : C_IN) * TW;
     const float *wr = SPAN ? wrest + (long long)ot * KH * KW * C_IN * TW : wt;
     const float *bt = bias ? bias + ot * TW : 0;
     uint8_t *gt = gate ? gate + o : 0;
-#if RT != R
-    if (tw == NTW - 1) return CAT(tile_, RT)(xb, wt, wr, ot, bt, tau + ot * TW, isg + ot * TW, out + o, gt);
-#endif
-    return CAT(tile_, R)(xb, wt, wr, ot, bt, tau + ot * TW, isg + ot * TW, out + o, gt);
+    return CAT(tile_, R)(xs, nv, wt, wr, ot, bt, tau + ot * TW, isg + ot * TW, out + o, gt);
 }
 
 /* x: padded NHWC (n, HP, WP, C_IN); w (and wrest when SPAN): packed (C_OUT/TW, KH, KW, C_IN, TW); bias, tau, isg:
  * (C_OUT); out: NHWC (n, HO, WO, C_OUT); gate: NHWC uint8 or NULL. Returns the number of tiles
- * (R or RT positions x TW channels) whose conditional pass ran. */
+ * (R positions, fewer in the last, x TW channels) whose conditional pass ran. */
 long long gated_conv(const float *x, const float *w, const float *wrest, const float *bias,
                      const float *tau, const float *isg, float *out, uint8_t *gate, int n,
                      int nthreads) {
-    const long long rows = (long long)n * HO;
+    const long long m = (long long)n * HO * WO, tiles = (m + R - 1) / R;
     long long ran = 0;
-    /* Each thread takes whole output-channel tiles (static split of ot-major order), so its
-     * share of the weights stays in its own L2 while the input streams past; measured faster
-     * than position-major orders on every ResNet-18 layer shape here (2 threads). */
+    /* POS_MAJOR (weights small enough to stay in L2): each position tile runs all its channel
+     * tiles in turn, so the input is read from memory once. Otherwise each thread takes whole
+     * output-channel tiles (static split of ot-major order), so its share of the weights stays
+     * in its own L2 while the input streams past, once per channel tile. */
     #pragma omp parallel for schedule(static) num_threads(nthreads) reduction(+:ran)
-    for (long long u = 0; u < NT * rows * NTW; u++)
-        ran += do_tile(x, w, wrest, bias, tau, isg, out, gate, (int)(u / (rows * NTW)), u % (rows * NTW));
+    for (long long u = 0; u < NT * tiles; u++)
+        ran += POS_MAJOR ? do_tile(x, w, wrest, bias, tau, isg, out, gate, (int)(u % NT), u / NT, m)
+                         : do_tile(x, w, wrest, bias, tau, isg, out, gate, (int)(u / tiles), u % tiles, m);
     return ran;
 }

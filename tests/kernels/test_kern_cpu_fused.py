@@ -85,11 +85,13 @@ def test_work_counter_counts_skipped_tiles():
     ran, total = _work((x, w, b, b + 1e-3, isg))
     geo = validate(x, w, b, b, isg, 1, 1, 1, 4, True, 1)
     d = cpu_fused._defines(geo, 4, True, 1)
-    starts = range(0, 28 - d["RT"] + 1, d["R"])          # first column of each row tile
-    per_row = len(starts)
-    on_row = sum(1 for s in starts if s <= 13)             # tiles holding an on column
-    assert total == 2 * 8 * per_row * (64 // (d["VW"] * d["NBT"]))
-    assert ran == total // per_row * on_row
+    # a tile is R consecutive output positions in (n, row, column) order, rows and images
+    # crossed, times one channel tile; it runs when one of its positions is in columns 0..13
+    on_col = (torch.arange(geo.positions) % geo.wo) <= 13
+    per_ch = sum(bool(on_col[t:t + d["R"]].any()) for t in range(0, geo.positions, d["R"]))
+    ch_tiles = 64 // (d["VW"] * d["NBT"])
+    assert total == -(-geo.positions // d["R"]) * ch_tiles
+    assert 0 < ran == per_ch * ch_tiles < total
 
 
 def test_fp16_and_memory_format():
