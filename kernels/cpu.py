@@ -6,6 +6,8 @@ batch, the threads, the gate pattern and the CPU, so ``auto`` measures them at f
 
 * ``fused``: one compiled loop does base sum, gate and conditional pass per output tile
   (:mod:`kernels.cpu_fused`, float32, per-ISA vector layouts);
+* ``fused_blocks`` (block gates): the compiled base pass, the block means, then the compiled
+  remaining sum of exactly the blocks that are on;
 * ``tiles`` / ``chunk_tiles`` / ``block_tiles``: oneDNN base pass, then the active output
   tiles (of all channels, per output chunk, or per gate group of a block gate) are gathered
   with their halo and the remaining sum runs as one oneDNN conv on them
@@ -57,8 +59,8 @@ from kernels.reference import block_scores, expand_blocks
 from kernels.workspace import derived, scratch
 
 CL = torch.channels_last
-STRATEGIES = ("auto", "fused", "pipeline", "tiles", "chunk_tiles", "block_tiles", "groups", "union",
-              "dense")
+STRATEGIES = ("auto", "fused", "fused_blocks", "pipeline", "tiles", "chunk_tiles", "block_tiles",
+              "groups", "union", "dense")
 _LAST = threading.local()
 
 # Cost model, nanoseconds on the reference 2-core AVX-512 box (see results/gated_conv_cpu.md):
@@ -288,6 +290,15 @@ def conditional_conv2d_cpu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Te
         out, gate, _ = cpu_fused.run(_padded_input(xc, geo, 0), weight, bias, tau, inv_sigma, geo,
                                      partitions=partitions, grouped=grouped, granularity=granularity,
                                      return_gate=return_gate)
+    elif strategy == "fused_blocks":
+        if cdt != torch.float32:
+            raise ValueError(f"strategy 'fused_blocks' computes in float32, got {cdt}")
+        reason = cpu_fused.blocks_unsupported_reason(geo, partitions, grouped, granularity, gate_tile)
+        if reason is not None:
+            raise ValueError(f"strategy 'fused_blocks' cannot run this layer: {reason}")
+        out, gate, _LAST.tiles = cpu_fused.run_blocks(
+            _padded_input(xc, geo, 0), weight, bias, tau, inv_sigma, geo, partitions=partitions,
+            grouped=grouped, granularity=granularity, gate_tile=gate_tile, return_gate=return_gate)
     else:
         out, gate, strategy = _pipeline(xc, weight, bias, tau, inv_sigma, geo, partitions, grouped,
                                         granularity, strategy, tile, gate_tile, return_gate)
@@ -321,8 +332,11 @@ def _runnable(geo: ConvGeometry, partitions: int, grouped: bool, granularity: in
     if reason is not None and gate_tile == (1, 1):
         _warn_fallback(reason)
     block = gate_tile != (1, 1) and _block_chunks(geo, partitions, grouped, granularity) is not None
+    fused_blocks = cpu_fused.blocks_unsupported_reason(geo, partitions, grouped, granularity,
+                                                       gate_tile) is None
     return tuple(p for p in autotune.PATHS
-                 if (p != "fused" or reason is None) and (p != "block_tiles" or block))
+                 if (p != "fused" or reason is None) and (p != "block_tiles" or block)
+                 and (p != "fused_blocks" or fused_blocks))
 
 
 def _tuned_path(xc, weight, bias, tau, inv_sigma, geo, partitions, grouped, granularity, tile,

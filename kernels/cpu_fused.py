@@ -25,9 +25,10 @@ import tempfile
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from kernels.geometry import ConvGeometry
-from kernels.reference import base_mask
+from kernels.reference import base_mask, expand_blocks
 from kernels.workspace import derived
 
 SOURCE = Path(__file__).with_name("csrc") / "gated_conv.c"
@@ -223,7 +224,10 @@ def _load(defines: tuple[tuple[str, int], ...], target: str, retry: bool = True)
     fn = lib.gated_conv
     fn.restype = ctypes.c_longlong
     fn.argtypes = [ctypes.c_void_p] * 8 + [ctypes.c_int, ctypes.c_int]
-    return fn
+    blocks = lib.block_rest
+    blocks.restype = None
+    blocks.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_longlong, ctypes.c_int]
+    return fn, blocks
 
 
 def _pack(w: torch.Tensor, tw: int) -> torch.Tensor:
@@ -264,7 +268,7 @@ def run(xrows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, ta
     whose conditional pass ran (a work counter for benchmarks and tests).
     """
     defines = _defines(geo, partitions, grouped, granularity)
-    fn = _load(tuple(sorted(defines.items())), isa())
+    fn, _ = _load(tuple(sorted(defines.items())), isa())
     w, w_rest = _packed_weights(weight, defines["VW"] * defines["NBT"],
                                 (partitions, grouped) if defines["SPAN"] else None,
                                 bool(defines["EXACT_BASE"]))
@@ -282,6 +286,79 @@ def run(xrows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, ta
 
     ran = fn(ptr(xr), ptr(w), ptr(w_rest), ptr(b), ptr(t), ptr(s), ptr(out), ptr(gate), geo.n, torch.get_num_threads())
     return out, None if gate is None else gate.bool(), int(ran)
+
+
+def _block_defines(geo: ConvGeometry, partitions: int, grouped: bool, granularity: int,
+                   gate_tile: tuple[int, int]) -> dict[str, int] | None:
+    """-D constants of the block-gate kernel (per-element layout, with tiles of whole
+    vectors inside one gate group of G channels), None when G does not fill whole vectors."""
+    if partitions == 1 or layout(geo, partitions, grouped, 1) is None:
+        return None
+    d = _defines(geo, partitions, grouped, 1)
+    if granularity % (d["VW"] * d["NBT"]):
+        if granularity % d["VW"]:
+            return None
+        d.update(NBT=1, R=_max_tile(1))
+    d.update(BH=gate_tile[0], BW=gate_tile[1], BG=granularity)
+    return d
+
+
+def blocks_unsupported_reason(geo: ConvGeometry, partitions: int, grouped: bool, granularity: int,
+                              gate_tile: tuple[int, int]) -> str | None:
+    """Why :func:`run_blocks` cannot run this block-gated layer (None when it can)."""
+    if gate_tile == (1, 1):
+        return "per-element gate tile 1x1: the per-tile fused kernel decides those"
+    if not available():
+        return "no C compiler found (set $CC or install gcc)"
+    if _block_defines(geo, partitions, grouped, granularity, gate_tile) is None:
+        vw = vector_width(geo, partitions, grouped, 1)
+        return (f"p={partitions}: nothing to skip" if partitions == 1 else
+                f"gate groups of {granularity} channels do not fill whole {vw}-channel vectors"
+                if vw else "the layer is outside the fused kernel's shapes")
+    return None
+
+
+def run_blocks(xrows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+               tau: torch.Tensor, inv_sigma: torch.Tensor, geo: ConvGeometry, *, partitions: int,
+               grouped: bool, granularity: int, gate_tile: tuple[int, int],
+               return_gate: bool) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+    """Block-gated conv in two compiled passes: Yp for every position (the per-tile kernel with
+    every gate off), then the remaining sum of exactly the blocks whose mean score is > 0.
+
+    The block score is ``mean over the block of (Yp - tau) * inv_sigma`` (reference.py's
+    ``block_scores``), taken as ``(avg_pool(Yp) - tau) * inv_sigma`` averaged over the G
+    channels: the same mean in another summation order, so decisions can differ from the
+    reference only within fp32 rounding of the threshold. Returns (out, gate, blocks run).
+    """
+    d = _block_defines(geo, partitions, grouped, granularity, gate_tile)
+    if d is None:
+        raise ValueError(blocks_unsupported_reason(geo, partitions, grouped, granularity, gate_tile))
+    conv, rest = _load(tuple(sorted(d.items())), isa())
+    w, w_rest = _packed_weights(weight, d["VW"] * d["NBT"],
+                                (partitions, grouped) if d["SPAN"] else None, bool(d["EXACT_BASE"]))
+    out = torch.empty((geo.n, geo.c_out, geo.ho, geo.wo), dtype=torch.float32,
+                      memory_format=torch.channels_last)
+    b = None if bias is None else bias.detach().float().contiguous()
+    t = tau.detach().float().contiguous()
+    s = inv_sigma.detach().float().contiguous()
+    off = torch.full_like(t, float("inf"))
+    xr = xrows.contiguous()
+
+    def ptr(v):
+        return None if v is None else ctypes.c_void_p(v.data_ptr())
+
+    threads = torch.get_num_threads()
+    conv(ptr(xr), ptr(w), ptr(w_rest), ptr(b), ptr(off), ptr(s), ptr(out), None, geo.n, threads)
+    th, tw = gate_tile
+    score = (F.avg_pool2d(out, gate_tile, gate_tile, ceil_mode=True) - t.view(1, -1, 1, 1)) * s.view(1, -1, 1, 1)
+    hb, wb = score.shape[2:]
+    on = score.view(geo.n, geo.c_out // granularity, granularity, hb, wb).mean(dim=2) > 0
+    idx = on.nonzero()
+    blocks = (idx * torch.tensor([1, granularity, th, tw])).to(torch.int32).contiguous()
+    if blocks.shape[0]:
+        rest(ptr(xr), ptr(w), ptr(w_rest), ptr(out), ptr(blocks), blocks.shape[0], threads)
+    gate = expand_blocks(on, granularity, gate_tile, geo.ho, geo.wo) if return_gate else None
+    return out, gate, int(blocks.shape[0])
 
 
 def tiles(geo: ConvGeometry, partitions: int, grouped: bool, granularity: int) -> int:

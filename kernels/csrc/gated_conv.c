@@ -217,3 +217,63 @@ long long gated_conv(const float *x, const float *w, const float *wrest, const f
                          : do_tile(x, w, wrest, bias, tau, isg, out, gate, (int)(u / tiles), u % tiles, m);
     return ran;
 }
+
+/* ---- block gates (gate tile BH x BW positions x BG channels, one decision per block) ------
+ * The decision needs the mean score of a whole block, which spans rows, so it cannot be taken
+ * tile by tile as above. Block gates run in two passes: gated_conv with every gate off writes
+ * Yp, the caller averages it per block and lists the blocks that are on, and block_rest adds
+ * the remaining partial sum to exactly those blocks (kernels/cpu_fused.py:run_blocks). */
+#ifndef BH
+#define BH 1
+#define BW 1
+#define BG TW
+#endif
+#define BCT (BG / TW)                     /* channel tiles per block */
+
+/* out[pos_j] += remaining partial sum of channel tile ot, at the positions of xs/os. */
+static inline void rest_tile(const float *const xs[R], float *const os[R], int nv,
+                             const float *wr, int ot) {
+    int base[2], rest[4];
+    channel_ranges(ot, base, rest);
+    vec r[NBT][R];
+    for (int b = 0; b < NBT; b++)
+        for (int j = 0; j < R; j++) r[b][j] = (vec){0};
+    CAT(accum_, R)(r, xs, wr, rest[0], rest[1]);
+    CAT(accum_, R)(r, xs, wr, rest[2], rest[3]);
+    for (int j = 0; j < nv; j++)
+        for (int b = 0; b < NBT; b++) {
+            vec y;
+            memcpy(&y, os[j] + b * VW, sizeof y);
+            y += r[b][j];
+            memcpy(os[j] + b * VW, &y, sizeof y);
+        }
+}
+
+/* x: padded NHWC input, w/wrest: gated_conv's packed weights, out: NHWC Yp (updated in place);
+ * blocks: (k, 4) int32 rows (image, first channel, first row, first column) of the blocks that
+ * are on, BG a multiple of TW. A block's positions (clipped at the map's edge) run in flat
+ * groups of R, so a 7x7 block is 8 full tiles of 6 and one of 1, not 7 row tiles of 6 and 1. */
+void block_rest(const float *x, const float *w, const float *wrest, float *out,
+                const int32_t *blocks, long long k, int nthreads) {
+    #pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads)
+    for (long long u = 0; u < k * BCT; u++) {
+        const int32_t *blk = blocks + 4 * (u / BCT);
+        const int img = blk[0], oh0 = blk[2], ow0 = blk[3];
+        const int ot = blk[1] / TW + (int)(u % BCT);
+        const int bh = HO - oh0 < BH ? HO - oh0 : BH, bw = WO - ow0 < BW ? WO - ow0 : BW;
+        const int npos = bh * bw;
+        const float *wr = (SPAN ? wrest : w) + (long long)ot * KH * KW * C_IN * TW;
+        for (int q0 = 0; q0 < npos; q0 += R) {
+            const int nv = npos - q0 < R ? npos - q0 : R;
+            const float *xs[R];
+            float *os[R];
+            for (int j = 0; j < R; j++) {
+                const int q = q0 + (j < nv ? j : nv - 1);
+                const int oh = oh0 + q / bw, ow = ow0 + q % bw;
+                xs[j] = x + (((long long)img * HP + oh * SH) * WP + (long long)ow * SW) * C_IN;
+                os[j] = out + (((long long)img * HO + oh) * WO + ow) * C_OUT + ot * TW;
+            }
+            rest_tile(xs, os, nv, wr, ot);
+        }
+    }
+}
