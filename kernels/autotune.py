@@ -37,7 +37,7 @@ from kernels import cpu_fused
 from kernels.geometry import ConvGeometry
 
 VERSION = 1
-PATHS = ("fused", "fused_blocks", "tiles", "chunk_tiles", "block_tiles", "dense", "union", "groups")
+PATHS = ("fused", "fused_blocks", "onednn_blocks", "tiles", "chunk_tiles", "block_tiles", "dense", "union", "groups")
 REPEATS = 3  # timed calls per path after one warm-up call; the median is kept
 
 _MEMO: dict[str, dict] = {}

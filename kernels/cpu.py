@@ -6,8 +6,9 @@ batch, the threads, the gate pattern and the CPU, so ``auto`` measures them at f
 
 * ``fused``: one compiled loop does base sum, gate and conditional pass per output tile
   (:mod:`kernels.cpu_fused`, float32, per-ISA vector layouts);
-* ``fused_blocks`` (block gates): the compiled base pass, the block means, then the compiled
-  remaining sum of exactly the blocks that are on;
+* ``fused_blocks`` / ``onednn_blocks`` (block gates): the base pass (compiled, or oneDNN's,
+  which is faster on some narrow layers), the block means, then the compiled remaining sum of
+  exactly the blocks that are on;
 * ``tiles`` / ``chunk_tiles`` / ``block_tiles``: oneDNN base pass, then the active output
   tiles (of all channels, per output chunk, or per gate group of a block gate) are gathered
   with their halo and the remaining sum runs as one oneDNN conv on them
@@ -59,7 +60,7 @@ from kernels.reference import block_scores, expand_blocks
 from kernels.workspace import derived, scratch
 
 CL = torch.channels_last
-STRATEGIES = ("auto", "fused", "fused_blocks", "pipeline", "tiles", "chunk_tiles", "block_tiles",
+STRATEGIES = ("auto", "fused", "fused_blocks", "onednn_blocks", "pipeline", "tiles", "chunk_tiles", "block_tiles",
               "groups", "union", "dense")
 _LAST = threading.local()
 
@@ -287,18 +288,19 @@ def conditional_conv2d_cpu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Te
         reason = _fused_reason(geo, partitions, grouped, granularity, gate_tile)
         if reason is not None:
             raise ValueError(f"strategy 'fused' cannot run this layer: {reason}")
-        out, gate, _ = cpu_fused.run(_padded_input(xc, geo, 0), weight, bias, tau, inv_sigma, geo,
+        out, gate, _ = cpu_fused.run(xc, weight, bias, tau, inv_sigma, geo,
                                      partitions=partitions, grouped=grouped, granularity=granularity,
                                      return_gate=return_gate)
-    elif strategy == "fused_blocks":
+    elif strategy in ("fused_blocks", "onednn_blocks"):
         if cdt != torch.float32:
-            raise ValueError(f"strategy 'fused_blocks' computes in float32, got {cdt}")
+            raise ValueError(f"strategy {strategy!r} computes in float32, got {cdt}")
         reason = cpu_fused.blocks_unsupported_reason(geo, partitions, grouped, granularity, gate_tile)
         if reason is not None:
-            raise ValueError(f"strategy 'fused_blocks' cannot run this layer: {reason}")
+            raise ValueError(f"strategy {strategy!r} cannot run this layer: {reason}")
+        yp = _base_pass(xc, weight, bias, geo, partitions, grouped) if strategy == "onednn_blocks" else None
         out, gate, _LAST.tiles = cpu_fused.run_blocks(
-            _padded_input(xc, geo, 0), weight, bias, tau, inv_sigma, geo, partitions=partitions,
-            grouped=grouped, granularity=granularity, gate_tile=gate_tile, return_gate=return_gate)
+            xc, weight, bias, tau, inv_sigma, geo, partitions=partitions, grouped=grouped,
+            granularity=granularity, gate_tile=gate_tile, return_gate=return_gate, yp=yp)
     else:
         out, gate, strategy = _pipeline(xc, weight, bias, tau, inv_sigma, geo, partitions, grouped,
                                         granularity, strategy, tile, gate_tile, return_gate)
@@ -332,11 +334,11 @@ def _runnable(geo: ConvGeometry, partitions: int, grouped: bool, granularity: in
     if reason is not None and gate_tile == (1, 1):
         _warn_fallback(reason)
     block = gate_tile != (1, 1) and _block_chunks(geo, partitions, grouped, granularity) is not None
-    fused_blocks = cpu_fused.blocks_unsupported_reason(geo, partitions, grouped, granularity,
-                                                       gate_tile) is None
+    compiled_blocks = cpu_fused.blocks_unsupported_reason(geo, partitions, grouped, granularity,
+                                                          gate_tile) is None
     return tuple(p for p in autotune.PATHS
                  if (p != "fused" or reason is None) and (p != "block_tiles" or block)
-                 and (p != "fused_blocks" or fused_blocks))
+                 and (p not in ("fused_blocks", "onednn_blocks") or compiled_blocks))
 
 
 def _tuned_path(xc, weight, bias, tau, inv_sigma, geo, partitions, grouped, granularity, tile,
@@ -369,6 +371,19 @@ def _tuned_path(xc, weight, bias, tau, inv_sigma, geo, partitions, grouped, gran
     return entry["path"]
 
 
+def _base_pass(xc, weight, bias, geo, partitions, grouped) -> torch.Tensor:
+    """Yp by oneDNN, channels-last: a grouped conv over the diagonal blocks (grouped) or a conv
+    over the first C_in/p inputs."""
+    w = weight.to(xc.dtype) if weight.dtype != xc.dtype else weight
+    b = None if bias is None else bias.detach().to(xc.dtype)
+    prep = _prepare(w, partitions, grouped)
+    if grouped:
+        yp = F.conv2d(xc, prep.base, b, geo.stride, geo.padding, geo.dilation, groups=partitions)
+    else:
+        yp = F.conv2d(xc[:, :geo.c_in // partitions], prep.base, b, geo.stride, geo.padding, geo.dilation)
+    return yp.contiguous(memory_format=CL)
+
+
 def _pipeline(xc, weight, bias, tau, inv_sigma, geo, partitions, grouped, granularity, strategy,
               tile, gate_tile, return_gate):
     """Torch-op paths: oneDNN base pass, gate, then the conditional pass by ``strategy``
@@ -379,12 +394,7 @@ def _pipeline(xc, weight, bias, tau, inv_sigma, geo, partitions, grouped, granul
     prep = _prepare(w, partitions, grouped)
     p = partitions
     ci, co = geo.c_in // p, geo.c_out // p
-
-    if grouped:
-        yp = F.conv2d(xc, prep.base, b, geo.stride, geo.padding, geo.dilation, groups=p)
-    else:
-        yp = F.conv2d(xc[:, :ci], prep.base, b, geo.stride, geo.padding, geo.dilation)
-    yp = yp.contiguous(memory_format=CL)
+    yp = _base_pass(xc, weight, bias, geo, p, grouped)
     m = geo.positions
     ypf = yp.permute(0, 2, 3, 1).reshape(m, geo.c_out)
     g = _gate(ypf, tau.to(cdt), inv_sigma.to(cdt), granularity, gate_tile, geo)

@@ -25,7 +25,6 @@ import tempfile
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from kernels.geometry import ConvGeometry
 from kernels.reference import base_mask, expand_blocks
@@ -181,7 +180,8 @@ def _defines(geo: ConvGeometry, partitions: int, grouped: bool, granularity: int
     vw, spanning = layout(geo, partitions, grouped, granularity)
     nbt = _blocks_per_tile(geo, partitions, grouped, vw, spanning)
     return dict(C_IN=geo.c_in, C_OUT=geo.c_out, KH=geo.kh, KW=geo.kw, SH=geo.stride[0],
-                SW=geo.stride[1], DH=geo.dilation[0], DW=geo.dilation[1], HP=geo.hp, WP=geo.wp,
+                SW=geo.stride[1], PH=geo.padding[0], PW=geo.padding[1], DH=geo.dilation[0],
+                DW=geo.dilation[1], H=geo.h, W=geo.w,
                 HO=geo.ho, WO=geo.wo, P=partitions, GROUPED=int(grouped and partitions > 1), VW=vw,
                 NBT=nbt, G=granularity, R=_max_tile(nbt), SPAN=int(spanning),
                 POS_MAJOR=int(_weight_bytes(geo, spanning) <= POS_MAJOR_MAX_BYTES),
@@ -227,7 +227,10 @@ def _load(defines: tuple[tuple[str, int], ...], target: str, retry: bool = True)
     blocks = lib.block_rest
     blocks.restype = None
     blocks.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_longlong, ctypes.c_int]
-    return fn, blocks
+    sums = lib.block_sums
+    sums.restype = None
+    sums.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_int, ctypes.c_int]
+    return fn, blocks, sums
 
 
 def _pack(w: torch.Tensor, tw: int) -> torch.Tensor:
@@ -259,16 +262,22 @@ def _packed_weights(w: torch.Tensor, tw: int, span_mask: tuple[int, bool] | None
     return derived(w, "cpu_fused.packed", (tw, span_mask, exact), build)
 
 
-def run(xrows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, tau: torch.Tensor,
+def _nhwc(x: torch.Tensor) -> torch.Tensor:
+    """The fp32 input as the kernels read it: channels-last memory, so (N, H, W, C) rows."""
+    return x.float().contiguous(memory_format=torch.channels_last)
+
+
+def run(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, tau: torch.Tensor,
         inv_sigma: torch.Tensor, geo: ConvGeometry, *, partitions: int, grouped: bool,
         granularity: int, return_gate: bool) -> tuple[torch.Tensor, torch.Tensor | None, int]:
-    """Run the fused kernel on the padded NHWC input rows ``(N*Hp*Wp, C_in)`` (fp32).
+    """Run the fused kernel on the input ``(N, C_in, H, W)`` (read in channels-last memory,
+    padding applied in the kernel, so no padded copy is made).
 
     Returns the channels-last fp32 output, the bool gate (or None) and the number of tiles
     whose conditional pass ran (a work counter for benchmarks and tests).
     """
     defines = _defines(geo, partitions, grouped, granularity)
-    fn, _ = _load(tuple(sorted(defines.items())), isa())
+    fn = _load(tuple(sorted(defines.items())), isa())[0]
     w, w_rest = _packed_weights(weight, defines["VW"] * defines["NBT"],
                                 (partitions, grouped) if defines["SPAN"] else None,
                                 bool(defines["EXACT_BASE"]))
@@ -279,7 +288,7 @@ def run(xrows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, ta
     b = None if bias is None else bias.detach().float().contiguous()
     t = tau.detach().float().contiguous()
     s = inv_sigma.detach().float().contiguous()
-    xr = xrows.contiguous()
+    xr = _nhwc(x)
 
     def ptr(v):
         return None if v is None else ctypes.c_void_p(v.data_ptr())
@@ -318,46 +327,58 @@ def blocks_unsupported_reason(geo: ConvGeometry, partitions: int, grouped: bool,
     return None
 
 
-def run_blocks(xrows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+def run_blocks(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                tau: torch.Tensor, inv_sigma: torch.Tensor, geo: ConvGeometry, *, partitions: int,
-               grouped: bool, granularity: int, gate_tile: tuple[int, int],
-               return_gate: bool) -> tuple[torch.Tensor, torch.Tensor | None, int]:
-    """Block-gated conv in two compiled passes: Yp for every position (the per-tile kernel with
-    every gate off), then the remaining sum of exactly the blocks whose mean score is > 0.
+               grouped: bool, granularity: int, gate_tile: tuple[int, int], return_gate: bool,
+               yp: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+    """Block-gated conv: Yp for every position, the block means, then the compiled remaining
+    sum of exactly the blocks whose mean score is > 0.
 
+    Yp comes from ``yp`` when given (a channels-last fp32 base pass the caller computed, e.g.
+    with oneDNN; it is updated in place) or else from the per-tile kernel with every gate off.
     The block score is ``mean over the block of (Yp - tau) * inv_sigma`` (reference.py's
-    ``block_scores``), taken as ``(avg_pool(Yp) - tau) * inv_sigma`` averaged over the G
+    ``block_scores``), taken as ``(block mean of Yp - tau) * inv_sigma`` averaged over the G
     channels: the same mean in another summation order, so decisions can differ from the
     reference only within fp32 rounding of the threshold. Returns (out, gate, blocks run).
     """
     d = _block_defines(geo, partitions, grouped, granularity, gate_tile)
     if d is None:
         raise ValueError(blocks_unsupported_reason(geo, partitions, grouped, granularity, gate_tile))
-    conv, rest = _load(tuple(sorted(d.items())), isa())
+    conv, rest, sums = _load(tuple(sorted(d.items())), isa())
     w, w_rest = _packed_weights(weight, d["VW"] * d["NBT"],
                                 (partitions, grouped) if d["SPAN"] else None, bool(d["EXACT_BASE"]))
-    out = torch.empty((geo.n, geo.c_out, geo.ho, geo.wo), dtype=torch.float32,
-                      memory_format=torch.channels_last)
-    b = None if bias is None else bias.detach().float().contiguous()
     t = tau.detach().float().contiguous()
     s = inv_sigma.detach().float().contiguous()
-    off = torch.full_like(t, float("inf"))
-    xr = xrows.contiguous()
+    xr = _nhwc(x)
 
     def ptr(v):
         return None if v is None else ctypes.c_void_p(v.data_ptr())
 
     threads = torch.get_num_threads()
-    conv(ptr(xr), ptr(w), ptr(w_rest), ptr(b), ptr(off), ptr(s), ptr(out), None, geo.n, threads)
+    if yp is None:
+        out = torch.empty((geo.n, geo.c_out, geo.ho, geo.wo), dtype=torch.float32,
+                          memory_format=torch.channels_last)
+        b = None if bias is None else bias.detach().float().contiguous()
+        off = torch.full_like(t, float("inf"))
+        conv(ptr(xr), ptr(w), ptr(w_rest), ptr(b), ptr(off), ptr(s), ptr(out), None, geo.n, threads)
+    else:
+        out = yp
     th, tw = gate_tile
-    score = (F.avg_pool2d(out, gate_tile, gate_tile, ceil_mode=True) - t.view(1, -1, 1, 1)) * s.view(1, -1, 1, 1)
-    hb, wb = score.shape[2:]
-    on = score.view(geo.n, geo.c_out // granularity, granularity, hb, wb).mean(dim=2) > 0
-    idx = on.nonzero()
-    blocks = (idx * torch.tensor([1, granularity, th, tw])).to(torch.int32).contiguous()
+    hb, wb = -(-geo.ho // th), -(-geo.wo // tw)
+    total = torch.empty((geo.n, hb, wb, geo.c_out), dtype=torch.float32)
+    sums(ptr(out), ptr(total), geo.n, threads)
+    rows = torch.arange(hb) * th
+    cols = torch.arange(wb) * tw
+    count = ((geo.ho - rows).clamp(max=th)[:, None] * (geo.wo - cols).clamp(max=tw)[None, :])
+    score = (total / count[None, :, :, None] - t) * s                   # (N, Hb, Wb, C)
+    on = score.view(geo.n, hb, wb, geo.c_out // granularity, granularity).mean(dim=4) > 0
+    idx = on.nonzero()                                                  # (K, 4): n, bh, bw, group
+    blocks = torch.stack([idx[:, 0], idx[:, 3] * granularity, idx[:, 1] * th, idx[:, 2] * tw],
+                         dim=1).to(torch.int32).contiguous()
     if blocks.shape[0]:
         rest(ptr(xr), ptr(w), ptr(w_rest), ptr(out), ptr(blocks), blocks.shape[0], threads)
-    gate = expand_blocks(on, granularity, gate_tile, geo.ho, geo.wo) if return_gate else None
+    gate = (expand_blocks(on.permute(0, 3, 1, 2), granularity, gate_tile, geo.ho, geo.wo)
+            if return_gate else None)
     return out, gate, int(blocks.shape[0])
 
 

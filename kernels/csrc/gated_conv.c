@@ -1,11 +1,12 @@
 /* Fused conditional partial-sum convolution for the CPU (CGNet inference).
  *
  * One pass over output tiles does base partial sum -> gate compare -> conditional pass:
- * the remaining-channel sum of a tile (R output positions along a row x TW output channels)
- * is computed only when at least one of its gates is on, while its input rows are still in
- * L1. A direct convolution on a padded NHWC input: each FMA multiplies one broadcast input
- * value with a VW-wide vector of output-channel weights; the NBT*R accumulators stay in
- * registers, and each broadcast feeds NBT FMAs.
+ * the remaining-channel sum of a tile (R output positions x TW output channels) is computed
+ * only when at least one of its gates is on, while its input windows are still in L1. A direct
+ * convolution on the NHWC (channels-last) input as it is, padding handled in the kernel (taps
+ * outside the map read a zero vector), so no padded copy of the input is made: each FMA
+ * multiplies one broadcast input value with a VW-wide vector of output-channel weights; the
+ * NBT*R accumulators stay in registers, and each broadcast feeds NBT FMAs.
  *
  * Compiled per layer geometry (kernels/cpu_fused.py passes every size as -D constants), so all
  * strides are compile-time constants and the loops over positions unroll into registers.
@@ -20,7 +21,7 @@
 #error "compile through kernels/cpu_fused.py: the geometry comes as -D constants"
 #endif
 
-/* Required constants: C_IN C_OUT KH KW SH SW DH DW HP WP HO WO P GROUPED VW NBT G R SPAN
+/* Required constants: C_IN C_OUT KH KW SH SW PH PW DH DW H W HO WO P GROUPED VW NBT G R SPAN
  * POS_MAJOR.
  * SPAN: a tile holds several output chunks of a grouped base path (chunks narrower than a
  * vector). Base and remaining sums then run over all input channels with pre-masked weights
@@ -45,11 +46,33 @@
  * shuffle of that vector, times a packed weight (C_OUT/TW, KH, KW, CI, TW) whose lane l holds
  * W[o_l, chunk_start(o_l) + q]. CI FMAs per tap and position instead of C_IN. */
 
-#define CAT_(a, b) a##b
-#define CAT(a, b) CAT_(a, b)
-
 typedef float vec __attribute__((vector_size(VW * 4), aligned(4)));
 typedef int32_t ivec __attribute__((vector_size(VW * 4), aligned(4)));
+
+/* What a tap outside the input map reads: C_IN zeros. */
+static const float zeros[C_IN] __attribute__((aligned(64)));
+
+/* The input windows of up to R output positions: per position its first input row and column
+ * (negative in the padding) and the offset of that (row, column) in x. */
+typedef struct {
+    long long off[R];
+    int ih[R], iw[R];
+} windows;
+
+static inline void window_at(windows *wn, int j, long long img, int oh, int ow) {
+    wn->ih[j] = oh * SH - PH;
+    wn->iw[j] = ow * SW - PW;
+    wn->off[j] = ((img * H + wn->ih[j]) * W + wn->iw[j]) * (long long)C_IN;
+}
+
+/* Per position the input vector of tap (kh, kw), or the zero vector where it is padding. */
+static inline void tap_rows(const float *x, const windows *wn, int kh, int kw, const float *xp[R]) {
+    for (int j = 0; j < R; j++) {
+        const int ih = wn->ih[j] + kh * DH, iw = wn->iw[j] + kw * DW;
+        xp[j] = ((unsigned)ih < (unsigned)H && (unsigned)iw < (unsigned)W)
+                    ? x + wn->off[j] + (long long)(kh * DH * W + kw * DW) * C_IN : zeros;
+    }
+}
 
 /* Input-channel ranges of output tile ot's base and remaining sums. */
 static inline void channel_ranges(int ot, int base[2], int rest[4]) {
@@ -75,108 +98,114 @@ static inline ivec gate_of(vec y, vec tv, vec iv) {
     return on;
 }
 
-/* acc[b][j] += sum over taps and channels c0..c1 of x[position j] * w[block b]: per channel one
- * weight vector per block and one broadcast input per position, NBT*RR FMAs. */
-#define DEFINE_TILE_(RR)                                                                       \
-static inline void accum_##RR(vec acc[NBT][RR], const float *const xs[RR], const float *wt,   \
-                              int c0, int c1) {                                                \
-    for (int kh = 0; kh < KH; kh++)                                                            \
-        for (int kw = 0; kw < KW; kw++) {                                                      \
-            const int tap = (kh * DH * WP + kw * DW) * C_IN;                                   \
-            const float *wp = wt + (kh * KW + kw) * C_IN * TW;                                 \
-            for (int c = c0; c < c1; c++) {                                                    \
-                /* NBT weight vectors, then per position one broadcast feeding NBT FMAs: */    \
-                /* RR*NBT accumulators + NBT weights + 1 broadcast fit 16 ymm at 6x2. */       \
-                vec w[NBT];                                                                    \
-                _Pragma("GCC unroll 4")                                                        \
-                for (int b = 0; b < NBT; b++) w[b] = *(const vec *)(wp + c * TW + b * VW);     \
-                _Pragma("GCC unroll 16")                                                       \
-                for (int j = 0; j < RR; j++) {                                                 \
-                    const float xv = xs[j][tap + c];                                           \
-                    _Pragma("GCC unroll 4")                                                    \
-                    for (int b = 0; b < NBT; b++) acc[b][j] += xv * w[b];                      \
-                }                                                                              \
-            }                                                                                  \
-        }                                                                                      \
-}                                                                                              \
-static inline void accum_base_##RR(vec acc[NBT][RR], const float *const xs[RR], const float *wb, \
-                                   int ot) {                                                   \
-    for (int kh = 0; kh < KH; kh++)                                                            \
-        for (int kw = 0; kw < KW; kw++) {                                                      \
-            const int tap = (kh * DH * WP + kw * DW) * C_IN + ot * TW;                         \
-            const float *wp = wb + (kh * KW + kw) * CI * TW;                                   \
-            for (int b = 0; b < NBT; b++)                                                      \
-                _Pragma("GCC unroll 16")                                                       \
-                for (int j = 0; j < RR; j++) {                                                 \
-                    vec xv;                                                                    \
-                    memcpy(&xv, xs[j] + tap + b * VW, sizeof xv);                              \
-                    _Pragma("GCC unroll 16")                                                   \
-                    for (int q = 0; q < CI; q++) {                                             \
-                        ivec idx;                                                              \
-                        for (int l = 0; l < VW; l++) idx[l] = (l / CO) * CO + q;               \
-                        const vec w = *(const vec *)(wp + q * TW + b * VW);                    \
-                        acc[b][j] += __builtin_shuffle(xv, idx) * w;                           \
-                    }                                                                          \
-                }                                                                              \
-        }                                                                                      \
-}                                                                                              \
-/* One tile of RR positions (input windows xs[j]) x TW channels, of which the first nv are     \
- * real (the others repeat the last real one and are not stored); returns 1 when its          \
- * conditional pass ran. */                                                                    \
-static inline int tile_##RR(const float *const xs[RR], int nv, const float *wt,                \
-                            const float *wr, int ot, const float *bias,                        \
-                            const float *tau, const float *isg, float *out, uint8_t *gate) {   \
-    int base[2], rest[4];                                                                      \
-    channel_ranges(ot, base, rest);                                                            \
-    vec acc[NBT][RR];                                                                          \
-    ivec any = {0};                                                                            \
-    for (int b = 0; b < NBT; b++) {                                                            \
-        vec bv = {0};                                                                          \
-        if (bias) memcpy(&bv, bias + b * VW, sizeof bv);                                       \
-        for (int j = 0; j < RR; j++) acc[b][j] = bv;                                           \
-    }                                                                                          \
-    if (EXACT_BASE) accum_base_##RR(acc, xs, wt, ot);                                          \
-    else accum_##RR(acc, xs, wt, base[0], base[1]);                                            \
-    /* Yp goes to out now and the gate is recomputed from it after the conditional pass, so    \
-     * neither Yp nor the masks hold registers while the remaining sum accumulates. */         \
-    for (int b = 0; b < NBT; b++) {                                                            \
-        vec tv, iv;                                                                            \
-        memcpy(&tv, tau + b * VW, sizeof tv);                                                  \
-        memcpy(&iv, isg + b * VW, sizeof iv);                                                  \
-        for (int j = 0; j < RR; j++) {                                                         \
-            const ivec on = gate_of(acc[b][j], tv, iv);                                        \
-            any |= on;                                                                         \
-            if (j >= nv) continue;                                                             \
-            memcpy(out + j * C_OUT + b * VW, &acc[b][j], sizeof acc[b][j]);                    \
-            if (gate)                                                                          \
-                for (int l = 0; l < VW; l++) gate[j * C_OUT + b * VW + l] = on[l] ? 1 : 0;     \
-        }                                                                                      \
-    }                                                                                          \
-    int active = 0;                                                                            \
-    for (int l = 0; l < VW; l++) active |= any[l];                                             \
-    if (active && P > 1) {                                                                     \
-        vec r[NBT][RR];                                                                        \
-        for (int b = 0; b < NBT; b++)                                                          \
-            for (int j = 0; j < RR; j++) r[b][j] = (vec){0};                                   \
-        accum_##RR(r, xs, wr, rest[0], rest[1]);                                               \
-        accum_##RR(r, xs, wr, rest[2], rest[3]);                                               \
-        for (int b = 0; b < NBT; b++) {                                                        \
-            vec tv, iv;                                                                        \
-            memcpy(&tv, tau + b * VW, sizeof tv);                                              \
-            memcpy(&iv, isg + b * VW, sizeof iv);                                              \
-            for (int j = 0; j < nv; j++) {                                                     \
-                vec y;                                                                         \
-                memcpy(&y, out + j * C_OUT + b * VW, sizeof y);                                \
-                y += (vec)((ivec)r[b][j] & gate_of(y, tv, iv));                                \
-                memcpy(out + j * C_OUT + b * VW, &y, sizeof y);                                \
-            }                                                                                  \
-        }                                                                                      \
-    }                                                                                          \
-    return active && P > 1;                                                                    \
+/* acc[b][j] += sum over taps and channels c0..c1 of x[position j] * w[block b]: per channel NBT
+ * weight vectors, then per position one broadcast feeding NBT FMAs (R*NBT accumulators + NBT
+ * weights + 1 broadcast fit the 16 ymm of AVX2 at 6x2). */
+static inline void accum(vec acc[NBT][R], const float *x, const windows *wn, const float *wt,
+                         int c0, int c1) {
+    for (int kh = 0; kh < KH; kh++)
+        for (int kw = 0; kw < KW; kw++) {
+            const float *xp[R];
+            tap_rows(x, wn, kh, kw, xp);
+            const float *wp = wt + (kh * KW + kw) * C_IN * TW;
+            for (int c = c0; c < c1; c++) {
+                vec w[NBT];
+                _Pragma("GCC unroll 4")
+                for (int b = 0; b < NBT; b++) w[b] = *(const vec *)(wp + c * TW + b * VW);
+                _Pragma("GCC unroll 16")
+                for (int j = 0; j < R; j++) {
+                    const float xv = xp[j][c];
+                    _Pragma("GCC unroll 4")
+                    for (int b = 0; b < NBT; b++) acc[b][j] += xv * w[b];
+                }
+            }
+        }
 }
 
-#define DEFINE_TILE(RR) DEFINE_TILE_(RR)
-DEFINE_TILE(R)
+static inline void accum_base(vec acc[NBT][R], const float *x, const windows *wn, const float *wb,
+                              int ot) {
+    for (int kh = 0; kh < KH; kh++)
+        for (int kw = 0; kw < KW; kw++) {
+            const float *xp[R];
+            tap_rows(x, wn, kh, kw, xp);
+            const float *wp = wb + (kh * KW + kw) * CI * TW;
+            for (int b = 0; b < NBT; b++)
+                _Pragma("GCC unroll 16")
+                for (int j = 0; j < R; j++) {
+                    vec xv;
+                    memcpy(&xv, xp[j] + ot * TW + b * VW, sizeof xv);
+                    _Pragma("GCC unroll 16")
+                    for (int q = 0; q < CI; q++) {
+                        ivec idx;
+                        for (int l = 0; l < VW; l++) idx[l] = (l / CO) * CO + q;
+                        const vec w = *(const vec *)(wp + q * TW + b * VW);
+                        acc[b][j] += __builtin_shuffle(xv, idx) * w;
+                    }
+                }
+        }
+}
+
+/* One tile of R positions (windows wn) x TW channels, of which the first nv are real (the
+ * others repeat the last real one and are not stored); out points at position 0, channel
+ * ot*TW. Returns 1 when its conditional pass ran. */
+static inline int tile(const float *x, const windows *wn, int nv, const float *wt, const float *wr,
+                       int ot, const float *bias, const float *tau, const float *isg, float *out,
+                       uint8_t *gate) {
+    int base[2], rest[4];
+    channel_ranges(ot, base, rest);
+    vec acc[NBT][R];
+    ivec any = {0};
+    for (int b = 0; b < NBT; b++) {
+        vec bv = {0};
+        if (bias) memcpy(&bv, bias + b * VW, sizeof bv);
+        for (int j = 0; j < R; j++) acc[b][j] = bv;
+    }
+    if (EXACT_BASE) accum_base(acc, x, wn, wt, ot);
+    else accum(acc, x, wn, wt, base[0], base[1]);
+    /* Yp goes to out now and the gate is recomputed from it after the conditional pass, so
+     * neither Yp nor the masks hold registers while the remaining sum accumulates. */
+    for (int b = 0; b < NBT; b++) {
+        vec tv, iv;
+        memcpy(&tv, tau + b * VW, sizeof tv);
+        memcpy(&iv, isg + b * VW, sizeof iv);
+        for (int j = 0; j < R; j++) {
+            const ivec on = gate_of(acc[b][j], tv, iv);
+            any |= on;
+            if (j >= nv) continue;
+            memcpy(out + j * C_OUT + b * VW, &acc[b][j], sizeof acc[b][j]);
+            if (gate)
+                for (int l = 0; l < VW; l++) gate[j * C_OUT + b * VW + l] = on[l] ? 1 : 0;
+        }
+    }
+    int active = 0;
+    for (int l = 0; l < VW; l++) active |= any[l];
+    if (!active || P == 1) return 0;
+    vec r[NBT][R];
+    for (int b = 0; b < NBT; b++)
+        for (int j = 0; j < R; j++) r[b][j] = (vec){0};
+    accum(r, x, wn, wr, rest[0], rest[1]);
+    accum(r, x, wn, wr, rest[2], rest[3]);
+    for (int b = 0; b < NBT; b++) {
+        vec tv, iv;
+        memcpy(&tv, tau + b * VW, sizeof tv);
+        memcpy(&iv, isg + b * VW, sizeof iv);
+        for (int j = 0; j < nv; j++) {
+            vec y;
+            memcpy(&y, out + j * C_OUT + b * VW, sizeof y);
+            y += (vec)((ivec)r[b][j] & gate_of(y, tv, iv));
+            memcpy(out + j * C_OUT + b * VW, &y, sizeof y);
+        }
+    }
+    return 1;
+}
+
+/* Packed weights of channel tile ot: base (w) and remaining (w, or wrest when SPAN) sums. */
+static inline const float *base_weights(const float *w, int ot) {
+    return w + (long long)ot * KH * KW * (EXACT_BASE ? CI : C_IN) * TW;
+}
+static inline const float *rest_weights(const float *w, const float *wrest, int ot) {
+    return SPAN ? wrest + (long long)ot * KH * KW * C_IN * TW : w + (long long)ot * KH * KW * C_IN * TW;
+}
 
 /* Output tile ot at position tile t: flat output positions t*R .. t*R+R-1 of m in all. */
 static inline int do_tile(const float *x, const float *w, const float *wrest, const float *bias,
@@ -184,24 +213,21 @@ static inline int do_tile(const float *x, const float *w, const float *wrest, co
                           long long t, long long m) {
     const long long p0 = t * R;
     const int nv = (int)(m - p0 < R ? m - p0 : R);
-    const float *xs[R];
+    windows wn;
     for (int j = 0; j < R; j++) {
         const long long p = p0 + (j < nv ? j : nv - 1);
         const long long img = p / (HO * WO);
-        const int r = (int)(p - img * (HO * WO)), oh = r / WO, ow = r % WO;
-        xs[j] = x + ((img * HP + oh * SH) * WP + (long long)ow * SW) * C_IN;
+        const int r = (int)(p - img * (HO * WO));
+        window_at(&wn, j, img, r / WO, r % WO);
     }
     const long long o = p0 * C_OUT + ot * TW;
-    const float *wt = w + (long long)ot * KH * KW * (EXACT_BASE ? CI : C_IN) * TW;
-    const float *wr = SPAN ? wrest + (long long)ot * KH * KW * C_IN * TW : wt;
-    const float *bt = bias ? bias + ot * TW : 0;
-    uint8_t *gt = gate ? gate + o : 0;
-    return CAT(tile_, R)(xs, nv, wt, wr, ot, bt, tau + ot * TW, isg + ot * TW, out + o, gt);
+    return tile(x, &wn, nv, base_weights(w, ot), rest_weights(w, wrest, ot), ot,
+                bias ? bias + ot * TW : 0, tau + ot * TW, isg + ot * TW, out + o, gate ? gate + o : 0);
 }
 
-/* x: padded NHWC (n, HP, WP, C_IN); w (and wrest when SPAN): packed (C_OUT/TW, KH, KW, C_IN, TW); bias, tau, isg:
- * (C_OUT); out: NHWC (n, HO, WO, C_OUT); gate: NHWC uint8 or NULL. Returns the number of tiles
- * (R positions, fewer in the last, x TW channels) whose conditional pass ran. */
+/* x: NHWC (n, H, W, C_IN); w (and wrest when SPAN): packed (C_OUT/TW, KH, KW, C_IN, TW); bias,
+ * tau, isg: (C_OUT); out: NHWC (n, HO, WO, C_OUT); gate: NHWC uint8 or NULL. Returns the number
+ * of tiles (R positions, fewer in the last, x TW channels) whose conditional pass ran. */
 long long gated_conv(const float *x, const float *w, const float *wrest, const float *bias,
                      const float *tau, const float *isg, float *out, uint8_t *gate, int n,
                      int nthreads) {
@@ -230,29 +256,10 @@ long long gated_conv(const float *x, const float *w, const float *wrest, const f
 #endif
 #define BCT (BG / TW)                     /* channel tiles per block */
 
-/* out[pos_j] += remaining partial sum of channel tile ot, at the positions of xs/os. */
-static inline void rest_tile(const float *const xs[R], float *const os[R], int nv,
-                             const float *wr, int ot) {
-    int base[2], rest[4];
-    channel_ranges(ot, base, rest);
-    vec r[NBT][R];
-    for (int b = 0; b < NBT; b++)
-        for (int j = 0; j < R; j++) r[b][j] = (vec){0};
-    CAT(accum_, R)(r, xs, wr, rest[0], rest[1]);
-    CAT(accum_, R)(r, xs, wr, rest[2], rest[3]);
-    for (int j = 0; j < nv; j++)
-        for (int b = 0; b < NBT; b++) {
-            vec y;
-            memcpy(&y, os[j] + b * VW, sizeof y);
-            y += r[b][j];
-            memcpy(os[j] + b * VW, &y, sizeof y);
-        }
-}
-
-/* x: padded NHWC input, w/wrest: gated_conv's packed weights, out: NHWC Yp (updated in place);
- * blocks: (k, 4) int32 rows (image, first channel, first row, first column) of the blocks that
- * are on, BG a multiple of TW. A block's positions (clipped at the map's edge) run in flat
- * groups of R, so a 7x7 block is 8 full tiles of 6 and one of 1, not 7 row tiles of 6 and 1. */
+/* x, w, wrest: as gated_conv; out: NHWC Yp, updated in place; blocks: (k, 4) int32 rows
+ * (image, first channel, first row, first column) of the blocks that are on, BG a multiple
+ * of TW. A block's positions (clipped at the map's edge) run in flat groups of R, so a 7x7
+ * block is 8 full tiles of 6 and one of 1, not 7 row tiles of 6 and 1. */
 void block_rest(const float *x, const float *w, const float *wrest, float *out,
                 const int32_t *blocks, long long k, int nthreads) {
     #pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads)
@@ -262,18 +269,56 @@ void block_rest(const float *x, const float *w, const float *wrest, float *out,
         const int ot = blk[1] / TW + (int)(u % BCT);
         const int bh = HO - oh0 < BH ? HO - oh0 : BH, bw = WO - ow0 < BW ? WO - ow0 : BW;
         const int npos = bh * bw;
-        const float *wr = (SPAN ? wrest : w) + (long long)ot * KH * KW * C_IN * TW;
+        int base[2], rest[4];
+        channel_ranges(ot, base, rest);
+        const float *wr = rest_weights(w, wrest, ot);
         for (int q0 = 0; q0 < npos; q0 += R) {
             const int nv = npos - q0 < R ? npos - q0 : R;
-            const float *xs[R];
+            windows wn;
             float *os[R];
             for (int j = 0; j < R; j++) {
                 const int q = q0 + (j < nv ? j : nv - 1);
                 const int oh = oh0 + q / bw, ow = ow0 + q % bw;
-                xs[j] = x + (((long long)img * HP + oh * SH) * WP + (long long)ow * SW) * C_IN;
+                window_at(&wn, j, img, oh, ow);
                 os[j] = out + (((long long)img * HO + oh) * WO + ow) * C_OUT + ot * TW;
             }
-            rest_tile(xs, os, nv, wr, ot);
+            vec r[NBT][R];
+            for (int b = 0; b < NBT; b++)
+                for (int j = 0; j < R; j++) r[b][j] = (vec){0};
+            accum(r, x, &wn, wr, rest[0], rest[1]);
+            accum(r, x, &wn, wr, rest[2], rest[3]);
+            for (int j = 0; j < nv; j++)
+                for (int b = 0; b < NBT; b++) {
+                    vec y;
+                    memcpy(&y, os[j] + b * VW, sizeof y);
+                    y += r[b][j];
+                    memcpy(os[j] + b * VW, &y, sizeof y);
+                }
+        }
+    }
+}
+
+#define HB ((HO + BH - 1) / BH)
+#define WB ((WO + BW - 1) / BW)
+
+/* sums (n, HB, WB, C_OUT): per block (clipped at the edge) and channel, the sum of y (NHWC
+ * (n, HO, WO, C_OUT)) over the block's positions; one streaming read of y, in parallel over
+ * the n*HB block rows (each writes its own sums, no races). */
+void block_sums(const float *y, float *sums, int n, int nthreads) {
+    #pragma omp parallel for schedule(static) num_threads(nthreads)
+    for (long long u = 0; u < (long long)n * HB; u++) {
+        const long long img = u / HB;
+        const int bh = (int)(u % HB);
+        float *s = sums + u * WB * C_OUT;
+        memset(s, 0, sizeof(float) * WB * C_OUT);
+        const int oh1 = (bh + 1) * BH < HO ? (bh + 1) * BH : HO;
+        for (int oh = bh * BH; oh < oh1; oh++) {
+            const float *row = y + ((img * HO + oh) * WO) * (long long)C_OUT;
+            for (int ow = 0; ow < WO; ow++) {
+                float *sb = s + (ow / BW) * C_OUT;
+                const float *p = row + (long long)ow * C_OUT;
+                for (int c = 0; c < C_OUT; c++) sb[c] += p[c];
+            }
         }
     }
 }

@@ -65,9 +65,7 @@ def test_fused_partitions(partitions):
 def _work(case):
     x, w, b, tau, isg = case
     geo = validate(x, w, b, tau, isg, 1, 1, 1, 4, True, 1)
-    from kernels.cpu import _padded_input
-    xc = x.contiguous(memory_format=torch.channels_last)
-    _, _, ran = cpu_fused.run(_padded_input(xc, geo, 0), w, b, tau, isg, geo, partitions=4,
+    _, _, ran = cpu_fused.run(x, w, b, tau, isg, geo, partitions=4,
                               grouped=True, granularity=1, return_gate=False)
     return ran, cpu_fused.tiles(geo, 4, True, 1)
 

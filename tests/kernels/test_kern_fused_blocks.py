@@ -30,30 +30,31 @@ def _vw(c_out: int, partitions: int = 4, grouped: bool = True) -> int:
     return cpu_fused.vector_width(geo, partitions, grouped, 1)
 
 
-def _run(case, geom, *, grouped, granularity, tile, partitions=4):
+def _run(case, geom, *, grouped, granularity, tile, partitions=4, strategy="fused_blocks"):
     stride, padding, dilation, _, _, _ = geom
     x, w, b, tau, isg = case
     geo = validate(x, w, b, tau, isg, stride, padding, dilation, partitions, grouped, granularity, 1, tile)
     out, gate = kcpu.conditional_conv2d_cpu(x, w, b, tau, isg, geo, partitions=partitions,
                                             grouped=grouped, granularity=granularity,
-                                            return_gate=True, strategy="fused_blocks", gate_tile=tile)
+                                            return_gate=True, strategy=strategy, gate_tile=tile)
     check_against_reference(out, gate, x, w, b, tau, isg, stride=stride, padding=padding,
                             dilation=dilation, partitions=partitions, grouped=grouped,
                             granularity=granularity, tile=tile)
     return gate
 
 
+@pytest.mark.parametrize("strategy", ["fused_blocks", "onednn_blocks"])
 @pytest.mark.parametrize("tile", [(2, 3), (4, 4), (7, 7)])   # ragged edge blocks on 7x7/9x8 maps
 @pytest.mark.parametrize("grouped", [True, False])
 @pytest.mark.parametrize("geom", GEOMS)
 @pytest.mark.parametrize("c_out,g", [(16, 16), (32, 16), (64, 32)])
-def test_fused_blocks_match_reference(c_out, g, geom, grouped, tile):
+def test_fused_blocks_match_reference(c_out, g, geom, grouped, tile, strategy):
     if g % _vw(c_out, grouped=grouped):
         pytest.skip(f"G={g} does not fill this target's vectors")
     stride, padding, dilation, h, w, k = geom
     case = make_case(2, 12, c_out, h, w, k, density=0.5, grouped=grouped, stride=stride,
                      padding=padding, dilation=dilation, seed=c_out + h + tile[0])
-    _run(case, geom, grouped=grouped, granularity=g, tile=tile)
+    _run(case, geom, grouped=grouped, granularity=g, tile=tile, strategy=strategy)
 
 
 @settings(max_examples=15, deadline=None)
@@ -101,5 +102,5 @@ def test_fused_blocks_refuses_what_it_cannot_run():
 def test_auto_measures_fused_blocks_for_block_gates(tmp_path, monkeypatch):
     monkeypatch.setenv("DYNGATE_KERNEL_CACHE", str(tmp_path))
     geo = validate(*make_case(1, 8, 32, 8, 8, 3), 1, 1, 1, 4, False, 16, 1, (4, 4))
-    assert "fused_blocks" in kcpu._runnable(geo, 4, False, 16, (4, 4))
-    assert "fused_blocks" not in kcpu._runnable(geo, 4, False, 1, (1, 1))
+    assert {"fused_blocks", "onednn_blocks"} <= set(kcpu._runnable(geo, 4, False, 16, (4, 4)))
+    assert not {"fused_blocks", "onednn_blocks"} & set(kcpu._runnable(geo, 4, False, 1, (1, 1)))
