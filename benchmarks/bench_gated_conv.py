@@ -4,7 +4,8 @@
 
 For every gated layer of ResNet-18 (224x224, batch 8) and ResNet-20 (32x32, batch 64) at gate
 densities 1.0, 0.5, 0.3, 0.1 with random per-element, spatially clustered and tile-structured
-gates (whole output tile x channel chunk blocks, at the tile-gather path's tile): dense torch
+gates (block gates: one decision per output tile x channel chunk, at the tile-gather path's
+tile, the inputs switching whole blocks on or off): dense torch
 conv time, gated time of the ``auto`` CPU path (``kernels.conditional_conv2d(backend="cpu")``,
 tuned afresh for every pattern and density, tuning not timed), the path it chose, real speedup,
 theoretical speedup (MAC ratio incl. the base pass, at the measured gate density) and
@@ -71,6 +72,9 @@ def bench_layer(layer: ConvLayer, batch: int, density: float, kind: str, args) -
                                      partitions=args.partitions, grouped=not args.ungrouped)
     kw = dict(stride=layer.stride, padding=layer.padding, partitions=args.partitions,
               grouped=not args.ungrouped, granularity=args.granularity, backend="cpu")
+    if kind == "tile":  # block gates, as the structured-gating models are trained: one decision
+        # per (tile x channel chunk) block, the same blocks tile_inputs switches on
+        kw.update(granularity=layer.c_out // (1 if args.ungrouped else args.partitions), tile=geo_tile)
     autotune.forget()  # tune afresh for this pattern and density (the first call below)
     autotune.cache_file().unlink(missing_ok=True)
     with torch.no_grad():
@@ -100,10 +104,11 @@ def _dummy(layer: ConvLayer, batch: int):
 
 def _pipeline(x, w, b, tau, isg, kw):
     """The torch-op pipeline of kernels/cpu.py (base conv + gathered GEMMs), for comparison."""
+    tile = kw.get("tile", (1, 1))
     geo = validate(x, w, b, tau, isg, kw["stride"], kw["padding"], 1, kw["partitions"], kw["grouped"],
-                   kw["granularity"])
+                   kw["granularity"], 1, tile)
     return conditional_conv2d_cpu(x, w, b, tau, isg, geo, partitions=kw["partitions"], grouped=kw["grouped"],
-                                  granularity=kw["granularity"], strategy="pipeline")
+                                  granularity=kw["granularity"], strategy="pipeline", gate_tile=tile)
 
 
 def bench_network(net: str, args) -> dict:
