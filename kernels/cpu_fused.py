@@ -299,16 +299,18 @@ def run(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, tau: t
 
 def _block_defines(geo: ConvGeometry, partitions: int, grouped: bool, granularity: int,
                    gate_tile: tuple[int, int]) -> dict[str, int] | None:
-    """-D constants of the block-gate kernel (per-element layout, with tiles of whole
-    vectors inside one gate group of G channels), None when G does not fill whole vectors."""
+    """-D constants of the block-gate kernel: the per-element layout, with channel tiles that
+    are whole gate groups (G a multiple of the tile) or hold whole groups (G dividing one
+    vector; the tile's remaining sum then runs once for all its groups, added under a lane
+    mask); None when G fits neither."""
     if partitions == 1 or layout(geo, partitions, grouped, 1) is None:
         return None
     d = _defines(geo, partitions, grouped, 1)
     if granularity % (d["VW"] * d["NBT"]):
-        if granularity % d["VW"]:
+        if granularity % d["VW"] and d["VW"] % granularity:
             return None
         d.update(NBT=1, R=_max_tile(1))
-    d.update(BH=gate_tile[0], BW=gate_tile[1], BG=granularity)
+    d.update(BH=gate_tile[0], BW=gate_tile[1])
     return d
 
 
@@ -322,7 +324,7 @@ def blocks_unsupported_reason(geo: ConvGeometry, partitions: int, grouped: bool,
     if _block_defines(geo, partitions, grouped, granularity, gate_tile) is None:
         vw = vector_width(geo, partitions, grouped, 1)
         return (f"p={partitions}: nothing to skip" if partitions == 1 else
-                f"gate groups of {granularity} channels do not fill whole {vw}-channel vectors"
+                f"gate groups of {granularity} channels neither fill nor divide {vw}-channel vectors"
                 if vw else "the layer is outside the fused kernel's shapes")
     return None
 
@@ -339,7 +341,7 @@ def run_blocks(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     The block score is ``mean over the block of (Yp - tau) * inv_sigma`` (reference.py's
     ``block_scores``), taken as ``(block mean of Yp - tau) * inv_sigma`` averaged over the G
     channels: the same mean in another summation order, so decisions can differ from the
-    reference only within fp32 rounding of the threshold. Returns (out, gate, blocks run).
+    reference only within fp32 rounding of the threshold. Returns (out, gate, blocks on).
     """
     d = _block_defines(geo, partitions, grouped, granularity, gate_tile)
     if d is None:
@@ -372,14 +374,19 @@ def run_blocks(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     count = ((geo.ho - rows).clamp(max=th)[:, None] * (geo.wo - cols).clamp(max=tw)[None, :])
     score = (total / count[None, :, :, None] - t) * s                   # (N, Hb, Wb, C)
     on = score.view(geo.n, hb, wb, geo.c_out // granularity, granularity).mean(dim=4) > 0
-    idx = on.nonzero()                                                  # (K, 4): n, bh, bw, group
-    blocks = torch.stack([idx[:, 0], idx[:, 3] * granularity, idx[:, 1] * th, idx[:, 2] * tw],
-                         dim=1).to(torch.int32).contiguous()
-    if blocks.shape[0]:
-        rest(ptr(xr), ptr(w), ptr(w_rest), ptr(out), ptr(blocks), blocks.shape[0], threads)
+    # per (block position, channel tile): the lanes whose gate group is on, as a bit mask
+    tw_ch = d["VW"] * d["NBT"]
+    lanes = on.repeat_interleave(granularity, dim=3).view(geo.n, hb, wb, geo.c_out // tw_ch, tw_ch)
+    bits = (lanes.to(torch.int64) << torch.arange(tw_ch)).sum(dim=4)        # (N, Hb, Wb, tiles)
+    bits = torch.where(bits >= 2 ** 31, bits - 2 ** 32, bits)   # 32 lanes: the int32 of those bits
+    idx = bits.nonzero()                                                    # n, bh, bw, tile
+    items = torch.stack([idx[:, 0], idx[:, 3], idx[:, 1] * th, idx[:, 2] * tw,
+                         bits[tuple(idx.t())]], dim=1).to(torch.int32).contiguous()
+    if items.shape[0]:
+        rest(ptr(xr), ptr(w), ptr(w_rest), ptr(out), ptr(items), items.shape[0], threads)
     gate = (expand_blocks(on.permute(0, 3, 1, 2), granularity, gate_tile, geo.ho, geo.wo)
             if return_gate else None)
-    return out, gate, int(blocks.shape[0])
+    return out, gate, int(on.sum())
 
 
 def tiles(geo: ConvGeometry, partitions: int, grouped: bool, granularity: int) -> int:

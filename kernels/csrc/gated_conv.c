@@ -272,29 +272,33 @@ long long gated_conv(const float *x, const float *w, const float *wrest, const f
     return ran;
 }
 
-/* ---- block gates (gate tile BH x BW positions x BG channels, one decision per block) ------
+/* ---- block gates (gate tile BH x BW positions x G' channels, one decision per block) -----
  * The decision needs the mean score of a whole block, which spans rows, so it cannot be taken
  * tile by tile as above. Block gates run in two passes: gated_conv with every gate off writes
- * Yp, the caller averages it per block and lists the blocks that are on, and block_rest adds
- * the remaining partial sum to exactly those blocks (kernels/cpu_fused.py:run_blocks). */
+ * Yp, the caller averages it per block and lists, per block position and channel tile, the
+ * lanes whose block is on; block_rest adds the remaining partial sum to exactly those
+ * (kernels/cpu_fused.py:run_blocks). Gate groups narrower than a channel tile share it: the
+ * tile's remaining sum is computed once and added under the lane mask. */
 #ifndef BH
 #define BH 1
 #define BW 1
-#define BG TW
 #endif
-#define BCT (BG / TW)                     /* channel tiles per block */
 
-/* x, w, wrest: as gated_conv; out: NHWC Yp, updated in place; blocks: (k, 4) int32 rows
- * (image, first channel, first row, first column) of the blocks that are on, BG a multiple
- * of TW. A block's positions (clipped at the map's edge) run in flat groups of R, so a 7x7
- * block is 8 full tiles of 6 and one of 1, not 7 row tiles of 6 and 1. */
+/* x, w, wrest: as gated_conv; out: NHWC Yp, updated in place; items: (k, 5) int32 rows
+ * (image, channel tile, first row, first column, lane mask: bit b*VW+l for lane l of vector b)
+ * of the (block position, channel tile) pairs with a block on. A block's positions (clipped at
+ * the map's edge) run in flat groups of R, so a 7x7 block is 8 full tiles of 6 and one of 1,
+ * not 7 row tiles of 6 and 1. */
 void block_rest(const float *x, const float *w, const float *wrest, float *out,
-                const int32_t *blocks, long long k, int nthreads) {
+                const int32_t *items, long long k, int nthreads) {
     #pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads)
-    for (long long u = 0; u < k * BCT; u++) {
-        const int32_t *blk = blocks + 4 * (u / BCT);
-        const int img = blk[0], oh0 = blk[2], ow0 = blk[3];
-        const int ot = blk[1] / TW + (int)(u % BCT);
+    for (long long u = 0; u < k; u++) {
+        const int32_t *it = items + 5 * u;
+        const int img = it[0], ot = it[1], oh0 = it[2], ow0 = it[3];
+        const uint32_t bits = (uint32_t)it[4];
+        ivec lanes[NBT];
+        for (int b = 0; b < NBT; b++)
+            for (int l = 0; l < VW; l++) lanes[b][l] = (bits >> (b * VW + l)) & 1u ? -1 : 0;
         const int bh = HO - oh0 < BH ? HO - oh0 : BH, bw = WO - ow0 < BW ? WO - ow0 : BW;
         const int npos = bh * bw;
         int base[2], rest[4];
@@ -319,7 +323,7 @@ void block_rest(const float *x, const float *w, const float *wrest, float *out,
                 for (int b = 0; b < NBT; b++) {
                     vec y;
                     memcpy(&y, os[j] + b * VW, sizeof y);
-                    y += r[b][j];
+                    y += (vec)((ivec)r[b][j] & lanes[b]);
                     memcpy(os[j] + b * VW, &y, sizeof y);
                 }
         }
