@@ -124,12 +124,15 @@ def test_bad_entries_and_other_cpu_are_not_used(monkeypatch):
     geo = validate(x, w, b, tau, isg, 1, 1, 1, 4, True, 1)
     k = autotune.key(geo, 4, True, 1, cpu_tiles.default_tile(geo), torch.get_num_threads())
     bad = {k: dict(path="union", ms={"union": float("nan")})}
-    autotune.cache_file().write_text(json.dumps(dict(version=1, cpu=autotune.cpu_id(), entries=bad)))
+    autotune.cache_file().write_text(json.dumps(dict(version=autotune.VERSION, cpu=autotune.cpu_id(), entries=bad)))
     assert autotune.lookup(k, autotune.PATHS) is None
     good = {k: dict(path="union", ms={"union": 1.0})}
-    autotune.cache_file().write_text(json.dumps(dict(version=1, cpu="another CPU", entries=good)))
+    old = dict(version=autotune.VERSION - 1, cpu=autotune.cpu_id(), entries=good)
+    autotune.cache_file().write_text(json.dumps(old))
+    assert autotune.lookup(k, autotune.PATHS) is None              # measured by older kernels
+    autotune.cache_file().write_text(json.dumps(dict(version=autotune.VERSION, cpu="another CPU", entries=good)))
     assert autotune.lookup(k, autotune.PATHS) is None
-    autotune.cache_file().write_text(json.dumps(dict(version=1, cpu=autotune.cpu_id(), entries=good)))
+    autotune.cache_file().write_text(json.dumps(dict(version=autotune.VERSION, cpu=autotune.cpu_id(), entries=good)))
     assert autotune.lookup(k, ("dense", "tiles")) is None          # not runnable here: re-tune
     assert autotune.lookup(k, autotune.PATHS)["path"] == "union"
     _auto(case)
