@@ -180,10 +180,7 @@ def match_profile(profile: Profile, layers: list[Layer]) -> dict[str, GateSpec]:
                 raise ProfileError(f"{profile.source}: layer {l.name}: field '{key}' is {e[key]} in the "
                                    f"profile but {want[key]} in the topology")
         if e["gated"]:
-            tile = tuple(e.get("tile", (1, 1)))
-            if tile != (1, 1):   # simulating tile gates as per-element ones would be a wrong number
-                raise ProfileError(f"{profile.source}: layer {l.name}: tile-granular gates (tile "
-                                   f"{list(tile)}) are not scheduled by this simulator version")
+            tile = tuple(e.get("tile", (1, 1)))   # block gates: masks drawn per block (gating.draw_mask)
             specs[l.name] = GateSpec(e["partitions"], np.asarray(e["channel_density"], dtype=np.float64),
                                      e["grouped"], e["granularity"], tile, e.get("block_density"))
     return specs

@@ -8,7 +8,7 @@ import yaml
 
 from accel_sim import AccelConfig, GateSpec, ProfileError, build_network, load_profile, match_profile, simulate
 from accel_sim.dataflow import dense_cycles, layer_epilogue
-from accel_sim.gating import gate_classes, gated_layer, pass_counts
+from accel_sim.gating import draw_mask, gate_classes, gated_layer, pass_counts
 from accel_sim.networks import cgnet_gated
 from accel_sim.topology import conv
 
@@ -182,17 +182,31 @@ def test_network_totals_and_seed():
     assert dense["dense_cycles"] == dense["gated_cycles"] == a["dense_cycles"]
 
 
-def test_tile_profile_is_refused_not_simulated_per_element(tmp_path):
-    """Until tile gates are scheduled, a profile with tile decisions must not be simulated as if
-    its gates were per element (that would be a wrong number, not an approximation)."""
+def test_tile_profile_is_scheduled_with_block_masks(tmp_path):
+    """A tile-gated profile is simulated with its decision blocks: masks constant on every
+    (tile x G) block (ragged edges clipped), at the measured density, and scheduled by the same
+    mappings as per-element masks (no tile-aligned mapping yet: the skip follows the mask)."""
     r20 = build_network("resnet20")
     d = _profile_dict(r20, cgnet_gated(r20))
     d["version"] = 2
     for l in d["layers"]:
         if l["gated"]:
-            l["tile"], l["block_density"] = [4, 4], 0.5
-    with pytest.raises(ProfileError, match=r"tile-granular gates \(tile \[4, 4\]\)"):
-        match_profile(load_profile(_write(tmp_path, d)), r20)
+            l.update(tile=[4, 4], block_density=0.3, granularity=8)
+    specs = match_profile(load_profile(_write(tmp_path, d)), r20)
+    assert {s.tile for s in specs.values()} == {(4, 4)}
+    layer = next(l for l in r20 if l.name == "layer1.0.conv1")   # 32x32 output: 8x8 blocks
+    mask = draw_mask(layer, specs[layer.name], np.random.default_rng(0))
+    blocks = mask.reshape(8, 4, 8, 4, 2, 8)                      # (bh, th, bw, tw, groups, G)
+    assert (blocks == blocks[:, :1, :, :1, :, :1]).all()
+    assert 0.2 < mask.mean() < 0.4
+    edge = conv("edge", 16, 16, 3, (7, 7))                        # 7x7 map: ragged 4x4 blocks
+    m = draw_mask(edge, GateSpec(4, np.full(16, 0.5), True, 16, (4, 4)), np.random.default_rng(1))
+    m = m.reshape(7, 7, 16)
+    assert all((m[r0:r0 + 4, c0:c0 + 4] == m[r0, c0]).all() for r0 in (0, 4) for c0 in (0, 4))
+    for df in ("ws", "os"):   # non-grouped base (a grouped one costs WS the dense folds here)
+        tile = {n: GateSpec(4, np.full(s.channel_density.size, 0.3), False, 8, (4, 4)) for n, s in specs.items()}
+        t = simulate(r20, AccelConfig(dataflow=df), tile).totals
+        assert 1.0 < t["speedup"] < t["theoretical_speedup"], df
     d["layers"][1]["tile"] = [0, 4]
     with pytest.raises(ProfileError, match="field 'tile' must be a list of two integers >= 1"):
         load_profile(_write(tmp_path, d))
