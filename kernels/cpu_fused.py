@@ -227,10 +227,10 @@ def _load(defines: tuple[tuple[str, int], ...], target: str, retry: bool = True)
     blocks = lib.block_rest
     blocks.restype = None
     blocks.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_longlong, ctypes.c_int]
-    sums = lib.block_sums
-    sums.restype = None
-    sums.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_int, ctypes.c_int]
-    return fn, blocks, sums
+    decide = lib.block_decide
+    decide.restype = ctypes.c_longlong
+    decide.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int, ctypes.c_int]
+    return fn, blocks, decide
 
 
 def _pack(w: torch.Tensor, tw: int) -> torch.Tensor:
@@ -310,7 +310,7 @@ def _block_defines(geo: ConvGeometry, partitions: int, grouped: bool, granularit
         if granularity % d["VW"] and d["VW"] % granularity:
             return None
         d.update(NBT=1, R=_max_tile(1))
-    d.update(BH=gate_tile[0], BW=gate_tile[1])
+    d.update(BH=gate_tile[0], BW=gate_tile[1], BG=granularity)
     return d
 
 
@@ -346,7 +346,7 @@ def run_blocks(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     d = _block_defines(geo, partitions, grouped, granularity, gate_tile)
     if d is None:
         raise ValueError(blocks_unsupported_reason(geo, partitions, grouped, granularity, gate_tile))
-    conv, rest, sums = _load(tuple(sorted(d.items())), isa())
+    conv, rest, decide = _load(tuple(sorted(d.items())), isa())
     w, w_rest = _packed_weights(weight, d["VW"] * d["NBT"],
                                 (partitions, grouped) if d["SPAN"] else None, bool(d["EXACT_BASE"]))
     t = tau.detach().float().contiguous()
@@ -365,26 +365,15 @@ def run_blocks(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
         conv(ptr(xr), ptr(w), ptr(w_rest), ptr(b), ptr(off), ptr(s), ptr(out), None, geo.n, threads)
     else:
         out = yp
-    th, tw = gate_tile
-    hb, wb = -(-geo.ho // th), -(-geo.wo // tw)
-    total = torch.empty((geo.n, hb, wb, geo.c_out), dtype=torch.float32)
-    sums(ptr(out), ptr(total), geo.n, threads)
-    rows = torch.arange(hb) * th
-    cols = torch.arange(wb) * tw
-    count = ((geo.ho - rows).clamp(max=th)[:, None] * (geo.wo - cols).clamp(max=tw)[None, :])
-    score = (total / count[None, :, :, None] - t) * s                   # (N, Hb, Wb, C)
-    on = score.view(geo.n, hb, wb, geo.c_out // granularity, granularity).mean(dim=4) > 0
-    # per (block position, channel tile): the lanes whose gate group is on, as a bit mask
-    tw_ch = d["VW"] * d["NBT"]
-    lanes = on.repeat_interleave(granularity, dim=3).view(geo.n, hb, wb, geo.c_out // tw_ch, tw_ch)
-    bits = (lanes.to(torch.int64) << torch.arange(tw_ch)).sum(dim=4)        # (N, Hb, Wb, tiles)
-    bits = torch.where(bits >= 2 ** 31, bits - 2 ** 32, bits)   # 32 lanes: the int32 of those bits
-    idx = bits.nonzero()                                                    # n, bh, bw, tile
-    items = torch.stack([idx[:, 0], idx[:, 3], idx[:, 1] * th, idx[:, 2] * tw,
-                         bits[tuple(idx.t())]], dim=1).to(torch.int32).contiguous()
-    if items.shape[0]:
-        rest(ptr(xr), ptr(w), ptr(w_rest), ptr(out), ptr(items), items.shape[0], threads)
-    gate = (expand_blocks(on.permute(0, 3, 1, 2), granularity, gate_tile, geo.ho, geo.wo)
+    hb, wb = -(-geo.ho // gate_tile[0]), -(-geo.wo // gate_tile[1])
+    slots = geo.n * hb * wb * (geo.c_out // (d["VW"] * d["NBT"]))
+    on = torch.empty((geo.n, hb, wb, geo.c_out // granularity), dtype=torch.uint8)
+    bits = torch.empty(slots, dtype=torch.int32)
+    items = torch.empty((slots, 5), dtype=torch.int32)
+    k = decide(ptr(out), ptr(t), ptr(s), ptr(on), ptr(bits), ptr(items), geo.n, threads)
+    if k:
+        rest(ptr(xr), ptr(w), ptr(w_rest), ptr(out), ptr(items), k, threads)
+    gate = (expand_blocks(on.bool().permute(0, 3, 1, 2), granularity, gate_tile, geo.ho, geo.wo)
             if return_gate else None)
     return out, gate, int(on.sum())
 

@@ -274,9 +274,10 @@ long long gated_conv(const float *x, const float *w, const float *wrest, const f
 
 /* ---- block gates (gate tile BH x BW positions x G' channels, one decision per block) -----
  * The decision needs the mean score of a whole block, which spans rows, so it cannot be taken
- * tile by tile as above. Block gates run in two passes: gated_conv with every gate off writes
- * Yp, the caller averages it per block and lists, per block position and channel tile, the
- * lanes whose block is on; block_rest adds the remaining partial sum to exactly those
+ * tile by tile as above. Block gates run in two passes: gated_conv with every gate off (or
+ * oneDNN) writes Yp, block_decide averages it per block and lists, per block position and
+ * channel tile, the lanes whose block is on; block_rest adds the remaining partial sum to
+ * exactly those
  * (kernels/cpu_fused.py:run_blocks). Gate groups narrower than a channel tile share it: the
  * tile's remaining sum is computed once and added under the lane mask. */
 #ifndef BH
@@ -330,19 +331,25 @@ void block_rest(const float *x, const float *w, const float *wrest, float *out,
     }
 }
 
+#ifndef BG
+#define BG 1
+#endif
 #define HB ((HO + BH - 1) / BH)
 #define WB ((WO + BW - 1) / BW)
 
-/* sums (n, HB, WB, C_OUT): per block (clipped at the edge) and channel, the sum of y (NHWC
- * (n, HO, WO, C_OUT)) over the block's positions; one streaming read of y, in parallel over
- * the n*HB block rows (each writes its own sums, no races). */
-void block_sums(const float *y, float *sums, int n, int nthreads) {
+/* The block decisions from Yp and the work list for block_rest, in one streaming read of Yp.
+ * y: NHWC Yp (n, HO, WO, C_OUT); on: (n, HB, WB, C_OUT/BG) uint8, 1 where the block's mean over
+ * its (edge-clipped) positions and BG channels of (Yp - tau) * inv_sigma is > 0; bits: scratch
+ * (n*HB*WB*NT) int32; items: room for n*HB*WB*NT rows of 5 int32 (block_rest's format), filled
+ * in (image, block row, block column, channel tile) order. Returns the number of items. */
+long long block_decide(const float *y, const float *tau, const float *isg, uint8_t *on,
+                       int32_t *bits, int32_t *items, int n, int nthreads) {
     #pragma omp parallel for schedule(static) num_threads(nthreads)
     for (long long u = 0; u < (long long)n * HB; u++) {
         const long long img = u / HB;
         const int bh = (int)(u % HB);
-        float *s = sums + u * WB * C_OUT;
-        memset(s, 0, sizeof(float) * WB * C_OUT);
+        float s[WB * C_OUT];
+        memset(s, 0, sizeof s);
         const int oh1 = (bh + 1) * BH < HO ? (bh + 1) * BH : HO;
         for (int oh = bh * BH; oh < oh1; oh++) {
             const float *row = y + ((img * HO + oh) * WO) * (long long)C_OUT;
@@ -352,5 +359,33 @@ void block_sums(const float *y, float *sums, int n, int nthreads) {
                 for (int c = 0; c < C_OUT; c++) sb[c] += p[c];
             }
         }
+        for (int bw = 0; bw < WB; bw++) {
+            const int cw = WO - bw * BW < BW ? WO - bw * BW : BW;
+            const float cnt = (float)((oh1 - bh * BH) * cw);
+            uint8_t *ob = on + (u * WB + bw) * (C_OUT / BG);
+            for (int g = 0; g < C_OUT / BG; g++) {
+                float acc = 0.f;
+                for (int c = g * BG; c < (g + 1) * BG; c++)
+                    acc += (s[bw * C_OUT + c] / cnt - tau[c]) * isg[c];
+                ob[g] = acc / BG > 0.f;
+            }
+            for (int ot = 0; ot < NT; ot++) {
+                uint32_t b = 0;
+                for (int l = 0; l < TW; l++) b |= (uint32_t)ob[(ot * TW + l) / BG] << l;
+                bits[(u * WB + bw) * NT + ot] = (int32_t)b;
+            }
+        }
     }
+    long long k = 0;
+    for (long long i = 0; i < (long long)n * HB * WB * NT; i++) {
+        if (!bits[i]) continue;
+        const long long blk = i / NT;
+        int32_t *it = items + 5 * k++;
+        it[0] = (int32_t)(blk / (HB * WB));
+        it[1] = (int32_t)(i % NT);
+        it[2] = (int32_t)((blk / WB) % HB) * BH;
+        it[3] = (int32_t)(blk % WB) * BW;
+        it[4] = bits[i];
+    }
+    return k;
 }
