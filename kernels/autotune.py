@@ -40,7 +40,7 @@ from kernels.geometry import ConvGeometry
 # changes (2: flat-tile fused kernel and the compiled block paths), so older files, whose
 # choices were measured without them, are re-measured instead of trusted.
 VERSION = 2
-PATHS = ("fused", "fused_blocks", "onednn_blocks", "tiles", "chunk_tiles", "block_tiles", "dense", "union", "groups")
+PATHS = ("fused", "select", "fused_blocks", "onednn_blocks", "tiles", "chunk_tiles", "block_tiles", "dense", "union", "groups")
 REPEATS = 3  # timed calls per path after one warm-up call; the median is kept
 
 _MEMO: dict[str, dict] = {}

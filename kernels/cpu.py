@@ -6,6 +6,9 @@ batch, the threads, the gate pattern and the CPU, so ``auto`` measures them at f
 
 * ``fused``: one compiled loop does base sum, gate and conditional pass per output tile
   (:mod:`kernels.cpu_fused`, float32, per-ISA vector layouts);
+* ``select``: oneDNN computes the whole conv, the compiled loop only Yp and the gate, and
+  selects between them (dense MACs plus the base pass: the floor where nothing can be skipped,
+  well below ``dense`` on narrow layers, whose oneDNN grouped base conv is slow);
 * ``fused_blocks`` / ``onednn_blocks`` (block gates): the base pass (compiled, or oneDNN's,
   which is faster on some narrow layers), the block means, then the compiled remaining sum of
   exactly the blocks that are on;
@@ -60,7 +63,7 @@ from kernels.reference import block_scores, expand_blocks
 from kernels.workspace import derived, scratch
 
 CL = torch.channels_last
-STRATEGIES = ("auto", "fused", "fused_blocks", "onednn_blocks", "pipeline", "tiles", "chunk_tiles", "block_tiles",
+STRATEGIES = ("auto", "fused", "select", "fused_blocks", "onednn_blocks", "pipeline", "tiles", "chunk_tiles", "block_tiles",
               "groups", "union", "dense")
 _LAST = threading.local()
 
@@ -282,15 +285,19 @@ def conditional_conv2d_cpu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Te
         tuned = cdt == torch.float32 and autotune.enabled()
         strategy = _tuned_path(xc, weight, bias, tau, inv_sigma, geo, partitions, grouped,
                                granularity, tile, gate_tile) if tuned else "pipeline"
-    if strategy == "fused":
+    if strategy in ("fused", "select"):
         if cdt != torch.float32:
-            raise ValueError(f"strategy 'fused' computes in float32, got {cdt}")
+            raise ValueError(f"strategy {strategy!r} computes in float32, got {cdt}")
         reason = _fused_reason(geo, partitions, grouped, granularity, gate_tile)
         if reason is not None:
-            raise ValueError(f"strategy 'fused' cannot run this layer: {reason}")
+            raise ValueError(f"strategy {strategy!r} cannot run this layer: {reason}")
+        full = None
+        if strategy == "select":
+            full = F.conv2d(xc, weight.detach().to(cdt), None if bias is None else bias.detach().to(cdt),
+                            geo.stride, geo.padding, geo.dilation)
         out, gate, _ = cpu_fused.run(xc, weight, bias, tau, inv_sigma, geo,
                                      partitions=partitions, grouped=grouped, granularity=granularity,
-                                     return_gate=return_gate)
+                                     return_gate=return_gate, full=full)
     elif strategy in ("fused_blocks", "onednn_blocks"):
         if cdt != torch.float32:
             raise ValueError(f"strategy {strategy!r} computes in float32, got {cdt}")
@@ -337,7 +344,7 @@ def _runnable(geo: ConvGeometry, partitions: int, grouped: bool, granularity: in
     compiled_blocks = cpu_fused.blocks_unsupported_reason(geo, partitions, grouped, granularity,
                                                           gate_tile) is None
     return tuple(p for p in autotune.PATHS
-                 if (p != "fused" or reason is None) and (p != "block_tiles" or block)
+                 if (p not in ("fused", "select") or reason is None) and (p != "block_tiles" or block)
                  and (p not in ("fused_blocks", "onednn_blocks") or compiled_blocks))
 
 

@@ -223,7 +223,7 @@ def _load(defines: tuple[tuple[str, int], ...], target: str, retry: bool = True)
         return _load.__wrapped__(defines, target, False)
     fn = lib.gated_conv
     fn.restype = ctypes.c_longlong
-    fn.argtypes = [ctypes.c_void_p] * 8 + [ctypes.c_int, ctypes.c_int]
+    fn.argtypes = [ctypes.c_void_p] * 9 + [ctypes.c_int, ctypes.c_int]
     blocks = lib.block_rest
     blocks.restype = None
     blocks.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_longlong, ctypes.c_int]
@@ -269,9 +269,12 @@ def _nhwc(x: torch.Tensor) -> torch.Tensor:
 
 def run(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, tau: torch.Tensor,
         inv_sigma: torch.Tensor, geo: ConvGeometry, *, partitions: int, grouped: bool,
-        granularity: int, return_gate: bool) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+        granularity: int, return_gate: bool,
+        full: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None, int]:
     """Run the fused kernel on the input ``(N, C_in, H, W)`` (read in channels-last memory,
-    padding applied in the kernel, so no padded copy is made).
+    padding applied in the kernel, so no padded copy is made). With ``full`` (the whole conv,
+    channels-last fp32, e.g. from oneDNN) the kernel computes only Yp and the gate and selects
+    ``full`` where the gate is on: the dense-MAC path for gates that leave nothing to skip.
 
     Returns the channels-last fp32 output, the bool gate (or None) and the number of tiles
     whose conditional pass ran (a work counter for benchmarks and tests).
@@ -293,7 +296,9 @@ def run(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, tau: t
     def ptr(v):
         return None if v is None else ctypes.c_void_p(v.data_ptr())
 
-    ran = fn(ptr(xr), ptr(w), ptr(w_rest), ptr(b), ptr(t), ptr(s), ptr(out), ptr(gate), geo.n, torch.get_num_threads())
+    fl = None if full is None else full.float().contiguous(memory_format=torch.channels_last)
+    ran = fn(ptr(xr), ptr(w), ptr(w_rest), ptr(b), ptr(t), ptr(s), ptr(out), ptr(gate), ptr(fl), geo.n,
+             torch.get_num_threads())
     return out, None if gate is None else gate.bool(), int(ran)
 
 
@@ -362,7 +367,7 @@ def run_blocks(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                           memory_format=torch.channels_last)
         b = None if bias is None else bias.detach().float().contiguous()
         off = torch.full_like(t, float("inf"))
-        conv(ptr(xr), ptr(w), ptr(w_rest), ptr(b), ptr(off), ptr(s), ptr(out), None, geo.n, threads)
+        conv(ptr(xr), ptr(w), ptr(w_rest), ptr(b), ptr(off), ptr(s), ptr(out), None, None, geo.n, threads)
     else:
         out = yp
     hb, wb = -(-geo.ho // gate_tile[0]), -(-geo.wo // gate_tile[1])

@@ -173,11 +173,13 @@ static inline void accum_span_base(vec acc[NBT][R], const float *x, const window
 }
 
 /* One tile of R positions (windows wn) x TW channels, of which the first nv are real (the
- * others repeat the last real one and are not stored); out points at position 0, channel
- * ot*TW. Returns 1 when its conditional pass ran. */
+ * others repeat the last real one and are not stored); out (and full) point at position 0,
+ * channel ot*TW. With full (the whole conv, computed elsewhere, e.g. by oneDNN) the output
+ * selects full where the gate is on and Yp elsewhere, and no remaining sum is computed.
+ * Returns 1 when its conditional pass ran. */
 static inline int tile(const float *x, const windows *wn, int nv, const float *wt, const float *wr,
                        int ot, const float *bias, const float *tau, const float *isg, float *out,
-                       uint8_t *gate) {
+                       uint8_t *gate, const float *full) {
     int base[2], rest[4];
     channel_ranges(ot, base, rest);
     vec acc[NBT][R];
@@ -200,14 +202,20 @@ static inline int tile(const float *x, const windows *wn, int nv, const float *w
             const ivec on = gate_of(acc[b][j], tv, iv);
             any |= on;
             if (j >= nv) continue;
-            memcpy(out + j * C_OUT + b * VW, &acc[b][j], sizeof acc[b][j]);
+            vec y = acc[b][j];
+            if (full) {
+                vec f;
+                memcpy(&f, full + j * C_OUT + b * VW, sizeof f);
+                y = (vec)(((ivec)f & on) | ((ivec)y & ~on));
+            }
+            memcpy(out + j * C_OUT + b * VW, &y, sizeof y);
             if (gate)
                 for (int l = 0; l < VW; l++) gate[j * C_OUT + b * VW + l] = on[l] ? 1 : 0;
         }
     }
     int active = 0;
     for (int l = 0; l < VW; l++) active |= any[l];
-    if (!active || P == 1) return 0;
+    if (full || !active || P == 1) return 0;
     vec r[NBT][R];
     for (int b = 0; b < NBT; b++)
         for (int j = 0; j < R; j++) r[b][j] = (vec){0};
@@ -237,8 +245,8 @@ static inline const float *rest_weights(const float *w, const float *wrest, int 
 
 /* Output tile ot at position tile t: flat output positions t*R .. t*R+R-1 of m in all. */
 static inline int do_tile(const float *x, const float *w, const float *wrest, const float *bias,
-                          const float *tau, const float *isg, float *out, uint8_t *gate, int ot,
-                          long long t, long long m) {
+                          const float *tau, const float *isg, float *out, uint8_t *gate,
+                          const float *full, int ot, long long t, long long m) {
     const long long p0 = t * R;
     const int nv = (int)(m - p0 < R ? m - p0 : R);
     windows wn;
@@ -250,15 +258,17 @@ static inline int do_tile(const float *x, const float *w, const float *wrest, co
     }
     const long long o = p0 * C_OUT + ot * TW;
     return tile(x, &wn, nv, base_weights(w, ot), rest_weights(w, wrest, ot), ot,
-                bias ? bias + ot * TW : 0, tau + ot * TW, isg + ot * TW, out + o, gate ? gate + o : 0);
+                bias ? bias + ot * TW : 0, tau + ot * TW, isg + ot * TW, out + o, gate ? gate + o : 0,
+                full ? full + o : 0);
 }
 
 /* x: NHWC (n, H, W, C_IN); w (and wrest when SPAN): packed (C_OUT/TW, KH, KW, C_IN, TW); bias,
- * tau, isg: (C_OUT); out: NHWC (n, HO, WO, C_OUT); gate: NHWC uint8 or NULL. Returns the number
- * of tiles (R positions, fewer in the last, x TW channels) whose conditional pass ran. */
+ * tau, isg: (C_OUT); out: NHWC (n, HO, WO, C_OUT); gate: NHWC uint8 or NULL; full: NULL, or the
+ * whole conv in out's layout to select from (see tile). Returns the number of tiles (R
+ * positions, fewer in the last, x TW channels) whose conditional pass ran. */
 long long gated_conv(const float *x, const float *w, const float *wrest, const float *bias,
-                     const float *tau, const float *isg, float *out, uint8_t *gate, int n,
-                     int nthreads) {
+                     const float *tau, const float *isg, float *out, uint8_t *gate,
+                     const float *full, int n, int nthreads) {
     const long long m = (long long)n * HO * WO, tiles = (m + R - 1) / R;
     long long ran = 0;
     /* POS_MAJOR (weights small enough to stay in L2): each position tile runs all its channel
@@ -267,8 +277,9 @@ long long gated_conv(const float *x, const float *w, const float *wrest, const f
      * in its own L2 while the input streams past, once per channel tile. */
     #pragma omp parallel for schedule(static) num_threads(nthreads) reduction(+:ran)
     for (long long u = 0; u < NT * tiles; u++)
-        ran += POS_MAJOR ? do_tile(x, w, wrest, bias, tau, isg, out, gate, (int)(u % NT), u / NT, m)
-                         : do_tile(x, w, wrest, bias, tau, isg, out, gate, (int)(u / tiles), u % tiles, m);
+        ran += POS_MAJOR ? do_tile(x, w, wrest, bias, tau, isg, out, gate, full, (int)(u % NT), u / NT, m)
+                         : do_tile(x, w, wrest, bias, tau, isg, out, gate, full, (int)(u / tiles),
+                                   u % tiles, m);
     return ran;
 }
 

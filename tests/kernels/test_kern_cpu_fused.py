@@ -25,33 +25,35 @@ def isa_target(request, monkeypatch):
     return request.param
 
 
-def _fused(case, geom, *, grouped=True, granularity=1, partitions=4):
+def _fused(case, geom, *, grouped=True, granularity=1, partitions=4, strategy="fused"):
     stride, padding, dilation, _, _, _ = geom
     x, w, b, tau, isg = case
     geo = validate(x, w, b, tau, isg, stride, padding, dilation, partitions, grouped, granularity)
     out, gate = conditional_conv2d_cpu(x, w, b, tau, isg, geo, partitions=partitions, grouped=grouped,
-                                       granularity=granularity, return_gate=True, strategy="fused")
+                                       granularity=granularity, return_gate=True, strategy=strategy)
     check_against_reference(out, gate, x, w, b, tau, isg, stride=stride, padding=padding,
                             dilation=dilation, partitions=partitions, grouped=grouped,
                             granularity=granularity)
     return out, gate
 
 
+@pytest.mark.parametrize("strategy", ["fused", "select"])
 @pytest.mark.parametrize("c_out", [16, 32, 64])   # channel tiles of 4, 8 and 16 at p=4
 @pytest.mark.parametrize("grouped", [True, False])
 @pytest.mark.parametrize("geom", GEOMS)
-def test_fused_matches_reference(geom, grouped, c_out):
+def test_fused_matches_reference(geom, grouped, c_out, strategy):
     stride, padding, dilation, h, w, k = geom
     case = make_case(2, 12, c_out, h, w, k, density=0.4, grouped=grouped, stride=stride,
                      padding=padding, dilation=dilation, seed=c_out + h)
-    _, gate = _fused(case, geom, grouped=grouped)
+    _, gate = _fused(case, geom, grouped=grouped, strategy=strategy)
     assert 0 < gate.float().mean() < 1
 
 
+@pytest.mark.parametrize("strategy", ["fused", "select"])
 @pytest.mark.parametrize("granularity", [2, 4, 8, 16])
-def test_fused_granularity(granularity):
+def test_fused_granularity(granularity, strategy):
     case = make_case(2, 16, 64, 7, 9, 3, density=0.5, seed=granularity)
-    _, gate = _fused(case, GEOMS[0], granularity=granularity)
+    _, gate = _fused(case, GEOMS[0], granularity=granularity, strategy=strategy)
     g = gate.view(2, 64 // granularity, granularity, 7, 9)
     assert (g == g[:, :, :1]).all()
 

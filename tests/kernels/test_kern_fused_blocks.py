@@ -38,17 +38,28 @@ def _run(case, geom, *, grouped, granularity, tile, partitions=4, strategy="fuse
     return gate
 
 
-@pytest.mark.parametrize("strategy", ["fused_blocks", "onednn_blocks"])
 @pytest.mark.parametrize("tile", [(2, 3), (4, 4), (7, 7)])   # ragged edge blocks on 7x7/9x8 maps
 @pytest.mark.parametrize("grouped", [True, False])
 @pytest.mark.parametrize("geom", GEOMS)
 @pytest.mark.parametrize("c_out,g", [(16, 16), (32, 16), (64, 32), (16, 4), (32, 8)])
-def test_fused_blocks_match_reference(c_out, g, geom, grouped, tile, strategy):
+def test_fused_blocks_match_reference(c_out, g, geom, grouped, tile):
     """G filling whole channel tiles, and G dividing a vector (groups sharing a tile, lane mask)."""
     stride, padding, dilation, h, w, k = geom
     case = make_case(2, 12, c_out, h, w, k, density=0.5, grouped=grouped, stride=stride,
                      padding=padding, dilation=dilation, seed=c_out + h + tile[0])
-    _run(case, geom, grouped=grouped, granularity=g, tile=tile, strategy=strategy)
+    _run(case, geom, grouped=grouped, granularity=g, tile=tile)
+
+
+@pytest.mark.parametrize("grouped", [True, False])
+@pytest.mark.parametrize("geom", GEOMS)
+@pytest.mark.parametrize("c_out,g", [(32, 8), (64, 32)])
+def test_onednn_blocks_match_reference(c_out, g, geom, grouped):
+    """The same block decisions and remaining sums after oneDNN's base pass (grouped: a
+    groups=p conv; else a conv over the first C_in/p inputs)."""
+    stride, padding, dilation, h, w, k = geom
+    case = make_case(2, 12, c_out, h, w, k, density=0.5, grouped=grouped, stride=stride,
+                     padding=padding, dilation=dilation, seed=c_out + w)
+    _run(case, geom, grouped=grouped, granularity=g, tile=(4, 4), strategy="onednn_blocks")
 
 
 @settings(max_examples=15, deadline=None)
