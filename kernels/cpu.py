@@ -387,7 +387,10 @@ def _base_pass(xc, weight, bias, geo, partitions, grouped) -> torch.Tensor:
     if grouped:
         yp = F.conv2d(xc, prep.base, b, geo.stride, geo.padding, geo.dilation, groups=partitions)
     else:
-        yp = F.conv2d(xc[:, :geo.c_in // partitions], prep.base, b, geo.stride, geo.padding, geo.dilation)
+        # a contiguous copy of the base channels first: oneDNN on the strided channel slice
+        # was 1.5x slower (16 -> 16 ch @28, batch 256: 3.6 vs 2.4 ms, copy included)
+        xs = xc[:, :geo.c_in // partitions].contiguous(memory_format=CL)
+        yp = F.conv2d(xs, prep.base, b, geo.stride, geo.padding, geo.dilation)
     return yp.contiguous(memory_format=CL)
 
 
