@@ -63,8 +63,8 @@ from kernels.reference import block_scores, expand_blocks
 from kernels.workspace import derived, scratch
 
 CL = torch.channels_last
-STRATEGIES = ("auto", "fused", "select", "fused_blocks", "onednn_blocks", "pipeline", "tiles", "chunk_tiles", "block_tiles",
-              "groups", "union", "dense")
+STRATEGIES = ("auto", "fused", "select", "fused_blocks", "onednn_blocks", "pipeline", "tiles",
+              "chunk_tiles", "block_tiles", "groups", "union", "dense")
 _LAST = threading.local()
 
 # Cost model, nanoseconds on the reference 2-core AVX-512 box (see results/gated_conv_cpu.md):

@@ -302,6 +302,15 @@ def run(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, tau: t
     return out, None if gate is None else gate.bool(), int(ran)
 
 
+# block_decide sums one row of blocks on each thread's stack (WB x C_out floats); wider rows
+# (thousands of blocks of thousands of channels) are left to the torch-op paths.
+BLOCK_ROW_MAX_BYTES = 256 * 1024
+
+
+def _block_row_bytes(geo: ConvGeometry, gate_tile: tuple[int, int]) -> int:
+    return 4 * -(-geo.wo // gate_tile[1]) * geo.c_out
+
+
 def _block_defines(geo: ConvGeometry, partitions: int, grouped: bool, granularity: int,
                    gate_tile: tuple[int, int]) -> dict[str, int] | None:
     """-D constants of the block-gate kernel: the per-element layout, with channel tiles that
@@ -309,6 +318,8 @@ def _block_defines(geo: ConvGeometry, partitions: int, grouped: bool, granularit
     vector; the tile's remaining sum then runs once for all its groups, added under a lane
     mask); None when G fits neither."""
     if partitions == 1 or layout(geo, partitions, grouped, 1) is None:
+        return None
+    if _block_row_bytes(geo, gate_tile) > BLOCK_ROW_MAX_BYTES:
         return None
     d = _defines(geo, partitions, grouped, 1)
     if granularity % (d["VW"] * d["NBT"]):
@@ -328,6 +339,9 @@ def blocks_unsupported_reason(geo: ConvGeometry, partitions: int, grouped: bool,
         return "no C compiler found (set $CC or install gcc)"
     if _block_defines(geo, partitions, grouped, granularity, gate_tile) is None:
         vw = vector_width(geo, partitions, grouped, 1)
+        if partitions > 1 and vw and _block_row_bytes(geo, gate_tile) > BLOCK_ROW_MAX_BYTES:
+            return (f"a row of {-(-geo.wo // gate_tile[1])} blocks x {geo.c_out} channels exceeds "
+                    f"the decision pass's {BLOCK_ROW_MAX_BYTES // 1024} KiB row buffer")
         return (f"p={partitions}: nothing to skip" if partitions == 1 else
                 f"gate groups of {granularity} channels neither fill nor divide {vw}-channel vectors"
                 if vw else "the layer is outside the fused kernel's shapes")

@@ -100,6 +100,9 @@ def test_fused_blocks_refuses_what_it_cannot_run():
     case = make_case(1, 8, 48, 7, 7, 3, seed=0, grouped=False)   # vectors of 4, 8 or 16
     with pytest.raises(ValueError, match="fused_blocks.*6 channels neither fill nor divide"):
         _run(case, GEOMS[0], grouped=False, granularity=6, tile=(4, 4))
+    geo = validate(*make_case(1, 8, 2048, 5, 66, 1, padding=0), 1, 0, 1, 4, False, 16, 1, (1, 2))
+    assert "exceeds the decision pass's 256 KiB row buffer" in cpu_fused.blocks_unsupported_reason(
+        geo, 4, False, 16, (1, 2))                                 # 33 blocks x 2048 channels
     case = make_case(1, 8, 16, 7, 7, 3, seed=0)
     with pytest.raises(ValueError, match="fused_blocks.*per-element"):
         _run(case, GEOMS[0], grouped=True, granularity=16, tile=(1, 1))
