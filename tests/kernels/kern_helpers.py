@@ -1,9 +1,12 @@
 """Shared checks for the kernel tests: every backend against the float64 reference."""
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
+from kernels import cpu as kcpu, cpu_fused
+from kernels.api import validate
 from kernels.reference import base_mask
 
 GEOMS = [  # (stride, padding, dilation, h, w, k) shared by the CPU-path tests
@@ -84,3 +87,31 @@ def check_against_reference(out, gate, x, weight, bias, tau, inv_sigma, *, strid
     err = (out.detach().cpu().double() - expected).abs().max().item()
     assert err <= tol * max(float(expected.abs().max()), 1e-12), f"max error {err:.3g}"
     return ref_gate
+
+
+def run_block_case(case, geom, strategy, *, grouped, granularity, tile, partitions=4):
+    """Run one CPU path on a block-gated case (gate ``tile`` x ``granularity`` channels), check
+    it against the float64 reference, and return its gate."""
+    stride, padding, dilation, _, _, _ = geom
+    x, w, b, tau, isg = case
+    geo = validate(x, w, b, tau, isg, stride, padding, dilation, partitions, grouped, granularity, 1, tile)
+    out, gate = kcpu.conditional_conv2d_cpu(x, w, b, tau, isg, geo, partitions=partitions,
+                                            grouped=grouped, granularity=granularity,
+                                            return_gate=True, strategy=strategy, gate_tile=tile)
+    check_against_reference(out, gate, x, w, b, tau, isg, stride=stride, padding=padding,
+                            dilation=dilation, partitions=partitions, grouped=grouped,
+                            granularity=granularity, tile=tile)
+    return gate
+
+
+# The compiled-kernel tests run on the CPU's own target and on AVX2 (built with -mno-avx512f on
+# an AVX-512 machine) and generic SSE2, so every code path is checked whatever CPU runs them.
+ISA_TARGETS = ["native"] + (["avx2"] if cpu_fused.cpu_isa() == "avx512" else []) + ["generic"]
+
+
+@pytest.fixture(params=ISA_TARGETS)
+def isa_target(request, monkeypatch):
+    """Every compiled kernel of the test is built for ISA target ``request.param``; a module
+    opts in with ``pytestmark = pytest.mark.usefixtures("isa_target")``."""
+    monkeypatch.setenv("DYNGATE_ISA", request.param)
+    return request.param

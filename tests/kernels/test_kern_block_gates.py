@@ -5,27 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kern_helpers import GEOMS, block_score_loop, check_against_reference, make_case
+from kern_helpers import GEOMS, block_score_loop, check_against_reference, make_case, run_block_case
 from kernels import conditional_conv2d
 from kernels import cpu as kcpu
-from kernels.api import validate
 from kernels.reference import conditional_conv2d_reference, gate_from_partial
 
 PATHS = ["tiles", "chunk_tiles", "block_tiles", "dense", "union", "groups", "pipeline", "auto"]
 TILES = [(2, 3), (4, 4), (7, 7)]          # (2, 3) and (4, 4) leave ragged edge tiles on 7x7/9x8 maps
 
 
-def _run(case, geom, strategy, *, grouped, granularity, tile, partitions=4):
-    stride, padding, dilation, _, _, _ = geom
-    x, w, b, tau, isg = case
-    geo = validate(x, w, b, tau, isg, stride, padding, dilation, partitions, grouped, granularity, 1, tile)
-    out, gate = kcpu.conditional_conv2d_cpu(x, w, b, tau, isg, geo, partitions=partitions,
-                                            grouped=grouped, granularity=granularity,
-                                            return_gate=True, strategy=strategy, gate_tile=tile)
-    check_against_reference(out, gate, x, w, b, tau, isg, stride=stride, padding=padding,
-                            dilation=dilation, partitions=partitions, grouped=grouped,
-                            granularity=granularity, tile=tile)
-    return gate
+_run = run_block_case
 
 
 def test_reference_block_decision_is_the_block_mean():

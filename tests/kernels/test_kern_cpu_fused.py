@@ -5,24 +5,15 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from kern_helpers import GEOMS as CPU_GEOMS, check_against_reference, make_case
+from kern_helpers import GEOMS as CPU_GEOMS, check_against_reference, isa_target, make_case  # noqa: F401
 from kernels import conditional_conv2d, cpu_fused
 from kernels.api import validate
 from kernels.cpu import conditional_conv2d_cpu
 
-pytestmark = pytest.mark.skipif(not cpu_fused.available(), reason="no C compiler on this machine")
+pytestmark = [pytest.mark.skipif(not cpu_fused.available(), reason="no C compiler on this machine"),
+              pytest.mark.usefixtures("isa_target")]
 
 GEOMS = CPU_GEOMS + [(1, 1, 1, 5, 31, 3)]   # a row of 31: ragged last tile on every ISA
-
-# Every test runs on the CPU's own target and on AVX2 (built with -mno-avx512f on an AVX-512
-# machine), so both code paths are checked whatever CPU the suite runs on.
-_TARGETS = ["native"] + (["avx2"] if cpu_fused.cpu_isa() == "avx512" else []) + ["generic"]
-
-
-@pytest.fixture(params=_TARGETS, autouse=True)
-def isa_target(request, monkeypatch):
-    monkeypatch.setenv("DYNGATE_ISA", request.param)
-    return request.param
 
 
 def _fused(case, geom, *, grouped=True, granularity=1, partitions=4, strategy="fused"):

@@ -7,35 +7,18 @@ the float64 block score is farther than 1e-4 of the score scale from the thresho
 from __future__ import annotations
 
 import pytest
-import torch
 from hypothesis import given, settings, strategies as st
 
-from kern_helpers import GEOMS, check_against_reference, make_case
+from kern_helpers import GEOMS, isa_target, make_case, run_block_case  # noqa: F401
 from kernels import cpu as kcpu, cpu_fused
 from kernels.api import validate
 
-pytestmark = pytest.mark.skipif(not cpu_fused.available(), reason="no C compiler on this machine")
-
-_TARGETS = ["native"] + (["avx2"] if cpu_fused.cpu_isa() == "avx512" else []) + ["generic"]
-
-
-@pytest.fixture(params=_TARGETS, autouse=True)
-def isa_target(request, monkeypatch):
-    monkeypatch.setenv("DYNGATE_ISA", request.param)
-    return request.param
+pytestmark = [pytest.mark.skipif(not cpu_fused.available(), reason="no C compiler on this machine"),
+              pytest.mark.usefixtures("isa_target")]
 
 
-def _run(case, geom, *, grouped, granularity, tile, partitions=4, strategy="fused_blocks"):
-    stride, padding, dilation, _, _, _ = geom
-    x, w, b, tau, isg = case
-    geo = validate(x, w, b, tau, isg, stride, padding, dilation, partitions, grouped, granularity, 1, tile)
-    out, gate = kcpu.conditional_conv2d_cpu(x, w, b, tau, isg, geo, partitions=partitions,
-                                            grouped=grouped, granularity=granularity,
-                                            return_gate=True, strategy=strategy, gate_tile=tile)
-    check_against_reference(out, gate, x, w, b, tau, isg, stride=stride, padding=padding,
-                            dilation=dilation, partitions=partitions, grouped=grouped,
-                            granularity=granularity, tile=tile)
-    return gate
+def _run(case, geom, *, grouped, granularity, tile, strategy="fused_blocks"):
+    return run_block_case(case, geom, strategy, grouped=grouped, granularity=granularity, tile=tile)
 
 
 @pytest.mark.parametrize("tile", [(2, 3), (4, 4), (7, 7)])   # ragged edge blocks on 7x7/9x8 maps
