@@ -263,8 +263,23 @@ def _packed_weights(w: torch.Tensor, tw: int, span_mask: tuple[int, bool] | None
 
 
 def _nhwc(x: torch.Tensor) -> torch.Tensor:
-    """The fp32 input as the kernels read it: channels-last memory, so (N, H, W, C) rows."""
+    """An fp32 activation as the kernels read it: channels-last memory, so (N, H, W, C) rows."""
     return x.float().contiguous(memory_format=torch.channels_last)
+
+
+def _per_channel(v: torch.Tensor | None) -> torch.Tensor | None:
+    """A per-channel vector (bias, tau, inv_sigma) as the kernels read it: contiguous fp32."""
+    return None if v is None else v.detach().float().contiguous()
+
+
+def _ptr(v: torch.Tensor | None) -> ctypes.c_void_p | None:
+    return None if v is None else ctypes.c_void_p(v.data_ptr())
+
+
+def _kernel_weights(weight: torch.Tensor, d: dict[str, int], partitions: int, grouped: bool):
+    """The packed weights a kernel built with defines ``d`` streams (see _packed_weights)."""
+    return _packed_weights(weight, d["VW"] * d["NBT"], (partitions, grouped) if d["SPAN"] else None,
+                           bool(d["EXACT_BASE"]))
 
 
 def run(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, tau: torch.Tensor,
@@ -281,24 +296,14 @@ def run(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, tau: t
     """
     defines = _defines(geo, partitions, grouped, granularity)
     fn = _load(tuple(sorted(defines.items())), isa())[0]
-    w, w_rest = _packed_weights(weight, defines["VW"] * defines["NBT"],
-                                (partitions, grouped) if defines["SPAN"] else None,
-                                bool(defines["EXACT_BASE"]))
+    w, w_rest = _kernel_weights(weight, defines, partitions, grouped)
     out = torch.empty((geo.n, geo.c_out, geo.ho, geo.wo), dtype=torch.float32,
                       memory_format=torch.channels_last)
     gate = (torch.empty((geo.n, geo.c_out, geo.ho, geo.wo), dtype=torch.uint8,
                         memory_format=torch.channels_last) if return_gate else None)
-    b = None if bias is None else bias.detach().float().contiguous()
-    t = tau.detach().float().contiguous()
-    s = inv_sigma.detach().float().contiguous()
-    xr = _nhwc(x)
-
-    def ptr(v):
-        return None if v is None else ctypes.c_void_p(v.data_ptr())
-
-    fl = None if full is None else full.float().contiguous(memory_format=torch.channels_last)
-    ran = fn(ptr(xr), ptr(w), ptr(w_rest), ptr(b), ptr(t), ptr(s), ptr(out), ptr(gate), ptr(fl), geo.n,
-             torch.get_num_threads())
+    args = [_nhwc(x), w, w_rest, _per_channel(bias), _per_channel(tau), _per_channel(inv_sigma),
+            out, gate, None if full is None else _nhwc(full)]
+    ran = fn(*map(_ptr, args), geo.n, torch.get_num_threads())
     return out, None if gate is None else gate.bool(), int(ran)
 
 
@@ -366,22 +371,15 @@ def run_blocks(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     if d is None:
         raise ValueError(blocks_unsupported_reason(geo, partitions, grouped, granularity, gate_tile))
     conv, rest, decide = _load(tuple(sorted(d.items())), isa())
-    w, w_rest = _packed_weights(weight, d["VW"] * d["NBT"],
-                                (partitions, grouped) if d["SPAN"] else None, bool(d["EXACT_BASE"]))
-    t = tau.detach().float().contiguous()
-    s = inv_sigma.detach().float().contiguous()
-    xr = _nhwc(x)
-
-    def ptr(v):
-        return None if v is None else ctypes.c_void_p(v.data_ptr())
-
+    w, w_rest = _kernel_weights(weight, d, partitions, grouped)
+    t, s, xr = _per_channel(tau), _per_channel(inv_sigma), _nhwc(x)
     threads = torch.get_num_threads()
     if yp is None:
         out = torch.empty((geo.n, geo.c_out, geo.ho, geo.wo), dtype=torch.float32,
                           memory_format=torch.channels_last)
-        b = None if bias is None else bias.detach().float().contiguous()
-        off = torch.full_like(t, float("inf"))
-        conv(ptr(xr), ptr(w), ptr(w_rest), ptr(b), ptr(off), ptr(s), ptr(out), None, None, geo.n, threads)
+        off = torch.full_like(t, float("inf"))      # every gate off: the kernel writes Yp
+        args = [xr, w, w_rest, _per_channel(bias), off, s, out, None, None]  # alive through the call
+        conv(*map(_ptr, args), geo.n, threads)
     else:
         out = yp
     hb, wb = -(-geo.ho // gate_tile[0]), -(-geo.wo // gate_tile[1])
@@ -389,9 +387,9 @@ def run_blocks(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     on = torch.empty((geo.n, hb, wb, geo.c_out // granularity), dtype=torch.uint8)
     bits = torch.empty(slots, dtype=torch.int32)
     items = torch.empty((slots, 5), dtype=torch.int32)
-    k = decide(ptr(out), ptr(t), ptr(s), ptr(on), ptr(bits), ptr(items), geo.n, threads)
+    k = decide(_ptr(out), _ptr(t), _ptr(s), _ptr(on), _ptr(bits), _ptr(items), geo.n, threads)
     if k:
-        rest(ptr(xr), ptr(w), ptr(w_rest), ptr(out), ptr(items), k, threads)
+        rest(_ptr(xr), _ptr(w), _ptr(w_rest), _ptr(out), _ptr(items), k, threads)
     gate = (expand_blocks(on.bool().permute(0, 3, 1, 2), granularity, gate_tile, geo.ho, geo.wo)
             if return_gate else None)
     return out, gate, int(on.sum())

@@ -145,6 +145,15 @@ static inline void accum_base(vec acc[NBT][R], const float *x, const windows *wn
         }
 }
 
+/* r = the remaining partial sum of the tile: its two input-channel ranges (channel_ranges). */
+static inline void rest_sum(vec r[NBT][R], const float *x, const windows *wn, const float *wr,
+                            const int rest[4]) {
+    for (int b = 0; b < NBT; b++)
+        for (int j = 0; j < R; j++) r[b][j] = (vec){0};
+    accum(r, x, wn, wr, rest[0], rest[1]);
+    accum(r, x, wn, wr, rest[2], rest[3]);
+}
+
 /* SPAN base sum without EXACT_BASE: a vector holds VW/CO whole output chunks, whose base inputs
  * are one contiguous range of SL = VW/CO*CI channels, so vector b loops over its own range
  * (the masked weights zero the other chunks' lanes) instead of all C_IN: half the base FMAs
@@ -217,10 +226,7 @@ static inline int tile(const float *x, const windows *wn, int nv, const float *w
     for (int l = 0; l < VW; l++) active |= any[l];
     if (full || !active || P == 1) return 0;
     vec r[NBT][R];
-    for (int b = 0; b < NBT; b++)
-        for (int j = 0; j < R; j++) r[b][j] = (vec){0};
-    accum(r, x, wn, wr, rest[0], rest[1]);
-    accum(r, x, wn, wr, rest[2], rest[3]);
+    rest_sum(r, x, wn, wr, rest);
     for (int b = 0; b < NBT; b++) {
         vec tv, iv;
         memcpy(&tv, tau + b * VW, sizeof tv);
@@ -327,10 +333,7 @@ void block_rest(const float *x, const float *w, const float *wrest, float *out,
                 os[j] = out + (((long long)img * HO + oh) * WO + ow) * C_OUT + ot * TW;
             }
             vec r[NBT][R];
-            for (int b = 0; b < NBT; b++)
-                for (int j = 0; j < R; j++) r[b][j] = (vec){0};
-            accum(r, x, &wn, wr, rest[0], rest[1]);
-            accum(r, x, &wn, wr, rest[2], rest[3]);
+            rest_sum(r, x, &wn, wr, rest);
             for (int j = 0; j < nv; j++)
                 for (int b = 0; b < NBT; b++) {
                     vec y;
