@@ -1,7 +1,8 @@
 """Energy from action counts, ASIC area/power and FPGA resource fit.
 
 Energy = sum over actions of (count x energy per action), Accelergy style: MACs by word width,
-clock-gated PE slots, gate compares, SRAM accesses by buffer size, DRAM bits.  All constants
+clock-gated PE slots, gate compares, SRAM reads and writes by buffer capacity and port width
+(CACTI 7, :data:`accel_sim.cost_tables.SRAM_CACTI`), DRAM bits.  All constants
 come from :mod:`accel_sim.cost_tables`; on-chip numbers scale with the node, DRAM does not.
 """
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from accel_sim.config import AccelConfig
-from accel_sim.cost_tables import FPGA_PARTS, value
+from accel_sim.cost_tables import FPGA_PARTS, SRAM_CACTI, value
 
 WORD_BITS = {"int8": 8, "int16": 16, "fp16": 16}
 ACC_BITS = int(value("psum_bits"))
@@ -46,64 +47,116 @@ def mac_energy_pj(word: str) -> float:
     return mult + add + regs
 
 
-def sram_bits_pj(kb: float, bits: float) -> float:
-    """Energy of one ``bits``-wide access of an SRAM of ``kb`` KiB at 45 nm (64-bit energy pro rata)."""
-    e64 = _loglog(kb, [(8, value("sram_8kb_64b_pj")), (32, value("sram_32kb_64b_pj")),
-                       (1024, value("sram_1mb_64b_pj"))])
-    return e64 * bits / 64
+def _cacti_column(bits: int, kb: float, field: int) -> float:
+    """One port width's CACTI values interpolated over capacity (log-log)."""
+    pts = sorted((c, v[field]) for (c, w), v in SRAM_CACTI.items() if w == bits)
+    return _loglog(kb, pts)
 
 
-def sram_word_pj(kb: float, word: str) -> float:
-    """Energy of one operand-word access of an SRAM of ``kb`` KiB at 45 nm."""
-    return sram_bits_pj(kb, WORD_BITS[word])
+def _cacti(kb: float, bits: float, field: int) -> float:
+    """CACTI value (``field`` of :data:`SRAM_CACTI`) at any capacity and port width: log-log
+    interpolation over capacity within each tabulated width, then over width; outside the grid
+    the nearest segment's slope extrapolates."""
+    widths = sorted({w for _, w in SRAM_CACTI})
+    return _loglog(bits, [(w, _cacti_column(w, kb, field)) for w in widths])
+
+
+def sram_access_pj(kb: float, bits: float, op: str = "read") -> float:
+    """Energy (pJ, 45 nm) of one access of a ``bits``-wide port of an SRAM of ``kb`` KiB (CACTI)."""
+    return _cacti(kb, bits, {"read": 0, "write": 1}[op])
+
+
+def sram_area_mm2(kb: float, bits: float) -> float:
+    """Macro area (mm^2, 45 nm) of an SRAM of ``kb`` KiB with a ``bits``-wide port (CACTI)."""
+    return _cacti(kb, bits, 2)
+
+
+def port_lanes(cfg: AccelConfig) -> dict[str, int]:
+    """Operand words per access of each buffer: the array edge it feeds or drains in one cycle.
+
+    OS/WS stream the ifmap into the R rows and load or stream filters along the C columns; IS
+    loads the ifmap along the columns and streams filters into the rows; partial sums leave
+    (and, for accumulation, re-enter) at the bottom edge, C wide.  The WS/OS gather window
+    hands each column a pixel vector of R words.
+    """
+    rows_side = cfg.dataflow in ("os", "ws")
+    return {"ifmap": cfg.rows if rows_side else cfg.cols, "filter": cfg.cols if rows_side else cfg.rows,
+            "ofmap": cfg.cols, "gather": cfg.rows}
+
+
+def sram_word_pj(kb: float, lanes: int, word_bits: int, op: str = "read") -> float:
+    """Energy per operand word of an SRAM whose port moves ``lanes`` words of ``word_bits`` per
+    access (an access energy shared by its lanes; an edge fold that uses fewer lanes is still
+    charged per word, so this is a lower bound there)."""
+    return sram_access_pj(kb, lanes * word_bits, op) / lanes
 
 
 @dataclass(frozen=True)
 class EnergyRates:
-    """Per-action energies (pJ) for one config, node-scaled."""
+    """Per-action energies (pJ) for one config, node-scaled; SRAM rates per operand word (per
+    partial sum for the ofmap SRAM) at the buffer's port width (:func:`port_lanes`)."""
 
     mac: float
     gated_slot: float
     compare: float
-    ifmap: float
-    filter: float
-    ofmap: float          # one partial-sum access (ACC_BITS wide): the ofmap SRAM holds psums
-    gather: float         # one operand word of the gather window (accel_sim.gating.gather_window)
+    ifmap: float          # one ifmap word read
+    filter: float         # one filter word read
+    ofmap: float          # one partial-sum read (ACC_BITS wide): the ofmap SRAM holds psums
+    gather: float         # one operand word read from the gather window (accel_sim.gating.gather_window)
     dram_bit: float
+    ifmap_write: float = 0.0   # one word filled from DRAM
+    filter_write: float = 0.0
+    ofmap_write: float = 0.0   # one partial-sum write
+    gather_write: float = 0.0  # one word copied into the gather window
 
     @classmethod
     def for_config(cls, cfg: AccelConfig) -> "EnergyRates":
         e, _ = node_scale(cfg.tech_nm)
         mac = mac_energy_pj(cfg.word) * e
+        lanes, wb = port_lanes(cfg), WORD_BITS[cfg.word]
+        gather_kb = max(cfg.gather_buffer_kb, 1e-3)
+
+        def word(kb: float, lane: str, bits: int, op: str) -> float:
+            return sram_word_pj(kb, lanes[lane], bits, op) * e
+
         return cls(mac=mac, gated_slot=mac * value("gated_mac_fraction"),
                    compare=value("compare_pj") * e,
-                   ifmap=sram_word_pj(cfg.ifmap_sram_kb, cfg.word) * e,
-                   filter=sram_word_pj(cfg.filter_sram_kb, cfg.word) * e,
-                   ofmap=sram_bits_pj(cfg.ofmap_sram_kb, ACC_BITS) * e,
-                   gather=sram_word_pj(max(cfg.gather_buffer_kb, 1e-3), cfg.word) * e,
-                   dram_bit=value(f"dram_{cfg.dram_type}_pj_bit"))
+                   ifmap=word(cfg.ifmap_sram_kb, "ifmap", wb, "read"),
+                   filter=word(cfg.filter_sram_kb, "filter", wb, "read"),
+                   ofmap=word(cfg.ofmap_sram_kb, "ofmap", ACC_BITS, "read"),
+                   gather=word(gather_kb, "gather", wb, "read"),
+                   dram_bit=value(f"dram_{cfg.dram_type}_pj_bit"),
+                   ifmap_write=word(cfg.ifmap_sram_kb, "ifmap", wb, "write"),
+                   filter_write=word(cfg.filter_sram_kb, "filter", wb, "write"),
+                   ofmap_write=word(cfg.ofmap_sram_kb, "ofmap", ACC_BITS, "write"),
+                   gather_write=word(gather_kb, "gather", wb, "write"))
 
 
 def energy_pj(rates: EnergyRates, cfg: AccelConfig, *, macs, cycles, compares, ifmap_sram, filter_sram,
-              ofmap_sram, dram_bytes, gather=0) -> dict[str, np.ndarray]:
+              ofmap_reads, ofmap_writes, dram_words, gather=0, gather_fills=0) -> dict[str, np.ndarray]:
     """Energy breakdown (pJ) per layer, keys :data:`ENERGY_PARTS` plus ``total`` (their sum).
 
     Idle PE-cycles (fill, drain, unmapped, gated) are charged at the clock-gated MAC rate;
-    ``ofmap_sram`` counts partial-sum accesses, charged at ACC_BITS; ``gather`` counts
-    gather-window accesses.
+    ``ofmap_reads``/``ofmap_writes`` count partial-sum accesses; ``gather`` counts reads served
+    by the gather window and ``gather_fills`` the words copied into it.  ``dram_words`` (ifmap,
+    filter, ofmap, in operand words) moves through the SRAMs too: every ifmap and filter word
+    fetched is written into its buffer once, and every ofmap word sent out is read from the
+    ofmap SRAM (at operand width, one word per ACC_BITS/word-bits of a psum access).
     """
     f = lambda x: np.asarray(x, dtype=np.float64)  # noqa: E731
     macs = f(macs)
+    d_if, d_fi, d_of = (f(w) for w in dram_words)
+    out_read = rates.ofmap * WORD_BITS[cfg.word] / ACC_BITS
     idle = np.maximum(f(cycles) * cfg.rows * cfg.cols - macs, 0.0)
     parts = {
         "mac": macs * rates.mac,
         "idle": idle * rates.gated_slot,
         "gate": f(compares) * rates.compare,
-        "ifmap_sram": f(ifmap_sram) * rates.ifmap,
-        "filter_sram": f(filter_sram) * rates.filter,
-        "ofmap_sram": f(ofmap_sram) * rates.ofmap,
-        "gather_buffer": f(gather) * rates.gather,
-        "dram": f(dram_bytes) * 8 * rates.dram_bit,
+        "ifmap_sram": f(ifmap_sram) * rates.ifmap + d_if * rates.ifmap_write,
+        "filter_sram": f(filter_sram) * rates.filter + d_fi * rates.filter_write,
+        "ofmap_sram": f(ofmap_reads) * rates.ofmap + f(ofmap_writes) * rates.ofmap_write + d_of * out_read,
+        "gather_buffer": f(gather) * rates.gather + f(gather_fills) * rates.gather_write,
+        "dram": (d_if + d_fi + d_of) * cfg.word_bytes * 8 * rates.dram_bit,
     }
     parts["total"] = sum(parts[k] for k in ENERGY_PARTS)
     return parts
@@ -111,15 +164,19 @@ def energy_pj(rates: EnergyRates, cfg: AccelConfig, *, macs, cycles, compares, i
 
 def asic_area_mm2(cfg: AccelConfig) -> dict[str, float]:
     """PE array (multiplier, adder, pipeline registers) plus the three SRAMs and the WS gather
-    window (part of the gated hardware), node-scaled."""
+    window (part of the gated hardware), node-scaled; SRAM macros from CACTI at their port width."""
     _, a = node_scale(cfg.tech_nm)
     wb = WORD_BITS[cfg.word]
     add = value("area_add_fp32_um2") if cfg.word == "fp16" else value("area_add_int32_um2")
     pe = value(f"area_mult_{cfg.word}_um2") + add + (2 * wb + ACC_BITS) * value("area_dff_um2")
-    sram_kb = cfg.ifmap_sram_kb + cfg.filter_sram_kb + cfg.ofmap_sram_kb + cfg.gather_buffer_kb
-    sram = sram_kb * 8192 * value("area_sram_bit_um2") / value("sram_array_efficiency")
-    array = cfg.rows * cfg.cols * pe
-    return {"array_mm2": array * a / 1e6, "sram_mm2": sram * a / 1e6, "total_mm2": (array + sram) * a / 1e6}
+    lanes = port_lanes(cfg)
+    sram = sum(sram_area_mm2(kb, lanes[lane] * bits) for kb, lane, bits in (
+        (cfg.ifmap_sram_kb, "ifmap", wb), (cfg.filter_sram_kb, "filter", wb),
+        (cfg.ofmap_sram_kb, "ofmap", ACC_BITS)))
+    if cfg.gather_buffer_kb > 0:
+        sram += sram_area_mm2(cfg.gather_buffer_kb, lanes["gather"] * wb)
+    array = cfg.rows * cfg.cols * pe / 1e6
+    return {"array_mm2": array * a, "sram_mm2": sram * a, "total_mm2": (array + sram) * a}
 
 
 def asic_power_w(cfg: AccelConfig, energy_pj_total: float, cycles: float, area_mm2: float) -> dict[str, float]:

@@ -84,7 +84,8 @@ def simulate(layers: list[Layer], cfg: AccelConfig, gates: dict[str, GateSpec] |
     rates = EnergyRates.for_config(cfg)
     d_energy = energy_pj(rates, cfg, macs=macs, cycles=d_comp, compares=0,
                          ifmap_sram=sram["ifmap_reads"], filter_sram=sram["filter_reads"],
-                         ofmap_sram=sram["ofmap_writes"] + sram["ofmap_reads"], dram_bytes=d_bytes)
+                         ofmap_reads=sram["ofmap_reads"], ofmap_writes=sram["ofmap_writes"],
+                         dram_words=(d_if, d_fi, d_of))
 
     # ---- gated: start from dense, replace the gated layers by their chosen schedule
     d_parts = {key: np.broadcast_to(np.asarray(v, dtype=np.float64), (len(layers),)).copy()

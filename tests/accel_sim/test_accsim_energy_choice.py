@@ -5,7 +5,7 @@ import pytest
 import accel_sim.cost as cost
 from accel_sim import AccelConfig, GateSpec, build_network, simulate, uniform_gates
 from accel_sim.__main__ import main
-from accel_sim.cost import ENERGY_PARTS, EnergyRates, sram_bits_pj, sram_word_pj
+from accel_sim.cost import ENERGY_PARTS, EnergyRates, sram_word_pj
 from accel_sim.cost_tables import TABLE
 from accel_sim.gating import gather_window, gather_window_os
 from accel_sim.memory import psum_spill_words, stall_cycles
@@ -30,25 +30,55 @@ def test_breakdown_sums_to_total():
     assert all(r["choice_reason"] for r in res.rows if r["gated"])
 
 
-# dense totals recorded from the code before issue 16 (commit 6e6b2f2): default config, and 16x16 OS/IS
-DENSE_BEFORE = {("resnet18", "ws"): (3007545, 27234984, 4154761591.8090167),
-                ("resnet18", "os"): (8051229, 48368296, 5571678754.879928),
-                ("resnet20", "ws"): (72453, 554282, 78841351.08106855),
-                ("resnet20", "is"): (354932, 554282, 99593452.54107992)}
+# dense cycles and DRAM bytes recorded from the code before issue 16 (commit 6e6b2f2): default
+# config, and 16x16 OS/IS.  (Dense energy changed on purpose twice since: psums at 32 bits, then
+# CACTI SRAM energies by capacity and port width plus the DRAM fill/drain accesses of the SRAMs;
+# test_dense_energy_from_counts recomputes it from the counts.)
+DENSE_BEFORE = {("resnet18", "ws"): (3007545, 27234984),
+                ("resnet18", "os"): (8051229, 48368296),
+                ("resnet20", "ws"): (72453, 554282),
+                ("resnet20", "is"): (354932, 554282)}
 
 
 @pytest.mark.parametrize("net,df", list(DENSE_BEFORE))
 def test_dense_unchanged(net, df):
-    """Dense cycles and traffic are unchanged; dense energy differs only by the psum width (psum
-    SRAM accesses at 32 instead of 8 bits: charged at 8 bits, it is the old number)."""
+    """Dense cycles and traffic are unchanged, gated or not."""
     chw = None if net == "resnet18" else R20[1]
     extra = {} if df == "ws" else dict(dataflow=df, rows=16, cols=16)
-    cycles, dram, energy = DENSE_BEFORE[(net, df)]
-    t = _run(net, chw, 0.35, **extra).totals
-    assert (t["dense_cycles"], t["dense_dram_bytes"]) == (cycles, dram)
-    t = _run(net, chw, 1.0, **extra).totals
-    psum = t["dense_energy_breakdown_pj"]["ofmap_sram"]
-    assert t["dense_energy_pj"] - psum * (1 - 8 / cost.ACC_BITS) == pytest.approx(energy, rel=1e-12)
+    for density in (0.35, 1.0):
+        t = _run(net, chw, density, **extra).totals
+        assert (t["dense_cycles"], t["dense_dram_bytes"]) == DENSE_BEFORE[(net, df)]
+
+
+@pytest.mark.parametrize("df", ["os", "ws", "is"])
+def test_dense_energy_from_counts(df):
+    """Dense energy by part, recomputed by hand from the fold counts, the DRAM words and the
+    per-access CACTI energies: reads at the buffer's port width, DRAM fills written into the
+    ifmap/filter SRAMs, outputs read from the ofmap SRAM on their way out (operand width)."""
+    from accel_sim.cost import port_lanes, sram_access_pj  # noqa: PLC0415
+    from accel_sim.dataflow import sram_accesses  # noqa: PLC0415
+    from accel_sim.memory import dram_words  # noqa: PLC0415
+
+    cfg = AccelConfig(dataflow=df, rows=16, cols=8, ifmap_sram_kb=32, filter_sram_kb=64, ofmap_sram_kb=16)
+    layer = conv("c", 32, 48, 3, (14, 14))
+    row = simulate([layer], cfg).rows[0]
+    m, n, k = layer.gemm_m, layer.gemm_n, layer.gemm_k
+    acc = sram_accesses(df, 16, 8, m, n, k)
+    d_if, d_fi, d_of = (float(w) for w in dram_words(cfg, m, n, k, 1, layer.ifmap_words, layer.filter_words,
+                                                     layer.ofmap_words))
+    lanes = port_lanes(cfg)
+    assert lanes == {"ifmap": 16 if df != "is" else 8, "filter": 8 if df != "is" else 16, "ofmap": 8, "gather": 16}
+    per = lambda kb, lane, bits, op: sram_access_pj(kb, lanes[lane] * bits, op) / lanes[lane]  # noqa: E731
+    want = {
+        "ifmap_sram": acc["ifmap_reads"] * per(32, "ifmap", 8, "read") + d_if * per(32, "ifmap", 8, "write"),
+        "filter_sram": acc["filter_reads"] * per(64, "filter", 8, "read") + d_fi * per(64, "filter", 8, "write"),
+        "ofmap_sram": (acc["ofmap_reads"] * per(16, "ofmap", 32, "read") + acc["ofmap_writes"] * per(16, "ofmap", 32, "write")
+                       + d_of * per(16, "ofmap", 32, "read") * 8 / 32),
+        "dram": (d_if + d_fi + d_of) * 8 * 8.0,
+        "mac": m * n * k * cost.mac_energy_pj("int8"),
+    }
+    for part, value in want.items():
+        assert row[f"dense_energy_{part}_pj"] == pytest.approx(float(value), rel=1e-12), part
 
 
 @pytest.mark.parametrize("density", [0.5, 0.35, 0.1])
@@ -114,9 +144,9 @@ def test_psum_traffic_charged_by_its_width():
     assert TABLE["psum_bits"].value == 32 and TABLE["psum_bits"].source
     cfg = AccelConfig()
     rates = EnergyRates.for_config(cfg)
-    assert rates.ofmap == pytest.approx(sram_bits_pj(cfg.ofmap_sram_kb, 32))
-    assert rates.ofmap == pytest.approx(4 * sram_word_pj(cfg.ofmap_sram_kb, "int8"))
-    assert rates.ifmap == pytest.approx(sram_word_pj(cfg.ifmap_sram_kb, "int8"))
+    assert rates.ofmap == pytest.approx(sram_word_pj(cfg.ofmap_sram_kb, cfg.cols, 32))
+    assert rates.ofmap_write == pytest.approx(sram_word_pj(cfg.ofmap_sram_kb, cfg.cols, 32, "write"))
+    assert rates.ifmap == pytest.approx(sram_word_pj(cfg.ifmap_sram_kb, cfg.rows, 8))
     # a spilled psum costs 4 int8 words of DRAM traffic per trip (OS: out once, active ones back)
     small = AccelConfig(dataflow="os", ofmap_sram_kb=1)
     assert psum_spill_words(small, 100, 64, 72, 4, 0.5) == pytest.approx(100 * 64 * 1.5 * 4)

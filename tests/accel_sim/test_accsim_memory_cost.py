@@ -3,8 +3,9 @@ import numpy as np
 import pytest
 
 from accel_sim.config import AccelConfig
-from accel_sim.cost import asic_area_mm2, fpga_resources, mac_energy_pj, node_scale, sram_word_pj
-from accel_sim.cost_tables import FPGA_PARTS, TABLE
+from accel_sim.cost import (asic_area_mm2, fpga_resources, mac_energy_pj, node_scale, sram_access_pj, sram_area_mm2,
+                            sram_word_pj)
+from accel_sim.cost_tables import FPGA_PARTS, SRAM_CACTI, SRAM_CACTI_SOURCE, TABLE
 from accel_sim.memory import dram_words, stall_cycles
 from accel_sim.topology import conv
 
@@ -59,9 +60,25 @@ def test_energy_and_scaling_follow_the_table():
     regs = (8 + 8 + 32) * TABLE["reg_bit_pj"].value
     assert mac_energy_pj("int8") == pytest.approx(0.2 + 0.1 + regs)
     assert mac_energy_pj("int16") > mac_energy_pj("int8")
-    assert sram_word_pj(8, "int8") == pytest.approx(10.0 / 8)
-    assert sram_word_pj(32, "int16") == pytest.approx(20.0 / 4)
-    assert sram_word_pj(8, "int8") < sram_word_pj(64, "int8") < sram_word_pj(1024, "int8")
+
+
+def test_sram_energy_by_capacity_and_port_width():
+    """CACTI grid points are returned exactly; between them the log-log interpolation stays
+    between its neighbours; a wider port shares its access energy over more words."""
+    assert "CACTI 7" in SRAM_CACTI_SOURCE and len(SRAM_CACTI) >= 60
+    for (kb, bits), (rd, wr, area, _) in SRAM_CACTI.items():
+        assert sram_access_pj(kb, bits) == pytest.approx(rd, rel=1e-9)
+        assert sram_access_pj(kb, bits, "write") == pytest.approx(wr, rel=1e-9)
+        assert sram_area_mm2(kb, bits) == pytest.approx(area, rel=1e-9)
+    lo, hi = SRAM_CACTI[(64, 256)][0], SRAM_CACTI[(128, 256)][0]
+    assert min(lo, hi) < sram_access_pj(96, 256) < max(lo, hi)
+    # 128 KiB: per-bit read energy falls from a 32-bit to a 256-bit port (decoder, word lines shared)
+    assert SRAM_CACTI[(128, 256)][0] / 256 < SRAM_CACTI[(128, 32)][0] / 32
+    assert sram_word_pj(128, 32, 8) == pytest.approx(SRAM_CACTI[(128, 256)][0] / 32)
+    # capacity still costs: 1 MiB per word above 8 KiB at the same port
+    assert sram_word_pj(8, 8, 8) < sram_word_pj(1024, 8, 8)
+    with pytest.raises(KeyError):
+        sram_access_pj(8, 64, "erase")
 
 
 def test_area_and_fpga_fit():
