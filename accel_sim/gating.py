@@ -29,6 +29,10 @@ reduction set" onto the array in one of three ways.  Filters that share a reduct
   port per column: no input reuse across columns, counted in the SRAM reads) and its own
   row-to-reduction mapping, so a fold lasts as long as its *longest* list (load imbalance).
   IS keeps shared stationary rows (the stream mixes classes), so only its stream is gathered.
+  Block gates (one decision per tile x G channels) give G adjacent columns one list: on OS/WS
+  each aligned run of ``gcd(G, C)`` columns shares one gather feed (:func:`feed_share`), so
+  the kernel's column runs line up with the gate's channel blocks and the input is read once
+  per run, not once per column.
 
 The base pass may use ``packed`` or ``group``; the conditional pass ``column`` (needs the
 gather hardware), ``packed`` or ``group``; ``AccelConfig.gate_schedule`` says which the
@@ -78,6 +82,7 @@ decision (``granularity`` > 1) share one draw at the group's mean density.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -169,8 +174,9 @@ def _chunks_touched(rows: np.ndarray, member: np.ndarray, height: int) -> np.nda
 
 
 def _filters_on_columns(dataflow: str, rows: int, cols: int, needed: np.ndarray, cls: np.ndarray,
-                        member: np.ndarray, mode: str, accumulate: bool) -> PassCounts:
-    """OS / WS: filters on the columns, pixels streamed (WS) or on the rows (OS)."""
+                        member: np.ndarray, mode: str, accumulate: bool, share: int = 1) -> PassCounts:
+    """OS / WS: filters on the columns, pixels streamed (WS) or on the rows (OS).  ``share``
+    (column mode): aligned runs of that many columns carry one list and one gather feed."""
     size = member.sum(axis=1)                               # reduction rows per class
     ncls = member.shape[0]
     per_col = needed.sum(axis=0)                            # active list length per filter
@@ -198,8 +204,8 @@ def _filters_on_columns(dataflow: str, rows: int, cols: int, needed: np.ndarray,
             rf = np.where(work, rf, 0)
             filt = int(((per_col > 0) * col_set).sum())
             writes = int(per_col.sum()) * int(ceil_div(s, rows))
-        return PassCounts(cycles, int(rf.sum()), bal, macs, int((per_col * col_set).sum()), filt,
-                          writes, writes - first)
+        gathered = int((per_col[::share] * col_set[::share]).sum())   # one feed per shared run
+        return PassCounts(cycles, int(rf.sum()), bal, macs, gathered, filt, writes, writes - first)
     # packed: one shared stream per column tile; rows = union of the sets of the classes held
     union = tn.any(axis=2).sum(axis=0)                      # union of the tile's active pixels
     tcls = _tiles(cls, cols)
@@ -272,11 +278,12 @@ def _pixels_on_columns(rows: int, cols: int, needed: np.ndarray, cls: np.ndarray
 
 
 def pass_counts(dataflow: str, rows: int, cols: int, needed: np.ndarray, cls: np.ndarray,
-                member: np.ndarray, mode: str, accumulate: bool) -> PassCounts:
+                member: np.ndarray, mode: str, accumulate: bool, share: int = 1) -> PassCounts:
     """One pass: output (m, n) is computed over reduction rows ``member[cls[n]]`` iff ``needed[m, n]``.
 
     ``accumulate``: every output adds onto a stored partial sum (the conditional pass), so each
-    psum write is a read-modify-write.
+    psum write is a read-modify-write.  ``share`` (OS/WS column mode; see :func:`feed_share`):
+    aligned runs of ``share`` columns have identical lists and one gather feed each.
     """
     if mode not in MODES:
         raise ValueError(f"mode: got {mode!r}; allowed: {', '.join(MODES)}")
@@ -289,7 +296,7 @@ def pass_counts(dataflow: str, rows: int, cols: int, needed: np.ndarray, cls: np
     if dataflow == "is":
         return _pixels_on_columns(rows, cols, needed, cls, member, mode, accumulate)
     if dataflow in ("os", "ws"):
-        return _filters_on_columns(dataflow, rows, cols, needed, cls, member, mode, accumulate)
+        return _filters_on_columns(dataflow, rows, cols, needed, cls, member, mode, accumulate, share)
     raise ValueError(f"dataflow: got {dataflow!r}; allowed: os, ws, is")
 
 
@@ -424,6 +431,24 @@ def ifmap_fetch_fraction(needed: np.ndarray, cls: np.ndarray, base_set: np.ndarr
     return float(np.mean(fracs))
 
 
+def feed_share(dataflow: str, cols: int, mask: np.ndarray, granularity: int) -> int:
+    """Columns that share one gather feed in a column pass: ``gcd(G, C)`` for block gates of G
+    channels on OS/WS, when the mask really is constant on those runs (else 1).
+
+    Why: a block gate decides G adjacent output channels at once, so G adjacent columns have
+    the same active list.  The compiler knows G, so it sets the feed muxes to gang each aligned
+    run of ``gcd(G, C)`` columns (aligned runs never straddle a channel group or a column
+    tile) onto one gather port, whose operand then moves across the run as in the dense array:
+    one SRAM (or window) read serves the whole run.  Cycles are those of per-column lists.  IS
+    puts pixels on the columns and gathers the filter stream, so it gets no sharing here.
+    """
+    w = math.gcd(granularity, cols)
+    if dataflow == "is" or w < 2 or mask.shape[1] % w:
+        return 1
+    runs = mask.reshape(mask.shape[0], -1, w)
+    return w if bool((runs == runs[:, :, :1]).all()) else 1
+
+
 #: gather windows of the column conditional pass, per dataflow (IS gathers filters: none)
 WINDOWS = {"ws": gather_window, "os": gather_window_os}
 
@@ -497,11 +522,14 @@ def _passes(layer: Layer, spec: GateSpec, cfg: AccelConfig, rng: np.random.Gener
     everything = np.ones((m, n), dtype=bool)
     base_modes = ("packed", "group") if grouped else ("packed",)
     cond_modes = tuple(md for md in COND_MODES[cfg.gate_schedule] if grouped or md != "group")
+    share = feed_share(df, c, mask, spec.granularity)
     bases = {md: pass_counts(df, r, c, everything, cls, base_set, md, False) for md in base_modes}
-    conds = {md: pass_counts(df, r, c, mask, cls, cond_set, md, True) for md in cond_modes}
+    conds = {md: pass_counts(df, r, c, mask, cls, cond_set, md, True, share) for md in cond_modes}
     window = (0, 0)
     if df in WINDOWS and "column" in conds and cfg.gather_buffer_kb > 0:
-        window = WINDOWS[df](mask, k - k // p, r, c, cfg.gather_buffer_kb * 1024 / cfg.word_bytes)
+        # one list per shared run of columns: the window serves the run's feed once
+        window = WINDOWS[df](mask[:, ::share], k - k // p, r, c // share,
+                             cfg.gather_buffer_kb * 1024 / cfg.word_bytes)
     extra = {"window": window, "interleaved": _psums_interleave(layer, cfg),
              "ifmap_fetch": 1.0}
     if df in ("ws", "os"):
