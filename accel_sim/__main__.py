@@ -7,13 +7,13 @@ from typing import Sequence
 
 from accel_sim.config import (DATAFLOWS, GATE_SCHEDULES, OBJECTIVES, WORDS, AccelConfig, ConfigError, config_from_mapping,
                               load_config, parse_array)
-from accel_sim.cost_tables import FPGA_PARTS, TABLE
+from accel_sim.cost_tables import FPGA_PARTS, SRAM_CACTI, SRAM_CACTI_SOURCE, TABLE
 from accel_sim.networks import BUILTINS, build
 from accel_sim.profile import ProfileError, layers_from_profile, load_profile, match_profile, uniform_gates
 from accel_sim.report import format_breakdown, format_table, plot_layers, to_json, write_csv
 from accel_sim.simulate import simulate
-from accel_sim.sweep import plot_pareto, run_sweep, write_sweep_csv
-from accel_sim.topology import read_scalesim_csv
+from accel_sim.sweep import SWEEP_COLUMNS, plot_pareto, run_sweep, write_sweep_csv
+from accel_sim.topology import read_scalesim_csv, with_batch
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -68,6 +68,12 @@ def _add_hw_args(p: argparse.ArgumentParser) -> None:
                    "own, or the profile's input_shape)")
 
 
+def _batch(value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"--batch: expected an integer >= 1, got {value!r}")
+    return value
+
+
 def _profile_input(profile) -> tuple[int, int, int] | None:
     shape = tuple(profile.input_shape)
     return tuple(int(x) for x in shape[-3:]) if len(shape) in (3, 4) else None
@@ -87,6 +93,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         layers = layers_from_profile(profile)
     else:
         raise ConfigError("run: give a built-in network, --topology FILE.csv or --profile FILE.yaml")
+    layers = with_batch(layers, _batch(args.batch))
     gates = {}
     if profile is not None:
         gates = match_profile(profile, layers)
@@ -120,11 +127,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     rows = run_sweep(args.network, split(args.arrays), split(args.dataflows),
                      [float(x) for x in split(args.sram_kb)], [float(x) for x in split(args.densities)],
                      base=_sweep_base(args), workers=args.workers,
-                     chw=_chw(args.input), ray_address=args.ray)
-    write_sweep_csv(rows, args.csv)
+                     chw=_chw(args.input), ray_address=args.ray, batch=_batch(args.batch))
+    doc = write_sweep_csv(rows, args.csv)
     if args.plot:
         plot_pareto(rows, args.plot)
-    print(f"{len(rows)} points -> {args.csv}" + (f", {args.plot}" if args.plot else ""))
+    print(f"{len(rows)} points -> {args.csv} (columns described in {doc})" + (f", {args.plot}" if args.plot else ""))
     return 0
 
 
@@ -134,6 +141,10 @@ def cmd_tables(_: argparse.Namespace) -> int:
     for part, res in FPGA_PARTS.items():
         print(f"{part:28s} DSP {res['dsp']}, BRAM18K {res['bram18']}, LUT {res['lut']}, FF {res['ff']}  "
               f"{res['source']}")
+    print(f"SRAM per access by capacity and port width: {SRAM_CACTI_SOURCE}")
+    print(f"{'KiB':>6} {'bits':>5} {'read pJ':>9} {'write pJ':>9} {'area mm2':>9} {'leak mW':>9}")
+    for (kb, bits), (rd, wr, area, leak) in sorted(SRAM_CACTI.items()):
+        print(f"{kb:>6} {bits:>5} {rd:>9.3f} {wr:>9.3f} {area:>9.4f} {leak:>9.3g}")
     return 0
 
 
@@ -149,6 +160,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                      help="SCALE-Sim v2 cycle convention (folds x per-fold - 1)")
     run.add_argument("--classes", type=int, help="classifier outputs (built-in networks; default: the network's)")
     _add_hw_args(run)
+    run.add_argument("--batch", type=int, default=1, help="images per run (>= 1): every layer's GEMM has "
+                     "batch x output pixels rows; filters are fetched once for the batch")
     run.add_argument("--schedule", choices=GATE_SCHEDULES, help="conditional-pass hardware: auto (cheapest per "
                      "layer) | column (per-column compacted lists) | union (shared streams); config default auto")
     run.add_argument("--optimize", metavar="{" + ",".join(OBJECTIVES) + "}", help=f"what the per-layer choice between dense and the gated schedules "
@@ -180,6 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sw.add_argument("--config", help="base accelerator config (YAML or SCALE-Sim .cfg); default: AccelConfig "
                     "defaults")
     sw.add_argument("--input", help="input CxHxW; default: the network's own")
+    sw.add_argument("--batch", type=int, default=1, help="images per run (>= 1), as run --batch")
     sw.add_argument("--arrays", default="8x8,16x16,32x32,64x64,128x128", help="comma list of ROWSxCOLS")
     sw.add_argument("--dataflows", default="os,ws,is", help=f"comma list from {', '.join(DATAFLOWS)}")
     sw.add_argument("--sram-kb", default="64,256", help="comma list of KiB, applied to all three buffers")
@@ -190,7 +204,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     sw.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
                     help="run the points on Ray instead of local processes; no ADDRESS: start a local "
                     "cluster; ADDRESS: e.g. auto or ray://host:10001 (needs the [ray] extra); default: off, local processes")
-    sw.add_argument("--csv", default="accel_sim_sweep.csv", help="output CSV (written atomically)")
+    sw.add_argument("--csv", default="accel_sim_sweep.csv", help="output CSV (written atomically), with "
+                    "CSV.md beside it describing every column: " + ", ".join(SWEEP_COLUMNS))
     sw.add_argument("--plot", default="accel_sim_pareto.png", help="output Pareto PNG; empty string: none")
     sw.set_defaults(func=cmd_sweep)
     tb = sub.add_parser("tables", help="print every cost constant with its source", formatter_class=fmt)

@@ -57,7 +57,7 @@ def cost_option(gc: GatedCounts, layer: Layer, cfg: AccelConfig, rates: EnergyRa
     parts = energy_pj(rates, cfg, macs=gc.executed_macs, cycles=compute, compares=gc.compares,
                       ifmap_sram=gc.ifmap_reads - gc.gather_hits + gc.gather_fills,
                       filter_sram=gc.filter_reads, ofmap_reads=gc.ofmap_reads, ofmap_writes=gc.ofmap_writes,
-                      gather=gc.gather_hits, gather_fills=gc.gather_fills, dram_words=words)
+                      gather=gc.gather_hits, gather_fills=gc.gather_fills, dram_words=words, stall=stall)
     return Costed(gc.schedule, gc, compute, stall, tuple(float(w) for w in words), dram,
                   {key: float(v) for key, v in parts.items()})
 

@@ -18,7 +18,7 @@ from accel_sim.cost_tables import FPGA_PARTS, SRAM_CACTI, value
 WORD_BITS = {"int8": 8, "int16": 16, "fp16": 16}
 ACC_BITS = int(value("psum_bits"))
 #: energy parts of :func:`energy_pj`, in the order reports print them
-ENERGY_PARTS = ("mac", "idle", "gate", "ifmap_sram", "filter_sram", "ofmap_sram", "gather_buffer", "dram")
+ENERGY_PARTS = ("mac", "idle", "gate", "ifmap_sram", "filter_sram", "ofmap_sram", "gather_buffer", "dram", "static")
 
 
 def _loglog(x: float, points: list[tuple[float, float]]) -> float:
@@ -108,6 +108,7 @@ class EnergyRates:
     filter_write: float = 0.0
     ofmap_write: float = 0.0   # one partial-sum write
     gather_write: float = 0.0  # one word copied into the gather window
+    static: float = 0.0        # leakage of the whole chip per clock cycle (compute or stall)
 
     @classmethod
     def for_config(cls, cfg: AccelConfig) -> "EnergyRates":
@@ -129,13 +130,16 @@ class EnergyRates:
                    ifmap_write=word(cfg.ifmap_sram_kb, "ifmap", wb, "write"),
                    filter_write=word(cfg.filter_sram_kb, "filter", wb, "write"),
                    ofmap_write=word(cfg.ofmap_sram_kb, "ofmap", ACC_BITS, "write"),
-                   gather_write=word(gather_kb, "gather", wb, "write"))
+                   gather_write=word(gather_kb, "gather", wb, "write"),
+                   static=leakage_w(cfg) * 1e12 / (cfg.clock_mhz * 1e6))
 
 
 def energy_pj(rates: EnergyRates, cfg: AccelConfig, *, macs, cycles, compares, ifmap_sram, filter_sram,
-              ofmap_reads, ofmap_writes, dram_words, gather=0, gather_fills=0) -> dict[str, np.ndarray]:
+              ofmap_reads, ofmap_writes, dram_words, gather=0, gather_fills=0, stall=0) -> dict[str, np.ndarray]:
     """Energy breakdown (pJ) per layer, keys :data:`ENERGY_PARTS` plus ``total`` (their sum).
 
+    ``cycles`` are compute cycles and ``stall`` the DRAM stall cycles: the chip leaks through
+    both (``static``), so a schedule that finishes sooner also saves leakage.
     Idle PE-cycles (fill, drain, unmapped, gated) are charged at the clock-gated MAC rate;
     ``ofmap_reads``/``ofmap_writes`` count partial-sum accesses; ``gather`` counts reads served
     by the gather window and ``gather_fills`` the words copied into it.  ``dram_words`` (ifmap,
@@ -157,6 +161,7 @@ def energy_pj(rates: EnergyRates, cfg: AccelConfig, *, macs, cycles, compares, i
         "ofmap_sram": f(ofmap_reads) * rates.ofmap + f(ofmap_writes) * rates.ofmap_write + d_of * out_read,
         "gather_buffer": f(gather) * rates.gather + f(gather_fills) * rates.gather_write,
         "dram": (d_if + d_fi + d_of) * cfg.word_bytes * 8 * rates.dram_bit,
+        "static": (f(cycles) + f(stall)) * rates.static,
     }
     parts["total"] = sum(parts[k] for k in ENERGY_PARTS)
     return parts
@@ -179,11 +184,17 @@ def asic_area_mm2(cfg: AccelConfig) -> dict[str, float]:
     return {"array_mm2": array * a, "sram_mm2": sram * a, "total_mm2": (array + sram) * a}
 
 
-def asic_power_w(cfg: AccelConfig, energy_pj_total: float, cycles: float, area_mm2: float) -> dict[str, float]:
-    """Average dynamic power over the run plus an area-proportional leakage estimate."""
+def leakage_w(cfg: AccelConfig) -> float:
+    """Static power of the chip: an area-proportional estimate (``leakage_w_per_mm2``)."""
+    return value("leakage_w_per_mm2") * asic_area_mm2(cfg)["total_mm2"]
+
+
+def asic_power_w(cfg: AccelConfig, dynamic_pj: float, cycles: float) -> dict[str, float]:
+    """Average dynamic power over the run (``dynamic_pj``: energy without the static part)
+    plus the leakage estimate."""
     seconds = cycles / (cfg.clock_mhz * 1e6)
-    dynamic = energy_pj_total * 1e-12 / seconds if seconds > 0 else 0.0
-    leak = value("leakage_w_per_mm2") * area_mm2
+    dynamic = dynamic_pj * 1e-12 / seconds if seconds > 0 else 0.0
+    leak = leakage_w(cfg)
     return {"dynamic_w": dynamic, "leakage_w": leak, "total_w": dynamic + leak}
 
 

@@ -99,19 +99,19 @@ COND_MODES = {"auto": ("column", "packed", "group"), "column": ("column",), "uni
 
 
 def draw_mask(layer: Layer, spec: GateSpec, rng: np.random.Generator) -> np.ndarray:
-    """Boolean gate decisions [output pixels M (row-major over the output map), output channels
-    N]: one independent draw per decision block (``tile`` positions x ``granularity``
+    """Boolean gate decisions [output pixels M (image-major, row-major over each output map),
+    output channels N]: one independent draw per decision block (``tile`` positions x ``granularity``
     channels) at its channel group's measured density, so a tile-gated profile gives masks
     that are constant on each block, as the trained gates are (ragged edge blocks clipped)."""
     g = spec.granularity
     dens = spec.channel_density.reshape(-1, g).mean(axis=1).astype(np.float32)
     th, tw = spec.tile
-    if (th, tw) == (1, 1) or layer.gemm_m != layer.output_hw[0] * layer.output_hw[1]:
+    if (th, tw) == (1, 1):
         mask = rng.random((layer.gemm_m, dens.size), dtype=np.float32) < dens
-    else:
+    else:   # per image of the batch, blocks over its output map
         ho, wo = layer.output_hw
-        blocks = rng.random((-(-ho // th), -(-wo // tw), dens.size), dtype=np.float32) < dens
-        mask = blocks.repeat(th, axis=0)[:ho].repeat(tw, axis=1)[:, :wo].reshape(ho * wo, dens.size)
+        blocks = rng.random((layer.batch, -(-ho // th), -(-wo // tw), dens.size), dtype=np.float32) < dens
+        mask = blocks.repeat(th, axis=1)[:, :ho].repeat(tw, axis=2)[:, :, :wo].reshape(layer.gemm_m, dens.size)
     return np.repeat(mask, g, axis=1) if g > 1 else mask
 
 

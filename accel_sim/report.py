@@ -64,7 +64,7 @@ def format_breakdown(result: SimResult) -> str:
     part), the schedule chosen and why."""
     short = {"mac": "MAC", "idle": "idle PE", "gate": "gate", "ifmap_sram": "ifmap SRAM",
              "filter_sram": "filter SRAM", "ofmap_sram": "psum SRAM", "gather_buffer": "gather buf",
-             "dram": "DRAM"}
+             "dram": "DRAM", "static": "leakage"}
     head = ["layer", "schedule", *(short[k] for k in ENERGY_PARTS), "total"]
     body = []
     for r in (r for r in result.rows if r["gated"]):

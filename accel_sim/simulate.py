@@ -85,7 +85,7 @@ def simulate(layers: list[Layer], cfg: AccelConfig, gates: dict[str, GateSpec] |
     d_energy = energy_pj(rates, cfg, macs=macs, cycles=d_comp, compares=0,
                          ifmap_sram=sram["ifmap_reads"], filter_sram=sram["filter_reads"],
                          ofmap_reads=sram["ofmap_reads"], ofmap_writes=sram["ofmap_writes"],
-                         dram_words=(d_if, d_fi, d_of))
+                         dram_words=(d_if, d_fi, d_of), stall=d_stall)
 
     # ---- gated: start from dense, replace the gated layers by their chosen schedule
     d_parts = {key: np.broadcast_to(np.asarray(v, dtype=np.float64), (len(layers),)).copy()
@@ -177,7 +177,7 @@ def simulate(layers: list[Layer], cfg: AccelConfig, gates: dict[str, GateSpec] |
         "latency_ms": gated_c / (cfg.clock_mhz * 1e3), "dense_latency_ms": dense_c / (cfg.clock_mhz * 1e3),
     }
     area = asic_area_mm2(cfg)
-    hardware = {"asic_area_mm2": area, "asic_power_w": asic_power_w(cfg, totals["energy_pj"], gated_c,
-                                                                       area["total_mm2"]),
+    dynamic = totals["energy_pj"] - totals["energy_breakdown_pj"]["static"]
+    hardware = {"asic_area_mm2": area, "asic_power_w": asic_power_w(cfg, dynamic, gated_c),
                 "fpga": fpga_resources(cfg)}
     return SimResult(cfg, rows, totals, hardware, compat)

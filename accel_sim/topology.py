@@ -8,6 +8,7 @@ topology CSV (:func:`read_scalesim_csv`) and a torch model (:func:`from_torch`).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +32,7 @@ def scalesim_out(size: int, kernel: int, stride: int) -> int:
 
 @dataclass(frozen=True)
 class Layer:
-    """One conv or linear layer for one image (batch 1).
+    """One conv or linear layer run on ``batch`` images (the GEMM's M is batch x output pixels).
 
     ``gated`` and the gate geometry (``partitions``, ``grouped``, ``granularity``) say whether
     the CGNet scheduler runs a base and a conditional pass; density lives in the gate spec.
@@ -48,8 +49,11 @@ class Layer:
     groups: int = 1
     input_hw: tuple[int, int] = (1, 1)
     output_hw: tuple[int, int] = field(default=(0, 0))
+    batch: int = 1
 
     def __post_init__(self) -> None:
+        if isinstance(self.batch, bool) or not isinstance(self.batch, int) or self.batch < 1:
+            raise ValueError(f"layer {self.name}: batch must be an integer >= 1, got {self.batch!r}")
         if self.kind not in ("conv2d", "linear"):
             raise ValueError(f"layer {self.name}: kind must be conv2d or linear, got {self.kind!r}")
         if self.in_channels % self.groups or self.out_channels % self.groups:
@@ -60,10 +64,10 @@ class Layer:
                                 self.dilation[i]) for i in range(2))
             object.__setattr__(self, "output_hw", hw)
 
-    # ---- GEMM view (per group): M output pixels x N filters, reduction K ----
+    # ---- GEMM view (per group): M output pixels of the batch x N filters, reduction K ----
     @property
     def gemm_m(self) -> int:
-        return self.output_hw[0] * self.output_hw[1]
+        return self.batch * self.output_hw[0] * self.output_hw[1]
 
     @property
     def gemm_n(self) -> int:
@@ -79,8 +83,8 @@ class Layer:
 
     @property
     def ifmap_words(self) -> int:
-        """Unique input words (unpadded, not im2col-expanded)."""
-        return self.in_channels * self.input_hw[0] * self.input_hw[1]
+        """Unique input words of the batch (unpadded, not im2col-expanded)."""
+        return self.batch * self.in_channels * self.input_hw[0] * self.input_hw[1]
 
     @property
     def filter_words(self) -> int:
@@ -109,6 +113,12 @@ def conv(name: str, cin: int, cout: int, k: int, hw: tuple[int, int], stride: in
 
 def linear(name: str, fin: int, fout: int) -> Layer:
     return Layer(name, "linear", fin, fout, input_hw=(1, 1), output_hw=(1, 1))
+
+
+def with_batch(layers: Sequence[Layer], batch: int) -> list[Layer]:
+    """The same layers run on ``batch`` images at once: M (and the ifmap/ofmap) grow, the
+    filters are fetched once and reused across the batch, as an accelerator batches."""
+    return [dataclasses.replace(l, batch=batch) for l in layers]
 
 
 # --------------------------------------------------------------------------- SCALE-Sim CSV
@@ -164,6 +174,8 @@ def scalesim_unsupported(layer: Layer) -> str | None:
         return f"dilation {list(layer.dilation)}"
     if layer.stride[0] != layer.stride[1]:
         return f"non-square stride {list(layer.stride)}"
+    if layer.batch != 1:
+        return f"batch {layer.batch} (SCALE-Sim topologies are one image)"
     return None
 
 
