@@ -19,6 +19,11 @@ batch, the threads, the gate pattern and the CPU, so ``auto`` measures them at f
   1x1) the kernel tile is the gate tile, so ``block_tiles`` computes exactly the blocks on;
 * ``dense``: oneDNN base pass and the remaining sum as dense convs (dense MACs in total), the
   gate selecting per element: what ``auto`` falls back to when nothing can be skipped;
+* ``stacked``: one oneDNN conv computes the whole output and the base partial sum together
+  (the weight stacked on its base blocks: 2 C_out output channels), then the gate selects.
+  Twice the MACs, but one call and one pass over the input: on narrow, memory-bound layers
+  (16-32 channels) a conv with twice the outputs costs little more than the dense conv, where
+  the separate grouped base conv of ``dense``/``select`` costs a third of it or more;
 * ``union`` / ``groups``: gathered im2col rows of active positions times the remaining
   weights (the pipeline below).
 
@@ -64,7 +69,7 @@ from kernels.workspace import derived, scratch
 
 CL = torch.channels_last
 STRATEGIES = ("auto", "fused", "select", "fused_blocks", "onednn_blocks", "pipeline", "tiles",
-              "chunk_tiles", "block_tiles", "groups", "union", "dense")
+              "chunk_tiles", "block_tiles", "groups", "union", "dense", "stacked")
 _LAST = threading.local()
 
 # Cost model, nanoseconds on the reference 2-core AVX-512 box (see results/gated_conv_cpu.md):
@@ -308,6 +313,9 @@ def conditional_conv2d_cpu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Te
         out, gate, _LAST.tiles = cpu_fused.run_blocks(
             xc, weight, bias, tau, inv_sigma, geo, partitions=partitions, grouped=grouped,
             granularity=granularity, gate_tile=gate_tile, return_gate=return_gate, yp=yp)
+    elif strategy == "stacked":
+        out, gate = _stacked(xc, weight, bias, tau, inv_sigma, geo, partitions, grouped, granularity,
+                             gate_tile, return_gate)
     else:
         out, gate, strategy = _pipeline(xc, weight, bias, tau, inv_sigma, geo, partitions, grouped,
                                         granularity, strategy, tile, gate_tile, return_gate)
@@ -392,6 +400,37 @@ def _base_pass(xc, weight, bias, geo, partitions, grouped) -> torch.Tensor:
         xs = xc[:, :geo.c_in // partitions].contiguous(memory_format=CL)
         yp = F.conv2d(xs, prep.base, b, geo.stride, geo.padding, geo.dilation)
     return yp.contiguous(memory_format=CL)
+
+
+def _stacked_weight(w: torch.Tensor, partitions: int, grouped: bool) -> torch.Tensor:
+    """(2 C_out, C_in, kh, kw): the weight, then its base blocks as a dense weight (zeros off
+    the diagonal blocks for a grouped base, outside the first C_in/p inputs otherwise)."""
+    def build():
+        c_out, c_in = w.shape[:2]
+        ci, co = c_in // partitions, c_out // partitions
+        base = torch.zeros_like(w)
+        for i in range(partitions if grouped else 1):
+            rows = slice(i * co, (i + 1) * co) if grouped else slice(None)
+            base[rows, i * ci:(i + 1) * ci] = w[rows, i * ci:(i + 1) * ci]
+        return torch.cat([w.detach(), base]).contiguous()
+    return derived(w, "cpu.stacked", (partitions, grouped, w.dtype), build)
+
+
+def _stacked(xc, weight, bias, tau, inv_sigma, geo, partitions, grouped, granularity, gate_tile,
+             return_gate):
+    """``stacked`` path: one oneDNN conv gives [Y, Yp]; the gate on Yp selects Y or Yp."""
+    cdt = xc.dtype
+    w = weight.to(cdt) if weight.dtype != cdt else weight
+    b = None if bias is None else bias.detach().to(cdt).repeat(2)
+    both = F.conv2d(xc, _stacked_weight(w, partitions, grouped), b, geo.stride, geo.padding, geo.dilation)
+    c, m = geo.c_out, geo.positions
+    flat = both.contiguous(memory_format=CL).permute(0, 2, 3, 1).reshape(m, 2 * c)
+    full, ypf = flat[:, :c], flat[:, c:]
+    g = _gate(ypf, tau.to(cdt), inv_sigma.to(cdt), granularity, gate_tile, geo)
+    out = torch.lerp(ypf, full, g)        # Yp where the gate is off, Y where it is on
+    out = out.view(geo.n, geo.ho, geo.wo, c).permute(0, 3, 1, 2)
+    gate = g.view(geo.n, geo.ho, geo.wo, c).permute(0, 3, 1, 2).to(torch.bool) if return_gate else None
+    return out, gate
 
 
 def _pipeline(xc, weight, bias, tau, inv_sigma, geo, partitions, grouped, granularity, strategy,

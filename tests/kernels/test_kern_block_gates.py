@@ -10,7 +10,7 @@ from kernels import conditional_conv2d
 from kernels import cpu as kcpu
 from kernels.reference import conditional_conv2d_reference, gate_from_partial
 
-PATHS = ["tiles", "chunk_tiles", "block_tiles", "dense", "union", "groups", "pipeline", "auto"]
+PATHS = ["tiles", "chunk_tiles", "block_tiles", "dense", "stacked", "union", "groups", "pipeline", "auto"]
 TILES = [(2, 3), (4, 4), (7, 7)]          # (2, 3) and (4, 4) leave ragged edge tiles on 7x7/9x8 maps
 
 

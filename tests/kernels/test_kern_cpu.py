@@ -24,7 +24,7 @@ def _run(case, geom, *, strategy, grouped, granularity=1, partitions=4):
     return out, gate
 
 
-@pytest.mark.parametrize("strategy", ["groups", "union", "dense", "tiles", "pipeline", "auto"])
+@pytest.mark.parametrize("strategy", ["groups", "union", "dense", "stacked", "tiles", "pipeline", "auto"])
 @pytest.mark.parametrize("grouped", [True, False])
 @pytest.mark.parametrize("geom", GEOMS)
 def test_strategies_match_reference(strategy, grouped, geom):
@@ -35,7 +35,7 @@ def test_strategies_match_reference(strategy, grouped, geom):
     assert 0 < gate.float().mean() < 1
 
 
-@pytest.mark.parametrize("strategy", ["groups", "union", "dense", "tiles"])
+@pytest.mark.parametrize("strategy", ["groups", "union", "dense", "stacked", "tiles"])
 @pytest.mark.parametrize("granularity", [2, 3])
 def test_granularity_shares_gate_across_channel_groups(strategy, granularity):
     geom = GEOMS[0]
@@ -112,7 +112,7 @@ def test_cost_model_prefers_dense_when_all_rows_active_and_gather_when_few():
        cout_mult=st.integers(1, 3), h=st.integers(3, 9), w=st.integers(3, 9),
        k=st.sampled_from([1, 2, 3]), stride=st.integers(1, 2), padding=st.integers(0, 2),
        dilation=st.integers(1, 2), grouped=st.booleans(), density=st.floats(0.0, 1.0),
-       strategy=st.sampled_from(["auto", "groups", "union", "dense", "tiles", "chunk_tiles"]),
+       strategy=st.sampled_from(["auto", "groups", "union", "dense", "stacked", "tiles", "chunk_tiles"]),
        seed=st.integers(0, 99))
 def test_random_shapes_property(n, p, cin_mult, cout_mult, h, w, k, stride, padding, dilation,
                                 grouped, density, strategy, seed):
