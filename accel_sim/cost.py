@@ -203,8 +203,9 @@ def fpga_resources(cfg: AccelConfig) -> dict[str, object]:
     pes = cfg.rows * cfg.cols
     wb = WORD_BITS[cfg.word]
     dsp = math.ceil(pes / value(f"fpga_macs_per_dsp_{cfg.word}"))
-    lut = int(pes * value("fpga_lut_per_pe"))
-    ff = pes * (2 * wb + ACC_BITS)
+    # per PE: measured on accel_sim.rtl (Yosys); an OS PE also holds its output shift-chain stage
+    lut = int(pes * value("fpga_lut_per_pe_os" if cfg.dataflow == "os" else "fpga_lut_per_pe"))
+    ff = pes * (2 * wb + ACC_BITS + (ACC_BITS if cfg.dataflow == "os" else 0))
     bram = 0
     # each buffer is as wide as the array edge it feeds, so one word per lane per cycle
     for kb, lanes, bits in ((cfg.ifmap_sram_kb, cfg.rows, wb), (cfg.filter_sram_kb, cfg.cols, wb),

@@ -59,7 +59,11 @@ TABLE: dict[str, Const] = {
     "fpga_macs_per_dsp_int8": Const(2.0, "MAC/DSP", "Xilinx WP486 INT8 packing on DSP48E2 (shared operand)"),
     "fpga_macs_per_dsp_int16": Const(1.0, "MAC/DSP", "DSP48E2 27x18 multiplier, one int16 MAC"),
     "fpga_macs_per_dsp_fp16": Const(0.5, "MAC/DSP", "typical HLS fp16 mul+add ~2 DSP [unverified]"),
-    "fpga_lut_per_pe": Const(30.0, "LUT", "operand muxing and control per PE [assumption; calibrate]"),
+    "fpga_lut_per_pe": Const(32.0, "LUT", "WS/IS int8 PE (operand registers, 32 b accumulate in LUT carry "
+                             "chains): Yosys 0.23 synth_xilinx -family xcup of accel_sim.rtl, "
+                             "results/accel_sim_rtl.md [measured]"),
+    "fpga_lut_per_pe_os": Const(98.0, "LUT", "OS int8 PE incl. its 32 b output shift-chain muxes: Yosys 0.23 "
+                                "synth_xilinx -family xcup of accel_sim.rtl, results/accel_sim_rtl.md [measured]"),
     "fpga_bram18_width_bits": Const(36.0, "bits", "BRAM18K as 512 x 36; UCLA-VAST/AutoSA odyssey resource model"),
     "fpga_bram18_depth": Const(512.0, "words", "BRAM18K as 512 x 36; UCLA-VAST/AutoSA odyssey resource model"),
     "fpga_max_util": Const(0.7, "fraction", "AutoSA caps resource use at 70 % (autosa_scripts/odyssey/cst/vu9p.json)"),
