@@ -104,11 +104,11 @@ class EnergyRates:
     ofmap: float          # one partial-sum read (ACC_BITS wide): the ofmap SRAM holds psums
     gather: float         # one operand word read from the gather window (accel_sim.gating.gather_window)
     dram_bit: float
-    ifmap_write: float = 0.0   # one word filled from DRAM
-    filter_write: float = 0.0
-    ofmap_write: float = 0.0   # one partial-sum write
-    gather_write: float = 0.0  # one word copied into the gather window
-    static: float = 0.0        # leakage of the whole chip per clock cycle (compute or stall)
+    ifmap_write: float    # one word filled from DRAM
+    filter_write: float
+    ofmap_write: float    # one partial-sum write
+    gather_write: float   # one word copied into the gather window
+    static: float         # leakage of the whole chip per clock cycle (compute or stall)
 
     @classmethod
     def for_config(cls, cfg: AccelConfig) -> "EnergyRates":

@@ -32,7 +32,7 @@ SWEEP_COLUMNS: dict[str, str] = {
     "gated_cycles": "whole network with gating, same config: compute + stall cycles",
     "speedup": "dense_cycles / gated_cycles",
     "theoretical_speedup": "all MACs / (base + active x conditional MACs): what the gates offered",
-    "energy_pj": "whole network with gating: energy in pJ (MAC, idle PEs, gate, SRAMs, gather window, DRAM)",
+    "energy_pj": "whole network with gating: energy in pJ (MAC, idle PEs, gate, SRAMs, gather window, DRAM, leakage)",
     "dense_energy_pj": "whole network run dense: energy in pJ",
     "energy_ratio": "energy_pj / dense_energy_pj (below 1: gating saves energy)",
     "area_mm2": "ASIC area in mm^2 at the config's node: PE array + SRAM macros (CACTI) + gather window",
