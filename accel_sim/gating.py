@@ -431,22 +431,28 @@ def ifmap_fetch_fraction(needed: np.ndarray, cls: np.ndarray, base_set: np.ndarr
     return float(np.mean(fracs))
 
 
-def feed_share(dataflow: str, cols: int, mask: np.ndarray, granularity: int) -> int:
-    """Columns that share one gather feed in a column pass: ``gcd(G, C)`` for block gates of G
-    channels on OS/WS, when the mask really is constant on those runs (else 1).
+def feed_share(dataflow: str, cols: int, mask: np.ndarray, granularity: int, cls: np.ndarray) -> int:
+    """Columns that share one gather feed in a column pass: the widest aligned run, dividing
+    ``gcd(G, C)``, on which both the mask and the filters' class (their reduction rows) are
+    constant, for block gates of G channels on OS/WS (1: no sharing).
 
     Why: a block gate decides G adjacent output channels at once, so G adjacent columns have
-    the same active list.  The compiler knows G, so it sets the feed muxes to gang each aligned
-    run of ``gcd(G, C)`` columns (aligned runs never straddle a channel group or a column
-    tile) onto one gather port, whose operand then moves across the run as in the dense array:
-    one SRAM (or window) read serves the whole run.  Cycles are those of per-column lists.  IS
-    puts pixels on the columns and gathers the filter stream, so it gets no sharing here.
+    the same active list; where they also share a base partition (same conditional rows), the
+    compiler, which knows G, gangs each aligned run (runs never straddle a column tile) onto one
+    gather port whose operand then moves across the run as in the dense array: one SRAM (or
+    window) read serves the whole run.  Cycles are those of per-column lists.  IS puts pixels on
+    the columns and gathers the filter stream, so it gets no sharing here.
     """
-    w = math.gcd(granularity, cols)
-    if dataflow == "is" or w < 2 or mask.shape[1] % w:
+    if dataflow == "is":
         return 1
-    runs = mask.reshape(mask.shape[0], -1, w)
-    return w if bool((runs == runs[:, :, :1]).all()) else 1
+    g = math.gcd(granularity, cols)
+    for w in sorted((d for d in range(2, g + 1) if g % d == 0), reverse=True):
+        if mask.shape[1] % w:
+            continue
+        runs, classes = mask.reshape(mask.shape[0], -1, w), cls.reshape(-1, w)
+        if bool((runs == runs[:, :, :1]).all()) and bool((classes == classes[:, :1]).all()):
+            return w
+    return 1
 
 
 #: gather windows of the column conditional pass, per dataflow (IS gathers filters: none)
@@ -522,7 +528,7 @@ def _passes(layer: Layer, spec: GateSpec, cfg: AccelConfig, rng: np.random.Gener
     everything = np.ones((m, n), dtype=bool)
     base_modes = ("packed", "group") if grouped else ("packed",)
     cond_modes = tuple(md for md in COND_MODES[cfg.gate_schedule] if grouped or md != "group")
-    share = feed_share(df, c, mask, spec.granularity)
+    share = feed_share(df, c, mask, spec.granularity, cls)
     bases = {md: pass_counts(df, r, c, everything, cls, base_set, md, False) for md in base_modes}
     conds = {md: pass_counts(df, r, c, mask, cls, cond_set, md, True, share) for md in cond_modes}
     window = (0, 0)

@@ -225,12 +225,15 @@ def test_block_gates_share_column_feeds(df):
     blocks = rng.random((m, n // 8)) < 0.4
     mask = np.repeat(blocks, 8, axis=1)                       # G = 8
     cls, _, cond = gate_classes(n, k, p, False)
-    assert feed_share(df, 16, mask, 8) == 8                   # gcd(8, 16)
-    assert feed_share(df, 12, mask, 8) == 4                   # runs must not straddle a 12-wide tile
-    assert feed_share("is", 16, mask, 8) == 1
+    assert feed_share(df, 16, mask, 8, cls) == 8              # gcd(8, 16)
+    assert feed_share(df, 12, mask, 8, cls) == 4              # runs must not straddle a 12-wide tile
+    assert feed_share("is", 16, mask, 8, cls) == 1
     ragged = mask.copy()
     ragged[0, 1] = not ragged[0, 1]
-    assert feed_share(df, 16, ragged, 8) == 1
+    assert feed_share(df, 16, ragged, 8, cls) == 1
+    # grouped base, partitions of 6 filters: a run may not mix two partitions' conditional rows
+    grouped_cls, _, _ = gate_classes(n, k, p, True)
+    assert feed_share(df, 16, mask, 8, grouped_cls) == 2
     for cols, share in ((16, 8), (12, 4)):
         one = pass_counts(df, 8, cols, mask, cls, cond, "column", True)
         run = pass_counts(df, 8, cols, mask, cls, cond, "column", True, share)
