@@ -40,7 +40,6 @@ SWEEP_COLUMNS: dict[str, str] = {
     "gated_dram_bytes": "DRAM bytes moved by the gated run",
     "dense_fallback_layers": "gated layers whose schedule choice ran them dense (the gate did not pay)",
 }
-SWEEP_KEYS = tuple(SWEEP_COLUMNS)
 
 
 def _point(args: tuple[str, tuple[int, int, int] | None, dict[str, Any], float, int]) -> dict[str, Any]:
@@ -112,7 +111,7 @@ def write_sweep_csv(rows: list[dict[str, Any]], path: str | Path) -> Path:
     """Sweep rows, and ``PATH.md`` describing every column, both written atomically; returns
     the description's path."""
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(SWEEP_KEYS))
+    w = csv.DictWriter(buf, fieldnames=list(SWEEP_COLUMNS))
     w.writeheader()
     w.writerows(rows)
     write_text_atomic(path, buf.getvalue())

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-import subprocess
 import sys
 import time
 
@@ -34,6 +32,7 @@ from accel_sim.gating import gate_classes, gate_drain, pass_counts  # noqa: E402
 from accel_sim.pe_array import simulate_gated, simulate_gemm  # noqa: E402
 from accel_sim.rtl import verilator, yosys  # noqa: E402
 from accel_sim.rtl.verilog import Design  # noqa: E402
+from cpu_info import cpu_model  # noqa: E402
 from fsio import write_text_atomic  # noqa: E402
 
 ARRAYS = ((4, 4), (8, 8))
@@ -164,11 +163,7 @@ def render(cyc: list[dict], syn: list[dict], command: str, seconds: float) -> st
         lines += ["", f"Measured per PE on the dense designs (PE array + control, / R*C): LUT {min(lut):.0f}-"
                       f"{max(lut):.0f}, FF {min(per_pe('ff')):.0f}-{max(per_pe('ff')):.0f}, "
                       f"DSP48E2 {min(per_pe('dsp')):.2f}-{max(per_pe('dsp')):.2f}."]
-    try:
-        cpu = next((ln.split(":", 1)[1].strip() for ln in subprocess.run(["lscpu"], capture_output=True, text=True)
-                    .stdout.splitlines() if ln.startswith("Model name")), platform.processor())
-    except OSError:
-        cpu = platform.processor()
+    cpu = cpu_model()
     lines += ["", "## Run", "", f"- command: `{command}`", f"- {verilator.version()}",
               f"- {yosys.version() if syn else 'yosys: not run'}", f"- CPU (lscpu model name): {cpu}",
               f"- wall time: {seconds:.0f} s", ""]

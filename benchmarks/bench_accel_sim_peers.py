@@ -59,7 +59,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without reinstalling
 from accel_sim import AccelConfig, Layer, build_network, load_config, read_scalesim_csv, simulate  # noqa: E402
 from accel_sim.atomic import write_text_atomic  # noqa: E402
 from accel_sim.cost import ACC_BITS, ENERGY_PARTS, WORD_BITS, EnergyRates, port_lanes  # noqa: E402
-from accel_sim.memory import dram_words  # noqa: E402
+from accel_sim.memory import dram_words, usable_words  # noqa: E402
 from accel_sim.topology import write_scalesim_csv  # noqa: E402
 
 
@@ -71,6 +71,7 @@ def _load_sibling(name: str):
 
 
 bench_v2 = _load_sibling("bench_accel_sim")  # SCALE-Sim v2 .cfg template
+cpu_model = _load_sibling("cpu_info").cpu_model
 
 DEFAULT_LAYERS = ("conv1", "layer1.0.conv1", "layer2.0.conv1", "layer2.0.downsample.0", "layer3.0.conv1",
                   "layer4.0.conv1")
@@ -650,7 +651,7 @@ def psum_table(records: list[dict[str, Any]], cfg: AccelConfig) -> str:
     """Per layer: the WS psum working set (T pixels x one column tile) at the psum width against
     the ofmap SRAM, and whether each tool sent psums to DRAM."""
     rows = []
-    usable_words = cfg.ofmap_sram_kb * 1024 / cfg.word_bytes / (2 if cfg.double_buffer else 1)
+    cap_o = usable_words(cfg.ofmap_sram_kb, cfg)
     for r in records:
         g = r["gemm"]
         tile = g["m"] * min(g["n"], cfg.cols)
@@ -659,13 +660,13 @@ def psum_table(records: list[dict[str, Any]], cfg: AccelConfig) -> str:
         ours_spill = o["counts"]["dram_ofmap_bytes"] > g["ofmap_words"] * cfg.word_bytes
         zz_back = zz_count(z["counts"], "ofmap_sram.O.wr_in_by_high.values") if z.get("status") == "ok" else None
         rows.append([r["layer"], _fmt(tile), _fmt(tile * ACC_BITS / 8 / 1024, 1),
-                     "yes" if tile <= usable_words else "no",
+                     "yes" if tile <= cap_o else "no",
                      "yes" if ours_spill else "no",
                      "–" if zz_back is None else ("yes" if zz_back else "no"),
                      _fmt(o["counts"]["dram_ofmap_bytes"]),
                      _fmt(zz_count(z["counts"], "dram.O.*.bytes")) if z.get("status") == "ok" else "–"])
     return md_table(["layer", "psum tile (T x min(N, C))", f"tile at {ACC_BITS} b (KiB)",
-                     f"ours: tile <= usable words ({usable_words:,.0f})", "ours spills psums",
+                     f"ours: tile <= usable words ({cap_o:,.0f})", "ours spills psums",
                      "ZigZag spills psums", "ours ofmap DRAM B", "ZigZag ofmap DRAM B"], rows)
 
 
@@ -759,7 +760,7 @@ def explain_gaps(records: list[dict[str, Any]], tot: dict[str, Any], rates: Ener
                 uniq = r["gemm"]["ifmap_words"]
                 fill_rows.append(f"{r['layer']} (ZigZag {f_z / uniq:.2f}x the unique ifmap of {uniq:,} words, "
                                  f"ours {f_o / uniq:.2f}x)")
-        usable_i = cfg.ifmap_sram_kb * 1024 / cfg.word_bytes / (2 if cfg.double_buffer else 1)
+        usable_i = usable_words(cfg.ifmap_sram_kb, cfg)
         out.append(
             f"**4. ifmap refetch (ifmap SRAM {(ze.get('ifmap_sram', 0) - oe['ifmap_sram']) * UJ:+,.1f} µJ, part of "
             f"DRAM).** Reads to the array agree ({zz_count(zc, 'ifmap_sram.I.rd_out_to_low.values'):,.0f} vs "
@@ -829,14 +830,7 @@ def explain_gaps(records: list[dict[str, Any]], tot: dict[str, Any], rates: Ener
 
 
 def machine() -> dict[str, str]:
-    model = ""
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-            if line.startswith("Model name:"):
-                model = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return {"cpu": model or platform.processor() or "unknown", "cores": str(os.cpu_count()),
+    return {"cpu": cpu_model() or "unknown", "cores": str(os.cpu_count()),
             "python": platform.python_version(), "platform": platform.platform()}
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 
@@ -45,6 +44,7 @@ from kernels.api import validate  # noqa: E402
 from kernels.cpu import conditional_conv2d_cpu  # noqa: E402
 from kernels.cpu_tiles import default_tile  # noqa: E402
 from kernels.workspace import release  # noqa: E402
+from cpu_info import cpu_model  # noqa: E402
 from fsio import write_text_atomic  # noqa: E402
 
 DENSITIES = (1.0, 0.5, 0.3, 0.1)
@@ -53,12 +53,7 @@ KINDS = PATTERNS
 
 def cpu_header() -> dict:
     """CPU model, its SIMD flags and the targets this run uses (printed with every table)."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-    except OSError:
-        out = ""
-    info = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
-    model = info.get("Model name", "").strip() or autotune.cpu_id().split(" | ")[0]
+    model = cpu_model() or autotune.cpu_id().split(" | ")[0]
     flags = sorted(f for f in cpu_fused._cpu_flags().split() if f.startswith(("avx", "fma", "amx")))
     return dict(cpu=model, cpu_flags=" ".join(flags), isa=cpu_fused.isa(), cpu_isa=cpu_fused.cpu_isa(),
                 onednn_max_isa=os.environ.get("ONEDNN_MAX_CPU_ISA", "native"),
