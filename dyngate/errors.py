@@ -28,3 +28,21 @@ class TrainingError(DyngateError):
 
 class DeployError(DyngateError):
     """A model cannot be exported (gated, missing ONNX packages) or its export does not verify."""
+
+
+class PruningError(ConversionError):
+    """A pruning request (criterion, keep set, schedule) cannot give a smaller exact model.
+    A ConversionError too: pruning requests were reported as such before."""
+
+
+class LatencyTableError(DyngateError):
+    """A latency table is missing, malformed, or was measured for another model or machine."""
+
+
+class CompileError(DyngateError):
+    """A pruned model cannot be compiled (missing TVM, unsupported op, failed build)."""
+
+
+class ConfigError(DyngateError, ValueError):
+    """A run's configuration field (CLI option, YAML key, keyword argument) is invalid.
+    Also a ValueError, so callers that caught the bare ValueError keep working."""
