@@ -24,6 +24,7 @@ from dyngate.errors import ConversionError
 from dyngate.graph import ChannelGroup, capture
 from dyngate.prune import _check_ratio, prune, select_keep
 from dyngate.surgery import prune_groups, refuse_gated
+from dyngate import distributed
 from dyngate.train import Trainer, TrainConfig, param_groups
 
 MODES = ("sfp", "ghfp")
@@ -163,6 +164,7 @@ class ScheduledTrainer(Trainer):
         super().__init__(cfg, progress)
         if model is not None:
             self.model = model.to(memory_format=torch.channels_last)
+            self.net = distributed.wrap(self.model, self.world)  # training steps call self.net
             self.opt = torch.optim.SGD(param_groups(self.model, cfg.weight_decay), lr=cfg.lr,
                                        momentum=cfg.momentum, nesterov=True)
             self.sched = (torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, cfg.epochs)

@@ -42,6 +42,7 @@ from dyngate.cucb.reward import row_scores, taylor_scores
 from dyngate.cucb.sliced import SlicedExecutor, sliced_sgd_step
 from dyngate.errors import CheckpointError
 from dyngate.graph import capture
+from dyngate import distributed
 from dyngate.train import (TrainConfig, Trainer, _augment, evaluate, kd_loss, param_groups,
                            check_finite_loss, write_metrics)
 from models.data import dataset_geometry
@@ -203,6 +204,7 @@ class CUCBTrainer(Trainer):
         self.compact_selection = self.bandits.best(cfg.keep)
         self.model = extract(self.dense_model, torch.zeros(self.example_shape),
                              self.compact_selection).to(memory_format=torch.channels_last)
+        self.net = distributed.wrap(self.model, self.world)  # fine-tune steps call self.net
         if cfg.cucb_bn_batches:
             self.recalibrate_bn(cfg.cucb_bn_batches)
         self.opt = torch.optim.SGD(param_groups(self.model, cfg.weight_decay), lr=cfg.cucb_finetune_lr,

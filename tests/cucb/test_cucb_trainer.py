@@ -95,3 +95,10 @@ def test_cli_cucb_bad_arguments(tmp_path, capsys, args, msg):
     assert main(["train", "--cucb", "--dataset", "synthetic", "--out", str(tmp_path / "x"),
                  *args]) == 2
     assert msg in capsys.readouterr().err
+
+
+def test_finetune_steps_the_compact_model(tmp_path):
+    """After extraction the fine-tune steps run on the compact model (``net`` follows ``model``)."""
+    t = CUCBTrainer(_cfg(tmp_path, epochs=1, cucb_warmup=0, cucb_finetune=1), progress=False)
+    t.fit()
+    assert t.net is t.model
