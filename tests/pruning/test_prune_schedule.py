@@ -86,3 +86,20 @@ def test_schedule_bad_input():
         SoftPruningSchedule(net, "l1", 1.2, example_input=X, epochs=2)
     with pytest.raises(ConversionError, match="finalize"):
         SoftPruningSchedule(net, "l1", 0.5, example_input=X, epochs=2).finalize(net)
+
+
+def test_scheduled_trainer_trains_the_given_model(tmp_path):
+    import models
+    given = dyngate.prune(models.build("resnet20", in_channels=1).train(), "l1", 0.5, example_input=X)
+    t = ScheduledTrainer(TrainConfig(**SMALL, epochs=1, out=str(tmp_path)), model=given, progress=False)
+    before = {k: v.clone() for k, v in t.model.state_dict().items()}
+    t.fit()
+    assert t.net is t.model is given
+    assert all(not torch.equal(before[k], v) for k, v in t.model.state_dict().items()
+               if k.endswith("conv1.weight"))
+
+
+def test_scheduled_trainer_refuses_gated_runs(tmp_path):
+    from dyngate.errors import ConfigError
+    with pytest.raises(ConfigError, match="--gated is not supported"):
+        ScheduledTrainer(TrainConfig(**SMALL, epochs=1, gated=True, out=str(tmp_path)), progress=False)
