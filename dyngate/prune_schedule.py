@@ -1,8 +1,8 @@
 """Pruning during training: soft (SFP), gradually hard (GHFP) and iterative schedules.
 
-``train.py`` has no per-epoch hook, so the schedules plug in by subclassing the Trainer
-(:class:`ScheduledTrainer` overrides ``train_epoch``) or by plain loops (:func:`iterative_prune`);
-gradient masks and the Network Slimming penalty use tensor gradient hooks, which run between
+The schedules plug into the shared training loop (:class:`ScheduledTrainer` is a
+:class:`~dyngate.loop.TrainLoop` whose epoch ends with the schedule's step) or into plain loops
+(:func:`iterative_prune`); gradient masks and the Network Slimming penalty use tensor gradient hooks, which run between
 ``backward()`` and ``optimizer.step()`` without touching the training loop.
 
 Soft pruning zeroes a removed row's filters *and* its BN gamma and beta. Zeroing only the
@@ -13,19 +13,21 @@ is exactly zero in train and eval mode, and :meth:`SoftPruningSchedule.finalize`
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import numpy as np
 import torch
 import torch.nn as nn
 
 from dyngate import criteria
-from dyngate.errors import ConversionError
+from dyngate.errors import ConfigError, ConversionError
 from dyngate.graph import ChannelGroup, capture
 from dyngate.prune import _check_ratio, prune, select_keep
 from dyngate.surgery import prune_groups, refuse_gated
-from dyngate import distributed
-from dyngate.train import Trainer, TrainConfig, param_groups
+from dyngate.loop import TrainLoop
+
+if TYPE_CHECKING:
+    from dyngate.train import TrainConfig
 
 MODES = ("sfp", "ghfp")
 
@@ -154,22 +156,17 @@ def add_slimming_penalty(model: nn.Module, lam: float = 1e-5) -> list:
     return handles
 
 
-class ScheduledTrainer(Trainer):
-    """The project's Trainer, optionally on a given (e.g. pruned) model, with a soft-pruning
-    schedule applied after every epoch. Everything else (data, SGD, schedule, checkpoints,
-    evaluation) is the parent's."""
+class ScheduledTrainer(TrainLoop):
+    """The project's training loop, optionally on a given (e.g. pruned) model, with a
+    soft-pruning schedule applied after every epoch. Everything else (data, SGD, schedule,
+    checkpoints, evaluation) is the loop's. Dense models only: the schedules refuse gated ones."""
 
     def __init__(self, cfg: TrainConfig, *, model: nn.Module | None = None,
                  schedule: SoftPruningSchedule | None = None, progress: bool = True) -> None:
-        super().__init__(cfg, progress)
-        if model is not None:
-            self.model = model.to(memory_format=torch.channels_last)
-            self.net = distributed.wrap(self.model, self.world)  # training steps call self.net
-            self.opt = torch.optim.SGD(param_groups(self.model, cfg.weight_decay), lr=cfg.lr,
-                                       momentum=cfg.momentum, nesterov=True)
-            self.sched = (torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, cfg.epochs)
-                          if cfg.schedule == "cosine" else
-                          torch.optim.lr_scheduler.MultiStepLR(self.opt, cfg.milestones, 0.1))
+        if cfg.gated:
+            raise ConfigError("ScheduledTrainer: --gated is not supported; pruning schedules "
+                              "train dense models (gated training is dyngate.train.Trainer)")
+        super().__init__(cfg, progress, model=model)
         self.schedule = schedule
 
     def train_epoch(self) -> dict[str, float]:

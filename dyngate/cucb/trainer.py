@@ -7,8 +7,9 @@ Phases (all epochs of ``cfg.epochs`` are bandit epochs):
    sliced sub-network runs forward and backward on the batch; the sliced SGD step updates only
    the kept blocks; the played arms get their Taylor rewards. Each epoch logs the training MACs
    actually executed against those of a dense step on the same images, and evaluates the
-   exploitation sub-network (top-k by empirical mean) on the test set. Resumable like
-   :class:`~dyngate.train.Trainer` (the bandit statistics travel in the checkpoint).
+   exploitation sub-network (top-k by empirical mean) on the test set. Resumable like every
+   run of the shared loop :class:`~dyngate.loop.TrainLoop` (the bandit statistics travel in the
+   checkpoint).
 2. Extraction. The top-k rows by empirical mean at the target keep fraction become a physically
    smaller model (:func:`dyngate.cucb.extract.extract`); with ``cfg.cucb_bn_batches`` its BN
    statistics are then recomputed on that many training batches (:meth:`recalibrate_bn`).
@@ -23,7 +24,6 @@ activations and small next to the convolutions).
 from __future__ import annotations
 
 import math
-import os
 import time
 import warnings
 from dataclasses import asdict
@@ -31,8 +31,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from tqdm import tqdm
 
 from dyngate.checkpoint import read as read_checkpoint
 from dyngate.cucb.bandit import ChannelBandits, keep_fraction
@@ -40,27 +38,27 @@ from dyngate.cucb.extract import count_params, extract
 from dyngate.cucb.plan import full_selection, make_plan
 from dyngate.cucb.reward import row_scores, taylor_scores
 from dyngate.cucb.sliced import SlicedExecutor, sliced_sgd_step
-from dyngate.errors import CheckpointError
+from dyngate.errors import CheckpointError, ConfigError
 from dyngate.graph import capture
-from dyngate import distributed
-from dyngate.train import (TrainConfig, Trainer, _augment, evaluate, kd_loss, param_groups,
-                           check_finite_loss, write_metrics)
+from dyngate.loop import TrainLoop, check_finite_loss, evaluate
+from dyngate.optim import sgd_with_schedule
+from dyngate.train import TrainConfig
 from models.data import dataset_geometry
 
 TRAIN_MACS_PER_FORWARD = 3
 
 
-class CUCBTrainer(Trainer):
-    """:class:`~dyngate.train.Trainer` with CUCB channel selection; same data, logging and
-    checkpoint options. ``self.model`` is the dense model during the bandit phase and the
-    compact model after :meth:`finish`."""
+class CUCBTrainer(TrainLoop):
+    """The shared training loop with CUCB channel selection in the step; same data, logging
+    and checkpoint options as :class:`~dyngate.train.Trainer`. ``self.model`` is the dense
+    model during the bandit phase and the compact model after :meth:`finish`."""
 
     def __init__(self, cfg: TrainConfig, progress: bool = True) -> None:
         if not cfg.cucb:
-            raise ValueError("CUCBTrainer needs cfg.cucb = True (--cucb)")
+            raise ConfigError("CUCBTrainer needs cfg.cucb = True (--cucb)")
         super().__init__(cfg, progress)
         if self.world.size > 1:   # the sliced executor runs sub-networks outside DDP's hooks
-            raise ValueError(f"--cucb runs in one process; got a torchrun world of {self.world.size}")
+            raise ConfigError(f"--cucb runs in one process; got a torchrun world of {self.world.size}")
         cin, size, _ = dataset_geometry(cfg.dataset)
         self.example_shape = (1, cin, size, size)
         self.dense_model = self.model
@@ -72,6 +70,7 @@ class CUCBTrainer(Trainer):
         self.steps_per_epoch = math.ceil(len(self.train_set) / cfg.batch_size)
         self.warmup_steps = cfg.cucb_warmup * self.steps_per_epoch
         self.compact_selection: dict[int, np.ndarray] | None = None
+        self.epoch_macs = [0, 0]   # (executed, dense) training MACs of the current bandit epoch
 
     # --- schedule ---------------------------------------------------------------------------
     @property
@@ -104,49 +103,39 @@ class CUCBTrainer(Trainer):
         self.bandits.load_state_dict(st["cucb"])
 
     # --- bandit phase -----------------------------------------------------------------------
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Bandit phase: the groups' chosen rows run forward and backward sliced, the sliced SGD
+        step updates them and they get their rewards. Fine-tuning: the loop's plain step."""
+        if self.compact_selection is not None:
+            return super().train_step(x, y, b)
+        selection = self.bandits.select(self.keep_at(self.step + b))
+        plan = make_plan(self.view, selection)
+        run = self.executor.run(x, plan, train=True, record=True)
+        loss = self.training_loss(run.output, x, y)
+        check_finite_loss(loss, self.epoch + 1, b)
+        loss.backward()
+        sliced_sgd_step(self.opt, run.slices)
+        self.bandits.update(selection, row_scores(self.view, plan, taylor_scores(run.measured)))
+        self.epoch_macs[0] += TRAIN_MACS_PER_FORWARD * plan.total_macs * len(y)
+        self.epoch_macs[1] += TRAIN_MACS_PER_FORWARD * self.full_plan.total_macs * len(y)
+        return run.output, loss
+
+    def progress_fields(self, acc: float, b: int) -> dict[str, str]:
+        if self.compact_selection is not None:
+            return super().progress_fields(acc, b)
+        return {"keep": f"{self.keep_at(self.step + b):.2f}"}
+
     def train_epoch(self) -> dict[str, float]:
+        """The loop's epoch plus the keep fraction and training MACs during the bandit phase."""
         if self.compact_selection is not None:  # fine-tune: plain dense steps on the compact model
             return super().train_epoch()
-        cfg, model = self.cfg, self.model
-        model.train()
-        x_all, y_all = self.train_set.tensors
-        order = torch.randperm(len(x_all), generator=self.gen)
-        total, correct, loss_sum, macs, dense_macs = 0, 0, 0.0, 0, 0
+        self.epoch_macs = [0, 0]
         step0 = self.step
-        bar = tqdm(range(self.steps_per_epoch), desc=f"cucb {self.epoch + 1}/{cfg.epochs}",
-                   disable=not self.progress, leave=False)
-        for b in bar:
-            idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-            x, y = x_all[idx], y_all[idx]
-            if cfg.augment:
-                x = _augment(x, self.gen)
-            x = x.contiguous(memory_format=torch.channels_last)
-            selection = self.bandits.select(self.keep_at(step0 + b))
-            plan = make_plan(self.view, selection)
-            run = self.executor.run(x, plan, train=True, record=True)
-            loss = F.cross_entropy(run.output, y)
-            if self.teacher is not None:
-                with torch.no_grad():
-                    t = self.teacher(x)
-                loss = (1 - cfg.kd_weight) * loss + cfg.kd_weight * kd_loss(run.output, t,
-                                                                            cfg.kd_temperature)
-            check_finite_loss(loss, self.epoch + 1, b)
-            loss.backward()
-            sliced_sgd_step(self.opt, run.slices)
-            self.bandits.update(selection, row_scores(self.view, plan, taylor_scores(run.measured)))
-            n = len(y)
-            total += n
-            correct += int((run.output.argmax(1) == y).sum())
-            loss_sum += float(loss.detach()) * n
-            macs += TRAIN_MACS_PER_FORWARD * plan.total_macs * n
-            dense_macs += TRAIN_MACS_PER_FORWARD * self.full_plan.total_macs * n
-            if b % 20 == 0:
-                bar.set_postfix(loss=f"{loss_sum / total:.3f}", keep=f"{self.keep_at(step0 + b):.2f}")
         with warnings.catch_warnings():  # the sliced step bypasses opt.step(), which torch checks
             warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
-            self.sched.step()
-        return {"train_loss": loss_sum / total, "train_acc": correct / total,
-                "keep": self.keep_at(step0 + self.steps_per_epoch - 1),
+            row = self.run_epoch("cucb")
+        macs, dense_macs = self.epoch_macs
+        return {**row, "keep": self.keep_at(step0 + self.steps_per_epoch - 1),
                 "train_macs": float(macs), "dense_train_macs": float(dense_macs),
                 "train_mac_reduction": dense_macs / macs}
 
@@ -181,20 +170,19 @@ class CUCBTrainer(Trainer):
         return n
 
     # --- the whole run ----------------------------------------------------------------------
+    def row_start(self) -> dict[str, Any]:
+        return {"phase": "cucb", **super().row_start()}
+
+    def evaluate_epoch(self, row: dict[str, Any]) -> dict[str, Any]:
+        """Test accuracy and size of the sub-network the bandits would keep at this epoch's keep."""
+        best = self.bandits.best(row["keep"])
+        return dict(test_acc=self.evaluate_subnet(best), params=self.subnet_params(best))
+
     def fit(self, stop_after: int | None = None) -> list[dict[str, Any]]:
         """Bandit epochs to ``cfg.epochs`` (or stop after epoch ``stop_after``); once all ran,
         :meth:`finish` extracts and fine-tunes the compact model."""
-        cfg = self.cfg
-        last = min(cfg.epochs, stop_after or cfg.epochs)
-        while self.epoch < last:
-            t0 = time.perf_counter()
-            row = {"phase": "cucb", "epoch": self.epoch + 1, "lr": self.opt.param_groups[0]["lr"],
-                   **self.train_epoch()}
-            row["train_seconds"] = time.perf_counter() - t0
-            best = self.bandits.best(row["keep"])
-            row.update(test_acc=self.evaluate_subnet(best), params=self.subnet_params(best))
-            self._record(row)
-        if self.epoch >= cfg.epochs and self.compact_selection is None:
+        super().fit(stop_after)
+        if self.epoch >= self.cfg.epochs and self.compact_selection is None:
             self.finish()
         return self.history
 
@@ -202,14 +190,12 @@ class CUCBTrainer(Trainer):
         """Extract the compact model from the most-rewarded rows and fine-tune it."""
         cfg = self.cfg
         self.compact_selection = self.bandits.best(cfg.keep)
-        self.model = extract(self.dense_model, torch.zeros(self.example_shape),
-                             self.compact_selection).to(memory_format=torch.channels_last)
-        self.net = distributed.wrap(self.model, self.world)  # fine-tune steps call self.net
+        self.use_model(extract(self.dense_model, torch.zeros(self.example_shape), self.compact_selection))
         if cfg.cucb_bn_batches:
             self.recalibrate_bn(cfg.cucb_bn_batches)
-        self.opt = torch.optim.SGD(param_groups(self.model, cfg.weight_decay), lr=cfg.cucb_finetune_lr,
-                                   momentum=cfg.momentum, nesterov=True)
-        self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, max(1, cfg.cucb_finetune))
+        self.opt, self.sched = sgd_with_schedule(
+            self.model, lr=cfg.cucb_finetune_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+            schedule="cosine", epochs=max(1, cfg.cucb_finetune))
         rows = [("extract", 0)] + [("finetune", e + 1) for e in range(cfg.cucb_finetune)]
         for phase, e in rows:
             t0 = time.perf_counter()
@@ -221,7 +207,7 @@ class CUCBTrainer(Trainer):
             acc, prof = evaluate(self.model, self.test_set)
             row.update(test_acc=acc, params=count_params(self.model),
                        inference_macs=prof.totals["dense_macs"])
-            self._record(row)
+            self._record(row, advance=False)
 
     @torch.no_grad()
     def recalibrate_bn(self, batches: int) -> None:
@@ -249,16 +235,6 @@ class CUCBTrainer(Trainer):
                 m.momentum = mom
             self.model.train(was_training)
 
-    def _record(self, row: dict[str, Any]) -> None:
-        if row["phase"] == "cucb":
-            self.epoch += 1
-        self.history.append(row)
-        self.save(os.path.join(self.cfg.out, "last.pt"))
-        self._log()  # after the checkpoint it describes
-        if self.progress:
-            tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                for k, v in row.items()))
-
-    def _log(self) -> None:
-        """As the base class, but without a dense accuracy."""
-        write_metrics(self.cfg.out, {"config": asdict(self.cfg), "epochs": self.history}, self.history)
+    def metrics_header(self) -> dict[str, Any]:
+        """As the loop's, but without a dense accuracy."""
+        return {"config": asdict(self.cfg)}

@@ -142,3 +142,33 @@ def test_cli_block_gates_rule_all_dense_accuracy_and_time(tmp_path, capsys):
     assert len(gated_layers) == 18 and all(l["tile"] == [4, 4] for l in gated_layers)
     assert main(["train", "--tile", "0", "4", "--out", str(tmp_path / "bad")]) == 2
     assert main(["train", "--rule", "some", "--out", str(tmp_path / "bad")]) == 2
+
+
+def test_one_optimizer_factory_for_every_schedule():
+    from dyngate.errors import ConfigError
+    from dyngate.optim import sgd_with_schedule
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))
+    opt, sched = sgd_with_schedule(net, lr=0.1, momentum=0.9, weight_decay=5e-4, schedule="step",
+                                   epochs=4, milestones=[2])
+    assert opt.defaults["nesterov"] and [g["weight_decay"] for g in opt.param_groups] == [5e-4, 0.0]
+    lrs = []
+    for _ in range(3):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs == pytest.approx([0.1, 0.1, 0.01])
+    opt, sched = sgd_with_schedule(net, lr=0.1, momentum=0.9, weight_decay=0.0, schedule="cosine", epochs=2)
+    opt.step()
+    sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.05)
+    with pytest.raises(ConfigError, match="schedule must be one of cosine, step, got 'linear'"):
+        sgd_with_schedule(net, lr=0.1, momentum=0.9, weight_decay=0.0, schedule="linear", epochs=2)
+
+
+def test_bad_options_raise_config_error(tmp_path):
+    from dyngate.errors import ConfigError
+    from dyngate.train import config_from_dict
+    with pytest.raises(ConfigError, match="--momentum must be in"):
+        _cfg(tmp_path, momentum=1.0).validate()
+    with pytest.raises(ConfigError, match="unknown training option"):
+        config_from_dict({"epochz": 3})

@@ -97,8 +97,23 @@ def test_cli_cucb_bad_arguments(tmp_path, capsys, args, msg):
     assert msg in capsys.readouterr().err
 
 
-def test_finetune_steps_the_compact_model(tmp_path):
-    """After extraction the fine-tune steps run on the compact model (``net`` follows ``model``)."""
+def test_finetune_trains_the_compact_model(tmp_path):
+    """After extraction the steps run on the compact model (``net`` follows ``model``)."""
     t = CUCBTrainer(_cfg(tmp_path, epochs=1, cucb_warmup=0, cucb_finetune=1), progress=False)
+    extracted = {}
+    real = t.run_epoch
+
+    def snapshot_then_run(label):   # the last call is the fine-tune epoch
+        extracted.update({k: v.clone() for k, v in t.model.state_dict().items()})
+        return real(label)
+
+    t.run_epoch = snapshot_then_run
     t.fit()
     assert t.net is t.model
+    assert extracted and any(not torch.equal(extracted[k], v) for k, v in t.model.state_dict().items())
+
+
+def test_cucb_trainer_needs_the_cucb_option(tmp_path):
+    from dyngate.errors import ConfigError
+    with pytest.raises(ConfigError, match="cfg.cucb = True"):
+        CUCBTrainer(_cfg(tmp_path, cucb=False), progress=False)

@@ -97,3 +97,9 @@ def test_scheduled_trainer_trains_the_given_model(tmp_path):
     assert t.net is t.model is given
     assert all(not torch.equal(before[k], v) for k, v in t.model.state_dict().items()
                if k.endswith("conv1.weight"))
+
+
+def test_scheduled_trainer_refuses_gated_runs(tmp_path):
+    from dyngate.errors import ConfigError
+    with pytest.raises(ConfigError, match="--gated is not supported"):
+        ScheduledTrainer(TrainConfig(**SMALL, epochs=1, gated=True, out=str(tmp_path)), progress=False)
