@@ -102,10 +102,10 @@ class ChannelOp:
     or -1 for a constant-zero channel. The sliced executor runs ``sliced_forward(module, x)`` on
     a tensor carrying only the kept input channels; it returns the kept copied channels in
     output order, zero channels omitted (default: the module itself, right for ops that do not
-    depend on the width). An op with zero channels takes its surviving zero channels from the
-    layer whose output it is added to: ``resize(module, kept, source)`` turns the kept output
-    positions into plain data for the pruning history, ``rebuild(module, record)`` the smaller
-    module surgery puts in its place."""
+    depend on the width). An op that surgery resizes (one with zero channels) keeps the output
+    positions that the layer whose output it is added to keeps: ``resize(module, kept, source)``
+    turns them into plain data for the pruning history, ``rebuild(module, record)`` into the
+    smaller module surgery puts in its place."""
 
     conv: bool = False
     source: Callable[[nn.Module, int], np.ndarray] | None = None

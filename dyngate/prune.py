@@ -81,7 +81,7 @@ def select_keep(view: GraphView, scores: Mapping[int, np.ndarray], ratio: float,
     is never emptied: that is an error naming it."""
     per_group_ratio = per_group_ratio or {}
     by_id = {g.id: g for g in view.groups}
-    zones = {gid: next(iter(z.values())) for gid, z in zone_of_rows(view, shortcut_zones(view)).items()}
+    zones = _pad_zones(view)
     counts: dict[int, int] = {}
     free = [gid for gid in scores if gid not in per_group_ratio]
     if scope == "global" and free:
@@ -160,34 +160,70 @@ def select_keep_latency(view: GraphView, scores: Mapping[int, np.ndarray], ratio
     producing layers, summed like the time (HALP sums importance over a group's layers too)."""
     per_group_ratio = per_group_ratio or {}
     by_id = {g.id: g for g in view.groups}
-    zones = {gid: next(iter(z.values())) for gid, z in zone_of_rows(view, shortcut_zones(view)).items()}
+    zones = _pad_zones(view)
     feeds = _row_widths(view)
     counts = {g: by_id[g].size for g in scores}
     for g, r in per_group_ratio.items():
         counts[g] = _round_keep(by_id[g].size - int(r * by_id[g].size), by_id[g].size, round_to)
-    full = {n: tuple(table.shapes[n][:2]) for n in table.layers}
-
-    into: dict[str, list[tuple[int, int, int]]] = {}
-    for gid, fs in feeds.items():
-        for layer, dim, per in fs:
-            into.setdefault(layer, []).append((gid, dim, per))
-
-    def widths(layers: Iterable[str], override: tuple[int, int] | None = None) -> dict[str, list[int]]:
-        out = {}
-        for l in layers:
-            w = list(full[l])
-            for gid, dim, per in into.get(l, ()):
-                n = override[1] if override and override[0] == gid else counts.get(gid, by_id[gid].size)
-                w[dim] -= (by_id[gid].size - n) * per
-            out[l] = w
-        return out
-
-    def ms(layers: Iterable[str], override: tuple[int, int] | None = None) -> float:
-        return sum(table.layer_ms(l, *w) for l, w in widths(layers, override).items())
-
+    times = _LayerTimes(table, feeds, by_id)
     free = [g for g in scores if g not in per_group_ratio]
     producers = {g: sum(1 for _, role in by_id[g].members if role == "out") for g in free}
     lost = {g: np.concatenate([[0.0], np.cumsum(np.sort(scores[g]) * producers[g])]) for g in free}
+    options = _width_options(view, free, zones, round_to, max_group_ratio)
+    touched = {g: sorted({f[0] for f in feeds[g]}) for g in free}
+    dense_ms = table.model_ms()
+    now = times.ms(table.layers, counts)
+    budget = (1 - ratio) * dense_ms
+    while now > budget + 1e-9:
+        best = _cheapest_step(by_id, options, counts, lost, touched, times)
+        if best is None:
+            raise ConversionError(f"latency budget: removing {ratio} of the table time is out of reach; "
+                                  f"the allowed widths get down to {now / dense_ms:.3f} of it "
+                                  "(raise max_group_ratio, or drop round_to / ignore)")
+        _, g, n, saved = best
+        counts[g] = n
+        now -= saved
+    return _keep_sets(view, scores, counts, zones, round_to, f"latency budget {ratio}")
+
+
+def _pad_zones(view: GraphView) -> dict[int, np.ndarray]:
+    """Per group that touches an option-A pad zone: its rows' zones (-1 low, +1 high, 0 copied)."""
+    return {gid: next(iter(z.values())) for gid, z in zone_of_rows(view, shortcut_zones(view)).items()}
+
+
+class _LayerTimes:
+    """Table time of layers at the widths the groups' row counts give them."""
+
+    def __init__(self, table: LatencyTable, feeds: Mapping[int, list[tuple[str, int, int]]],
+                 by_id: Mapping[int, ChannelGroup]) -> None:
+        self.table, self.by_id = table, by_id
+        self.full = {n: tuple(table.shapes[n][:2]) for n in table.layers}
+        self.into: dict[str, list[tuple[int, int, int]]] = {}
+        for gid, fs in feeds.items():
+            for layer, dim, per in fs:
+                self.into.setdefault(layer, []).append((gid, dim, per))
+
+    def widths(self, layers: Iterable[str], counts: Mapping[int, int],
+               override: tuple[int, int] | None = None) -> dict[str, list[int]]:
+        """(in, out) width per layer; ``override`` = (group, rows) replaces one group's count."""
+        out = {}
+        for l in layers:
+            w = list(self.full[l])
+            for gid, dim, per in self.into.get(l, ()):
+                n = override[1] if override and override[0] == gid else counts.get(gid, self.by_id[gid].size)
+                w[dim] -= (self.by_id[gid].size - n) * per
+            out[l] = w
+        return out
+
+    def ms(self, layers: Iterable[str], counts: Mapping[int, int], override: tuple[int, int] | None = None) -> float:
+        return sum(self.table.layer_ms(l, *w) for l, w in self.widths(layers, counts, override).items())
+
+
+def _width_options(view: GraphView, free: list[int], zones: Mapping[int, np.ndarray], round_to: int | None,
+                   max_group_ratio: float | None) -> dict[int, list[int]]:
+    """Per group, the row counts it may shrink to: within the group cap, multiples of
+    ``round_to``, and an even number of pad-zone rows (both option-A bands alike)."""
+    by_id = {g.id: g for g in view.groups}
     options = {}
     for g in free:
         size = by_id[g].size
@@ -197,32 +233,29 @@ def select_keep_latency(view: GraphView, scores: Mapping[int, np.ndarray], ratio
             n_mid = int((zones[g] == 0).sum())
             ns = [n for n in ns if n <= n_mid or (n - n_mid) % 2 == 0]
         options[g] = ns
-    touched = {g: sorted({f[0] for f in feeds[g]}) for g in free}
-    dense_ms = table.model_ms()
-    now = ms(table.layers)
-    budget = (1 - ratio) * dense_ms
-    while now > budget + 1e-9:
-        best = None
-        for g in free:
-            base = ms(touched[g])
-            for n in options[g]:
-                if n >= counts[g]:
-                    break
-                saved = base - ms(touched[g], (g, n))
-                if saved <= 1e-9:
-                    continue
-                size = by_id[g].size
-                cost = (lost[g][size - n] - lost[g][size - counts[g]]) / saved
-                if best is None or cost < best[0]:
-                    best = (cost, g, n, saved)
-        if best is None:
-            raise ConversionError(f"latency budget: removing {ratio} of the table time is out of reach; "
-                                  f"the allowed widths get down to {now / dense_ms:.3f} of it "
-                                  "(raise max_group_ratio, or drop round_to / ignore)")
-        _, g, n, saved = best
-        counts[g] = n
-        now -= saved
-    return _keep_sets(view, scores, counts, zones, round_to, f"latency budget {ratio}")
+    return options
+
+
+def _cheapest_step(by_id: Mapping[int, ChannelGroup], options: Mapping[int, list[int]], counts: Mapping[int, int],
+                   lost: Mapping[int, np.ndarray], touched: Mapping[int, list[str]],
+                   times: _LayerTimes) -> tuple[float, int, int, float] | None:
+    """The narrower width with the least score lost per ms saved, as (cost, group, rows, ms
+    saved); looking past plateaus, since every smaller width of a group competes. None: no
+    allowed width saves time."""
+    best = None
+    for g in options:
+        base = times.ms(touched[g], counts)
+        for n in options[g]:
+            if n >= counts[g]:
+                break
+            saved = base - times.ms(touched[g], counts, (g, n))
+            if saved <= 1e-9:
+                continue
+            size = by_id[g].size
+            cost = (lost[g][size - n] - lost[g][size - counts[g]]) / saved
+            if best is None or cost < best[0]:
+                best = (cost, g, n, saved)
+    return best
 
 
 def _gating_round_to(round_to: int | None, partitions: Any, granularity: Any) -> int | None:
