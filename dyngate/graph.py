@@ -206,8 +206,9 @@ class GraphView:
                 if len(others) == 1:
                     partner = self._producer_layer(others[0])
             if partner is None:
-                raise GraphError(f"shortcut '{name}': cannot find the layer whose output it is added "
-                                 "to, so its zero-padded channels cannot be mapped")
+                raise GraphError(f"shortcut '{name}' ({type(self.graph.get_submodule(name)).__name__}): "
+                                 "cannot find the layer whose output it is added to, so its "
+                                 "zero-padded channels cannot be mapped")
             partners[name] = partner
         return partners
 

@@ -16,7 +16,7 @@ import torch.nn as nn
 
 from dyngate import criteria
 from dyngate.convert import gatable_width_multiple
-from dyngate.errors import ConversionError
+from dyngate.errors import PruningError
 from dyngate.graph import ChannelGroup, GraphView, capture
 from dyngate.latency import LatencyTable
 from dyngate.surgery import prune_groups, refuse_gated, shortcut_zones, zone_of_rows
@@ -34,13 +34,13 @@ def _group_cap(max_group_ratio: float | None) -> float:
 
 def _check_cap(r: Any) -> float:
     if isinstance(r, bool) or not isinstance(r, (int, float)) or not (0 < r <= 1) or math.isnan(r):
-        raise ConversionError(f"max_group_ratio must be a number in (0, 1], got {r!r}")
+        raise PruningError(f"max_group_ratio must be a number in (0, 1], got {r!r}")
     return float(r)
 
 
 def _check_ratio(r: Any, what: str) -> float:
     if isinstance(r, bool) or not isinstance(r, (int, float)) or not (0 <= r < 1) or math.isnan(r):
-        raise ConversionError(f"{what} must be a number in [0, 1), got {r!r}")
+        raise PruningError(f"{what} must be a number in [0, 1), got {r!r}")
     return float(r)
 
 
@@ -124,7 +124,7 @@ def _keep_sets(view: GraphView, scores: Mapping[int, np.ndarray], counts: Mappin
             if n_keep > n_mid and (n_keep - n_mid) % 2:
                 n_keep += 1 if n_keep < g.size else -1
         if n_keep <= 0:
-            raise ConversionError(f"{what} would remove every channel of {_label(g)}; "
+            raise PruningError(f"{what} would remove every channel of {_label(g)}; "
                                   "use a smaller ratio, scope='local', max_group_ratio=, or ignore/per_layer for it")
         if n_keep < g.size:
             keep[gid] = _choose(scores[gid], n_keep, zones.get(gid))
@@ -177,7 +177,7 @@ def select_keep_latency(view: GraphView, scores: Mapping[int, np.ndarray], ratio
     while now > budget + 1e-9:
         best = _cheapest_step(by_id, options, counts, lost, touched, times)
         if best is None:
-            raise ConversionError(f"latency budget: removing {ratio} of the table time is out of reach; "
+            raise PruningError(f"latency budget: removing {ratio} of the table time is out of reach; "
                                   f"the allowed widths get down to {now / dense_ms:.3f} of it "
                                   "(raise max_group_ratio, or drop round_to / ignore)")
         _, g, n, saved = best
@@ -263,12 +263,12 @@ def _gating_round_to(round_to: int | None, partitions: Any, granularity: Any) ->
         return round_to
     for name, v in (("partitions", partitions), ("granularity", granularity)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ConversionError(f"{name} must be a positive integer, got {v!r}")
+            raise PruningError(f"{name} must be a positive integer, got {v!r}")
     step = gatable_width_multiple(partitions, True, granularity)
     if round_to is None:
         return step
     if round_to % step:
-        raise ConversionError(f"round_to={round_to} is not a multiple of {step}, the width step gating "
+        raise PruningError(f"round_to={round_to} is not a multiple of {step}, the width step gating "
                               f"with partitions={partitions}, granularity={granularity} needs")
     return round_to
 
@@ -304,19 +304,19 @@ def prune(model: nn.Module, method: str, ratio: float, *, scope: str = "global",
     """
     ratio = _check_ratio(ratio, "ratio")
     if method not in criteria.CRITERIA:
-        raise ConversionError(f"unknown pruning method {method!r}; known: {', '.join(sorted(criteria.CRITERIA))}")
+        raise PruningError(f"unknown pruning method {method!r}; known: {', '.join(sorted(criteria.CRITERIA))}")
     if scope not in ("global", "local"):
-        raise ConversionError(f"scope must be 'global' or 'local', got {scope!r}")
+        raise PruningError(f"scope must be 'global' or 'local', got {scope!r}")
     if round_to is not None and (isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1):
-        raise ConversionError(f"round_to must be a positive integer or None, got {round_to!r}")
+        raise PruningError(f"round_to must be a positive integer or None, got {round_to!r}")
     round_to = _gating_round_to(round_to, partitions, granularity)
     if method in criteria.DATA_DRIVEN and data is None:
-        raise ConversionError(f"criterion '{method}' is data-driven: pass data= (a DataLoader or an "
+        raise PruningError(f"criterion '{method}' is data-driven: pass data= (a DataLoader or an "
                               "iterable of (x, y) batches)")
     if latency is not None and not isinstance(latency, LatencyTable):
-        raise ConversionError(f"latency= must be a dyngate.latency.LatencyTable, got {type(latency).__name__}")
+        raise PruningError(f"latency= must be a dyngate.latency.LatencyTable, got {type(latency).__name__}")
     if latency is not None and scope != "global":
-        raise ConversionError("latency= ranks all groups against one time budget: use scope='global'")
+        raise PruningError("latency= ranks all groups against one time budget: use scope='global'")
     refuse_gated(model, "prune")
     view = capture(model, example_input)
     if latency is not None:
@@ -326,7 +326,7 @@ def prune(model: nn.Module, method: str, ratio: float, *, scope: str = "global",
     for label, names in (("ignore", ignore), ("per_layer", list(per_layer))):
         for n in names:
             if n not in view.layers:
-                raise ConversionError(f"{label}: no conv/linear layer named '{n}'; layers are: "
+                raise PruningError(f"{label}: no conv/linear layer named '{n}'; layers are: "
                                       f"{', '.join(view.layers)}")
     for n, r in per_layer.items():
         _check_ratio(r, f"per_layer['{n}']")
@@ -340,7 +340,7 @@ def prune(model: nn.Module, method: str, ratio: float, *, scope: str = "global",
         if rs:
             per_group[g.id] = min(rs)
     if not groups:
-        raise ConversionError("no prunable channel group left (every group carries the model "
+        raise PruningError("no prunable channel group left (every group carries the model "
                               "input/output or is ignored)")
     ctx = criteria.Context(model, view, groups, data, max_batches, seed)
     scores = criteria.score(method, ctx)
