@@ -5,14 +5,17 @@ Gating, static pruning and the simulator's topology extraction all read this vie
 Channel analysis works at single-channel granularity: every channel that a layer creates (a
 conv/linear output, the graph input) gets a global id; shape-preserving ops pass ids through;
 elementwise binary ops (residual add, SE-style mul) union the ids they combine; ``cat``
-concatenates id lists; a depthwise conv unions its input and output channels; the option-A
-shortcut pads with "zero" channels. The connected components are the channels that must be
-removed (or gated) together; components touching the same layers form a ``ChannelGroup``.
+concatenates id lists; a depthwise conv unions its input and output channels; a registered
+channel op (the option-A shortcut, see :func:`register_channel_op`) copies ids and adds
+"zero" channels. The connected components are the channels that must be removed (or gated)
+together; components touching the same layers form a ``ChannelGroup``.
 """
 from __future__ import annotations
 
+import functools
 import operator
 from dataclasses import dataclass, field
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -21,11 +24,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.fx.passes.shape_prop import ShapeProp
 
-from dyngate.errors import GraphError
-from dyngate.gating import GatedConv2d
-from models.resnet import PadShortcut
+from dyngate.errors import ConfigError, GraphError
 
-_LEAVES = (GatedConv2d, PadShortcut)
 _ACT_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.SiLU, nn.GELU, nn.Sigmoid, nn.Hardswish,
                 nn.Hardsigmoid, nn.Tanh, nn.ELU, nn.Mish)
 _ACT_FUNCS = {F.relu, F.relu6, F.leaky_relu, F.silu, F.gelu, F.hardswish, F.hardsigmoid, F.elu,
@@ -39,7 +39,7 @@ _PASS_METHODS = {"contiguous", "clone", "detach", "float", "to"}
 _BINARY = {operator.add, operator.iadd, operator.mul, operator.imul, torch.add, torch.mul}
 _BINARY_METHODS = {"add", "add_", "mul", "mul_"}
 _FLATTEN_METHODS = {"flatten", "view", "reshape"}
-_CONV = (nn.Conv2d, GatedConv2d)
+_WALK_THROUGH = (nn.BatchNorm2d, nn.ReLU, nn.Identity, nn.Dropout, nn.Dropout2d)
 
 
 @dataclass
@@ -90,12 +90,91 @@ class ChannelGroup:
         return sorted({name for name, _ in self.members})
 
 
+# --- channel-coupling ops: one registration point ---------------------------------------------
+
+@dataclass(frozen=True)
+class ChannelOp:
+    """How a module type that the tracer keeps whole moves channels, for every reader of the view.
+
+    ``conv=True``: the module is a conv layer for the analysis (it carries ``nn.Conv2d``'s
+    ``in_channels``/``out_channels``/``kernel_size``/``stride``/``padding``/``dilation``/``groups``).
+    Otherwise ``source(module, n_in)`` maps each output channel to the input channel it copies,
+    or -1 for a constant-zero channel. The sliced executor runs ``sliced_forward(module, x)`` on
+    a tensor carrying only the kept input channels; it returns the kept copied channels in
+    output order, zero channels omitted (default: the module itself, right for ops that do not
+    depend on the width). An op that surgery resizes (one with zero channels) keeps the output
+    positions that the layer whose output it is added to keeps: ``resize(module, kept, source)``
+    turns them into plain data for the pruning history, ``rebuild(module, record)`` into the
+    smaller module surgery puts in its place."""
+
+    conv: bool = False
+    source: Callable[[nn.Module, int], np.ndarray] | None = None
+    sliced_forward: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None
+    resize: Callable[[nn.Module, np.ndarray, np.ndarray], list[int]] | None = None
+    rebuild: Callable[[nn.Module, Sequence[int]], nn.Module] | None = None
+
+
+_CHANNEL_OPS: dict[type, ChannelOp] = {}
+
+
+def register_channel_op(module_type: type[nn.Module], spec: ChannelOp) -> None:
+    """Make ``module_type`` an fx leaf whose channels capture, the sliced plan/executor and
+    surgery all move through ``spec`` (Torch-Pruning's ``customized_pruners``, timm's
+    ``register_notrace_module``, in one place)."""
+    if spec.conv == (spec.source is not None):
+        raise ConfigError(f"register_channel_op({module_type.__name__}): give exactly one of "
+                          "conv=True or source=")
+    if (spec.resize is None) != (spec.rebuild is None):
+        raise ConfigError(f"register_channel_op({module_type.__name__}): resize= and rebuild= "
+                          "go together")
+    _CHANNEL_OPS[module_type] = spec
+
+
+def channel_op(m: nn.Module) -> ChannelOp | None:
+    """The registered spec of ``m``'s type (or of a base class), None for ordinary modules."""
+    import dyngate.channel_ops  # noqa: F401,PLC0415 (registers the built-in ops; imports models)
+    return next((_CHANNEL_OPS[t] for t in type(m).__mro__ if t in _CHANNEL_OPS), None)
+
+
+def is_depthwise(layer) -> bool:
+    """A depthwise conv (``groups == in_channels == out_channels > 1``): a LayerInfo or a module."""
+    return layer.groups > 1 and layer.groups == layer.in_channels == layer.out_channels
+
+
+def features_of(channels: np.ndarray, factor: int) -> np.ndarray:
+    """Input features of kept input channels, for a linear whose channels span ``factor``
+    features each after a flatten."""
+    return (channels[:, None] * factor + np.arange(factor)[None, :]).reshape(-1) if factor > 1 else channels
+
+
+@dataclass
+class KeepPlan:
+    """What a selection of group rows keeps; index arrays are sorted original numbers."""
+
+    layer_out: dict[str, np.ndarray]        # every layer -> kept output channels
+    layer_in: dict[str, np.ndarray]         # every layer -> kept input channels (not features)
+    in_factor: dict[str, int]               # every layer -> features per input channel
+    full_in: dict[str, int]                 # every layer -> input channels before the selection
+    full_out: dict[str, int]                # every layer -> output channels before the selection
+    bns: dict[str, np.ndarray]              # BN of a selected group -> kept channels
+    resized: dict[str, list[int]] = field(default_factory=dict)  # channel op (option-A
+    # shortcut) -> its new widths, plain data for the pruning history
+
+    def in_features(self, layer: str) -> np.ndarray:
+        return features_of(self.layer_in[layer], self.in_factor[layer])
+
+    def changed(self, layer: str) -> bool:
+        return len(self.layer_out[layer]) < self.full_out[layer] or len(self.layer_in[layer]) < self.full_in[layer]
+
+
 @dataclass
 class GraphView:
     module: nn.Module
     graph: fx.GraphModule
     layers: dict[str, LayerInfo]
     groups: list[ChannelGroup]
+    channel_maps: dict[str, np.ndarray] = field(default_factory=dict)  # registered channel op
+    # module -> per output channel the input channel it copies (-1: a constant zero channel)
 
     def convs(self) -> list[LayerInfo]:
         return [l for l in self.layers.values() if l.kind == "conv2d"]
@@ -103,9 +182,76 @@ class GraphView:
     def group_of(self, layer: str, role: str = "out") -> list[ChannelGroup]:
         return [g for g in self.groups if (layer, role) in g.members]
 
+    def in_factor(self, layer: str) -> int:
+        """Features per input channel of ``layer`` (>1 only for a linear reading a flattened map)."""
+        for g in self.groups:
+            if layer in g.in_factor:
+                return g.in_factor[layer]
+        return 1
+
+    @functools.cached_property
+    def padding_partners(self) -> dict[str, str]:
+        """For each channel op that surgery resizes (one that pads zero channels): the layer
+        whose output is added to the op's output; that layer's kept output positions say which
+        of the op's channels survive."""
+        partners = {}
+        for node in self.graph.graph.nodes:
+            name = str(node.target)
+            if (node.op != "call_module" or name not in self.channel_maps
+                    or channel_op(self.graph.get_submodule(name)).resize is None):
+                continue
+            partner = None
+            for user in node.users:
+                others = [a for a in user.args if isinstance(a, fx.Node) and a is not node]
+                if len(others) == 1:
+                    partner = self._producer_layer(others[0])
+            if partner is None:
+                raise GraphError(f"shortcut '{name}' ({type(self.graph.get_submodule(name)).__name__}): "
+                                 "cannot find the layer whose output it is added to, so its "
+                                 "zero-padded channels cannot be mapped")
+            partners[name] = partner
+        return partners
+
+    def _producer_layer(self, node: fx.Node) -> str | None:
+        while node.op == "call_module":
+            if str(node.target) in self.layers:
+                return str(node.target)
+            if not isinstance(self.graph.get_submodule(node.target), _WALK_THROUGH):
+                return None
+            node = node.args[0]
+        return None
+
+    def keep_plan(self, selection: Mapping[int, np.ndarray]) -> KeepPlan:
+        """Per layer, BN and resizable channel op, what keeping ``selection[gid]`` rows of each
+        group keeps (groups not named keep every row). The caller validates the selection
+        (known prunable groups, sorted unique rows in range): its rules and errors differ."""
+        factor = {n: self.in_factor(n) for n in self.layers}
+        full_in = {n: info.in_channels // factor[n] for n, info in self.layers.items()}
+        full_out = {n: info.out_channels for n, info in self.layers.items()}
+        keep = {(n, "in"): np.ones(c, dtype=bool) for n, c in full_in.items()}
+        keep.update({(n, "out"): np.ones(c, dtype=bool) for n, c in full_out.items()})
+        bn_keep: dict[str, np.ndarray] = {}
+        for g in self.groups:
+            if g.id not in selection:
+                continue
+            dropped = np.setdiff1d(np.arange(g.size), selection[g.id])
+            for key, arr in g.members.items():
+                keep[key][arr[dropped].reshape(-1)] = False
+            for bn, arr in g.bns.items():
+                mask = bn_keep.setdefault(bn, np.ones(self.module.get_submodule(bn).num_features, dtype=bool))
+                mask[arr[dropped].reshape(-1)] = False
+        plan = KeepPlan({n: np.flatnonzero(keep[(n, "out")]) for n in self.layers},
+                        {n: np.flatnonzero(keep[(n, "in")]) for n in self.layers},
+                        factor, full_in, full_out, {bn: np.flatnonzero(m) for bn, m in bn_keep.items()})
+        for op, partner in self.padding_partners.items():
+            if plan.changed(partner):
+                m = self.module.get_submodule(op)
+                plan.resized[op] = channel_op(m).resize(m, plan.layer_out[partner], self.channel_maps[op])
+        return plan
+
 
 class _PathTracer(fx.Tracer):
-    """Tracer that keeps our leaf modules whole and remembers which module it is inside,
+    """Tracer that keeps registered channel ops whole and remembers which module it is inside,
     so a trace failure can name the module path."""
 
     def __init__(self) -> None:
@@ -113,7 +259,7 @@ class _PathTracer(fx.Tracer):
         self.stack: list[str] = []
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, _LEAVES) or super().is_leaf_module(m, qualname)
+        return channel_op(m) is not None or super().is_leaf_module(m, qualname)
 
     def call_module(self, m, forward, args, kwargs):
         path = self.path_of_module(m)
@@ -152,6 +298,16 @@ def _op_name(node: fx.Node) -> str:
     return t if isinstance(t, str) else getattr(t, "__name__", None) or repr(t)
 
 
+def _shape(node) -> tuple[int, ...] | None:
+    tm = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
+    return tuple(tm.shape) if tm is not None and hasattr(tm, "shape") else None
+
+
+def _unsupported(node: fx.Node, why: str = "") -> GraphError:
+    return GraphError(f"unsupported op '{_op_name(node)}' ({node.op}) in module "
+                      f"'{_module_path(node)}' at node '{node.name}'" + (f": {why}" if why else ""))
+
+
 class _ChannelIds:
     """Union-find over global channel ids."""
 
@@ -179,6 +335,170 @@ class _ChannelIds:
                     self.parent[max(rx, ry)] = min(rx, ry)
 
 
+_MODULE_HANDLERS = ((nn.Conv2d, "_conv"), (nn.Linear, "_linear"), (nn.BatchNorm2d, "_batch_norm"),
+                    (nn.Flatten, "_flatten"), (_ACT_MODULES + _PASS_MODULES, "_pass"))
+_FUNCTION_HANDLERS = {getattr: "_no_channels", operator.floordiv: "_no_channels", len: "_no_channels",
+                      **dict.fromkeys(_BINARY, "_binary"), torch.cat: "_cat", torch.concat: "_cat",
+                      torch.flatten: "_flatten", **dict.fromkeys(_ACT_FUNCS | _PASS_FUNCS, "_pass"),
+                      torch.mean: "_mean"}
+_METHOD_HANDLERS = {"size": "_no_channels", **dict.fromkeys(_BINARY_METHODS, "_binary"),
+                    **dict.fromkeys(_FLATTEN_METHODS, "_flatten"),
+                    **dict.fromkeys(_ACT_METHODS | _PASS_METHODS, "_pass"), "mean": "_mean"}
+
+
+class _Capture:
+    """One channel-analysis pass: every node goes to the handler of its module type, function
+    or method, which sets the channel ids its tensor carries (-1 = constant zero, None = not a
+    channel-carrying tensor) and records layers, their uses and BNs."""
+
+    def __init__(self, gm: fx.GraphModule) -> None:
+        self.gm = gm
+        self.ids = _ChannelIds()
+        self.chan: dict[fx.Node, np.ndarray | None] = {}
+        self.layers: dict[str, LayerInfo] = {}
+        self.uses: dict[str, list[tuple[str, np.ndarray]]] = {}  # layer -> [(role, ids)]
+        self.bn_of: dict[str, tuple[str, np.ndarray]] = {}
+        self.in_factor: dict[str, int] = {}
+        self.input_ids: list[np.ndarray] = []
+        self.flattened: dict[fx.Node, int] = {}  # node -> spatial factor after flatten
+        self.channel_maps: dict[str, np.ndarray] = {}
+
+    def run(self) -> None:
+        for node in self.gm.graph.nodes:
+            self._handler(node)(node)
+
+    def _handler(self, node: fx.Node) -> Callable[[fx.Node], None]:
+        if node.op == "call_module":
+            m = self.gm.get_submodule(node.target)
+            spec = channel_op(m)
+            name = ("_conv" if spec.conv else "_mapped") if spec is not None else next(
+                (h for types, h in _MODULE_HANDLERS if isinstance(m, types)), None)
+            if name is None:
+                raise _unsupported(node, f"module type {type(m).__name__} is not handled by the "
+                                         "channel analysis")
+            return functools.partial(getattr(self, name), m=m)
+        if node.op in ("call_function", "call_method"):
+            table = _FUNCTION_HANDLERS if node.op == "call_function" else _METHOD_HANDLERS
+            name = table.get(node.target)
+            if name is None:
+                raise _unsupported(node)
+            return getattr(self, name)
+        return {"placeholder": self._placeholder, "get_attr": self._no_channels,
+                "output": lambda node: None}[node.op]
+
+    def arg_ids(self, node: fx.Node, i: int = 0) -> np.ndarray:
+        a = node.args[i]
+        if not isinstance(a, fx.Node) or self.chan.get(a) is None:
+            raise _unsupported(node, f"argument {i} is not a channel-carrying tensor")
+        return self.chan[a]
+
+    def _placeholder(self, node: fx.Node) -> None:
+        s = _shape(node)
+        if s is not None and len(s) < 2:
+            raise _unsupported(node, "model input must have a channel dimension")
+        self.chan[node] = None if s is None else self.ids.new(s[1])
+        if self.chan[node] is not None:
+            self.input_ids.append(self.chan[node])
+
+    def _no_channels(self, node: fx.Node) -> None:
+        self.chan[node] = None
+
+    def _conv(self, node: fx.Node, m: nn.Module) -> None:
+        name, x = str(node.target), node.args[0]
+        cin = self.chan.get(x)
+        if cin is None:  # graph input without a traced shape
+            cin = self.ids.new(m.in_channels)
+            self.input_ids.append(cin)
+            self.chan[x] = cin
+        if len(cin) != m.in_channels:
+            raise GraphError(f"layer '{name}': expects {m.in_channels} input channels, "
+                             f"its input carries {len(cin)}")
+        if m.groups > 1 and not is_depthwise(m):
+            raise _unsupported(node, f"grouped conv with groups={m.groups} (only depthwise "
+                                     "groups == in_channels == out_channels is analysed)")
+        out = cin.copy() if is_depthwise(m) else self.ids.new(m.out_channels)
+        self.layers[name] = LayerInfo(
+            name, "conv2d", m.in_channels, m.out_channels, tuple(m.kernel_size),
+            tuple(m.stride), tuple(m.padding), tuple(m.dilation), m.groups, _shape(x),
+            _shape(node), reads_graph_input=x.op == "placeholder")
+        self.uses[name] = [("in", cin), ("out", out)]
+        self.chan[node] = out
+
+    def _linear(self, node: fx.Node, m: nn.Linear) -> None:
+        name, x = str(node.target), node.args[0]
+        cin = self.chan.get(x)
+        if cin is None:
+            raise _unsupported(node, "linear input carries no channel information")
+        factor = self.flattened.get(x, 1)
+        if len(cin) * factor != m.in_features:
+            if m.in_features % len(cin):
+                raise GraphError(f"layer '{name}': in_features={m.in_features} does not "
+                                 f"map onto the {len(cin)} channels that reach it")
+            factor = m.in_features // len(cin)
+        out = self.ids.new(m.out_features)
+        self.layers[name] = LayerInfo(name, "linear", m.in_features, m.out_features,
+                                      input_shape=_shape(x), output_shape=_shape(node),
+                                      reads_graph_input=x.op == "placeholder")
+        self.uses[name] = [("in", cin), ("out", out)]
+        self.in_factor[name] = factor
+        self.chan[node] = out
+
+    def _batch_norm(self, node: fx.Node, m: nn.BatchNorm2d) -> None:
+        name, c = str(node.target), self.arg_ids(node)
+        if len(c) != m.num_features:
+            raise GraphError(f"layer '{name}': BatchNorm2d({m.num_features}) receives "
+                             f"{len(c)} channels")
+        self.bn_of[name] = (name, c)
+        self.chan[node] = c
+
+    def _mapped(self, node: fx.Node, m: nn.Module) -> None:
+        """A registered channel op: output channel j copies input channel source[j] or is zero."""
+        c = self.arg_ids(node)
+        src = np.asarray(channel_op(m).source(m, len(c)), dtype=np.int64)
+        if len(src) and src.max() >= len(c):
+            raise GraphError(f"module '{node.target}' ({type(m).__name__}): copies input channel "
+                             f"{int(src.max())}, its input carries {len(c)}")
+        self.channel_maps[str(node.target)] = src
+        self.chan[node] = np.where(src >= 0, c[np.maximum(src, 0)], -1)
+
+    def _flatten(self, node: fx.Node, m: nn.Module | None = None) -> None:
+        self.chan[node] = self.arg_ids(node)
+        s = _shape(node.args[0])
+        self.flattened[node] = int(np.prod(s[2:])) if s is not None and len(s) > 2 else 1
+
+    def _pass(self, node: fx.Node, m: nn.Module | None = None) -> None:
+        self.chan[node] = self.arg_ids(node)
+        if node.args[0] in self.flattened:
+            self.flattened[node] = self.flattened[node.args[0]]
+
+    def _binary(self, node: fx.Node) -> None:
+        tensors = [a for a in node.args if isinstance(a, fx.Node) and self.chan.get(a) is not None]
+        if not tensors:
+            self.chan[node] = None
+            return
+        result = self.chan[tensors[0]].copy()
+        for other in tensors[1:]:
+            o = self.chan[other]
+            if len(o) != len(result):
+                raise _unsupported(node, f"combines {len(result)} and {len(o)} channels")
+            self.ids.union(result, o)
+            result = np.where(result >= 0, result, o)
+        self.chan[node] = result
+
+    def _cat(self, node: fx.Node) -> None:
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+        if dim != 1:
+            raise _unsupported(node, f"concatenation along dim {dim} (only dim 1 is analysed)")
+        self.chan[node] = np.concatenate([self.chan[a] for a in node.args[0]])
+
+    def _mean(self, node: fx.Node) -> None:
+        dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        dims = (dims,) if isinstance(dims, int) else tuple(dims or ())
+        if 1 in dims or not dims:
+            raise _unsupported(node, "mean over the channel dimension")
+        self.chan[node] = self.arg_ids(node)
+
+
 def capture(model: nn.Module, example_input: torch.Tensor | None = None) -> GraphView:
     """Capture ``model`` and compute layers and channel-dependency groups.
 
@@ -191,166 +511,17 @@ def capture(model: nn.Module, example_input: torch.Tensor | None = None) -> Grap
         with torch.no_grad():
             ShapeProp(gm).propagate(example_input)
         gm.train(was_training)
-    ids = _ChannelIds()
-    chan: dict[fx.Node, np.ndarray | None] = {}    # per node: channel ids (-1 = constant zero)
-    layers: dict[str, LayerInfo] = {}
-    uses: dict[str, list[tuple[str, np.ndarray]]] = {}  # layer -> [(role, ids)]
-    bn_of: dict[str, tuple[str, np.ndarray]] = {}
-    in_factor: dict[str, int] = {}
-    input_ids: list[np.ndarray] = []
-    flattened: dict[fx.Node, int] = {}  # node -> spatial factor after flatten
-
-    def shape(node) -> tuple[int, ...] | None:
-        tm = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
-        return tuple(tm.shape) if tm is not None and hasattr(tm, "shape") else None
-
-    def unsupported(node: fx.Node, why: str = "") -> GraphError:
-        return GraphError(f"unsupported op '{_op_name(node)}' ({node.op}) in module "
-                          f"'{_module_path(node)}' at node '{node.name}'" + (f": {why}" if why else ""))
-
-    def arg_ids(node: fx.Node, i: int = 0) -> np.ndarray:
-        a = node.args[i]
-        if not isinstance(a, fx.Node) or chan.get(a) is None:
-            raise unsupported(node, f"argument {i} is not a channel-carrying tensor")
-        return chan[a]
-
-    for node in gm.graph.nodes:
-        if node.op == "placeholder":
-            s = shape(node)
-            if s is not None and len(s) < 2:
-                raise unsupported(node, "model input must have a channel dimension")
-            n = s[1] if s is not None else None
-            chan[node] = None if n is None else ids.new(n)
-            if chan[node] is not None:
-                input_ids.append(chan[node])
-            continue
-        if node.op == "get_attr":
-            chan[node] = None
-            continue
-        if node.op == "output":
-            continue
-        if node.op == "call_module":
-            m = gm.get_submodule(node.target)
-            name = str(node.target)
-            if isinstance(m, _CONV):
-                x = node.args[0]
-                cin = chan.get(x)
-                if cin is None:  # graph input without a traced shape
-                    cin = ids.new(m.in_channels)
-                    input_ids.append(cin)
-                    chan[x] = cin
-                if len(cin) != m.in_channels:
-                    raise GraphError(f"layer '{name}': expects {m.in_channels} input channels, "
-                                     f"its input carries {len(cin)}")
-                depthwise = m.groups > 1 and m.groups == m.in_channels == m.out_channels
-                if m.groups > 1 and not depthwise:
-                    raise unsupported(node, f"grouped conv with groups={m.groups} (only depthwise "
-                                            "groups == in_channels == out_channels is analysed)")
-                out = cin.copy() if depthwise else ids.new(m.out_channels)
-                layers[name] = LayerInfo(
-                    name, "conv2d", m.in_channels, m.out_channels, tuple(m.kernel_size),
-                    tuple(m.stride), tuple(m.padding), tuple(m.dilation), m.groups, shape(x),
-                    shape(node), reads_graph_input=x.op == "placeholder")
-                uses[name] = [("in", cin), ("out", out)]
-                chan[node] = out
-            elif isinstance(m, nn.Linear):
-                x = node.args[0]
-                cin = chan.get(x)
-                if cin is None:
-                    raise unsupported(node, "linear input carries no channel information")
-                factor = flattened.get(x, 1)
-                if len(cin) * factor != m.in_features:
-                    if m.in_features % len(cin):
-                        raise GraphError(f"layer '{name}': in_features={m.in_features} does not "
-                                         f"map onto the {len(cin)} channels that reach it")
-                    factor = m.in_features // len(cin)
-                out = ids.new(m.out_features)
-                layers[name] = LayerInfo(name, "linear", m.in_features, m.out_features,
-                                         input_shape=shape(x), output_shape=shape(node),
-                                         reads_graph_input=x.op == "placeholder")
-                uses[name] = [("in", cin), ("out", out)]
-                in_factor[name] = factor
-                chan[node] = out
-            elif isinstance(m, nn.BatchNorm2d):
-                c = arg_ids(node)
-                if len(c) != m.num_features:
-                    raise GraphError(f"layer '{name}': BatchNorm2d({m.num_features}) receives "
-                                     f"{len(c)} channels")
-                bn_of[name] = (name, c)
-                chan[node] = c
-            elif isinstance(m, PadShortcut):
-                c = arg_ids(node)
-                chan[node] = np.concatenate([np.full(m.pad, -1), c, np.full(m.pad_high, -1)])
-            elif isinstance(m, nn.Flatten):
-                c = arg_ids(node)
-                chan[node] = c
-                s = shape(node.args[0])
-                flattened[node] = int(np.prod(s[2:])) if s is not None and len(s) > 2 else 1
-            elif isinstance(m, _ACT_MODULES + _PASS_MODULES):
-                chan[node] = arg_ids(node)
-                if node.args[0] in flattened:
-                    flattened[node] = flattened[node.args[0]]
-            else:
-                raise unsupported(node, f"module type {type(m).__name__} is not handled by the "
-                                        "channel analysis")
-            continue
-        # call_function / call_method
-        t = node.target
-        if node.op == "call_method" and t == "size" or t in (getattr, operator.floordiv, len):
-            chan[node] = None
-            continue
-        if t in _BINARY or (node.op == "call_method" and t in _BINARY_METHODS):
-            tensors = [a for a in node.args if isinstance(a, fx.Node) and chan.get(a) is not None]
-            if not tensors:
-                chan[node] = None
-                continue
-            result = chan[tensors[0]].copy()
-            for other in tensors[1:]:
-                o = chan[other]
-                if len(o) != len(result):
-                    raise unsupported(node, f"combines {len(result)} and {len(o)} channels")
-                ids.union(result, o)
-                result = np.where(result >= 0, result, o)
-            chan[node] = result
-            continue
-        if t in (torch.cat, torch.concat):
-            seq = node.args[0]
-            dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
-            if dim != 1:
-                raise unsupported(node, f"concatenation along dim {dim} (only dim 1 is analysed)")
-            chan[node] = np.concatenate([chan[a] for a in seq])
-            continue
-        if t is torch.flatten or (node.op == "call_method" and t in _FLATTEN_METHODS):
-            c = arg_ids(node)
-            chan[node] = c
-            s = shape(node.args[0])
-            flattened[node] = int(np.prod(s[2:])) if s is not None and len(s) > 2 else 1
-            continue
-        if t in _ACT_FUNCS or t in _PASS_FUNCS or (node.op == "call_method" and
-                                                   t in _ACT_METHODS | _PASS_METHODS):
-            chan[node] = arg_ids(node)
-            if node.args[0] in flattened:
-                flattened[node] = flattened[node.args[0]]
-            continue
-        if t is torch.mean or (node.op == "call_method" and t == "mean"):
-            dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
-            dims = (dims,) if isinstance(dims, int) else tuple(dims or ())
-            if 1 in dims or not dims:
-                raise unsupported(node, "mean over the channel dimension")
-            chan[node] = arg_ids(node)
-            continue
-        raise unsupported(node)
-
-    output_ids = [chan[a] for a in _flatten_args(next(n for n in gm.graph.nodes if n.op == "output").args)
-                  if isinstance(a, fx.Node) and chan.get(a) is not None]
-    _annotate_chains(gm, layers)
-    for node in gm.graph.nodes:
-        if node.op == "output":
-            for a in _flatten_args(node.args):
-                if isinstance(a, fx.Node) and a.op == "call_module" and str(a.target) in layers:
-                    layers[str(a.target)].is_output = True
-    groups = _build_groups(ids, uses, bn_of, in_factor, input_ids, output_ids)
-    return GraphView(model, gm, layers, groups)
+    cap = _Capture(gm)
+    cap.run()
+    output = next(n for n in gm.graph.nodes if n.op == "output")
+    output_ids = [cap.chan[a] for a in _flatten_args(output.args)
+                  if isinstance(a, fx.Node) and cap.chan.get(a) is not None]
+    _annotate_chains(gm, cap.layers)
+    for a in _flatten_args(output.args):
+        if isinstance(a, fx.Node) and a.op == "call_module" and str(a.target) in cap.layers:
+            cap.layers[str(a.target)].is_output = True
+    groups = _build_groups(cap.ids, cap.uses, cap.bn_of, cap.in_factor, cap.input_ids, output_ids)
+    return GraphView(model, gm, cap.layers, groups, cap.channel_maps)
 
 
 def _flatten_args(args) -> list:

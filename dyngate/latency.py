@@ -34,7 +34,7 @@ import torch.nn as nn
 import yaml
 
 from dyngate.errors import ConversionError
-from dyngate.graph import GraphView, LayerInfo, capture
+from dyngate.graph import GraphView, LayerInfo, capture, is_depthwise
 from fsio import atomic_write
 
 _FORMAT = 1
@@ -146,10 +146,6 @@ def _grid(full: int, points: int) -> list[int]:
     return sorted({*range(step, full, step), full})
 
 
-def _is_depthwise(info: LayerInfo) -> bool:
-    return info.groups > 1 and info.groups == info.in_channels == info.out_channels
-
-
 FORMS = ("eager", "torch")
 
 
@@ -160,7 +156,7 @@ def _unit(model: nn.Module, info: LayerInfo, cin: int, cout: int, form: str) -> 
     bias = getattr(layer, "bias", None) is not None
     if info.kind == "linear":
         return nn.Linear(cin, cout, bias=bias).eval()
-    groups = cin if _is_depthwise(info) else 1
+    groups = cin if is_depthwise(info) else 1
     folded = form == "torch" and info.bn is not None
     conv = nn.Conv2d(cin, cout, info.kernel_size, info.stride, info.padding, info.dilation,
                      groups=groups, bias=bias or folded)
@@ -205,12 +201,12 @@ def measure(model: nn.Module, example_input: torch.Tensor, *, batch: int = 64, t
     for name, info in view.layers.items():
         ins = [info.in_channels] if info.reads_graph_input else _grid(info.in_channels, points)
         outs = [info.out_channels] if info.is_output else _grid(info.out_channels, points)
-        if _is_depthwise(info):
+        if is_depthwise(info):
             outs = ins
-        geom = (info.kind, info.kernel_size, info.stride, info.padding, info.dilation, _is_depthwise(info),
+        geom = (info.kind, info.kernel_size, info.stride, info.padding, info.dilation, is_depthwise(info),
                 info.bn is not None, tuple(_shape_key(info)), getattr(model.get_submodule(name), "bias", None) is not None)
         plan[name] = (geom, ins, outs)
-        pairs = [(i, i) for i in ins] if _is_depthwise(info) else [(i, o) for i in ins for o in outs]
+        pairs = [(i, i) for i in ins] if is_depthwise(info) else [(i, o) for i in ins for o in outs]
         jobs.setdefault(geom, set()).update(pairs)  # same geometry, other grids (model input/output)
         first.setdefault(geom, name)
     todo = [(geom, pair) for geom, pairs in jobs.items() for pair in sorted(pairs)]

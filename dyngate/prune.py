@@ -16,7 +16,7 @@ import torch.nn as nn
 
 from dyngate import criteria
 from dyngate.convert import gatable_width_multiple
-from dyngate.errors import ConversionError
+from dyngate.errors import PruningError
 from dyngate.graph import ChannelGroup, GraphView, capture
 from dyngate.latency import LatencyTable
 from dyngate.surgery import prune_groups, refuse_gated, shortcut_zones, zone_of_rows
@@ -34,13 +34,13 @@ def _group_cap(max_group_ratio: float | None) -> float:
 
 def _check_cap(r: Any) -> float:
     if isinstance(r, bool) or not isinstance(r, (int, float)) or not (0 < r <= 1) or math.isnan(r):
-        raise ConversionError(f"max_group_ratio must be a number in (0, 1], got {r!r}")
+        raise PruningError(f"max_group_ratio must be a number in (0, 1], got {r!r}")
     return float(r)
 
 
 def _check_ratio(r: Any, what: str) -> float:
     if isinstance(r, bool) or not isinstance(r, (int, float)) or not (0 <= r < 1) or math.isnan(r):
-        raise ConversionError(f"{what} must be a number in [0, 1), got {r!r}")
+        raise PruningError(f"{what} must be a number in [0, 1), got {r!r}")
     return float(r)
 
 
@@ -81,7 +81,7 @@ def select_keep(view: GraphView, scores: Mapping[int, np.ndarray], ratio: float,
     is never emptied: that is an error naming it."""
     per_group_ratio = per_group_ratio or {}
     by_id = {g.id: g for g in view.groups}
-    zones = {gid: next(iter(z.values())) for gid, z in zone_of_rows(view, shortcut_zones(view)).items()}
+    zones = _pad_zones(view)
     counts: dict[int, int] = {}
     free = [gid for gid in scores if gid not in per_group_ratio]
     if scope == "global" and free:
@@ -124,7 +124,7 @@ def _keep_sets(view: GraphView, scores: Mapping[int, np.ndarray], counts: Mappin
             if n_keep > n_mid and (n_keep - n_mid) % 2:
                 n_keep += 1 if n_keep < g.size else -1
         if n_keep <= 0:
-            raise ConversionError(f"{what} would remove every channel of {_label(g)}; "
+            raise PruningError(f"{what} would remove every channel of {_label(g)}; "
                                   "use a smaller ratio, scope='local', max_group_ratio=, or ignore/per_layer for it")
         if n_keep < g.size:
             keep[gid] = _choose(scores[gid], n_keep, zones.get(gid))
@@ -160,34 +160,70 @@ def select_keep_latency(view: GraphView, scores: Mapping[int, np.ndarray], ratio
     producing layers, summed like the time (HALP sums importance over a group's layers too)."""
     per_group_ratio = per_group_ratio or {}
     by_id = {g.id: g for g in view.groups}
-    zones = {gid: next(iter(z.values())) for gid, z in zone_of_rows(view, shortcut_zones(view)).items()}
+    zones = _pad_zones(view)
     feeds = _row_widths(view)
     counts = {g: by_id[g].size for g in scores}
     for g, r in per_group_ratio.items():
         counts[g] = _round_keep(by_id[g].size - int(r * by_id[g].size), by_id[g].size, round_to)
-    full = {n: tuple(table.shapes[n][:2]) for n in table.layers}
-
-    into: dict[str, list[tuple[int, int, int]]] = {}
-    for gid, fs in feeds.items():
-        for layer, dim, per in fs:
-            into.setdefault(layer, []).append((gid, dim, per))
-
-    def widths(layers: Iterable[str], override: tuple[int, int] | None = None) -> dict[str, list[int]]:
-        out = {}
-        for l in layers:
-            w = list(full[l])
-            for gid, dim, per in into.get(l, ()):
-                n = override[1] if override and override[0] == gid else counts.get(gid, by_id[gid].size)
-                w[dim] -= (by_id[gid].size - n) * per
-            out[l] = w
-        return out
-
-    def ms(layers: Iterable[str], override: tuple[int, int] | None = None) -> float:
-        return sum(table.layer_ms(l, *w) for l, w in widths(layers, override).items())
-
+    times = _LayerTimes(table, feeds, by_id)
     free = [g for g in scores if g not in per_group_ratio]
     producers = {g: sum(1 for _, role in by_id[g].members if role == "out") for g in free}
     lost = {g: np.concatenate([[0.0], np.cumsum(np.sort(scores[g]) * producers[g])]) for g in free}
+    options = _width_options(view, free, zones, round_to, max_group_ratio)
+    touched = {g: sorted({f[0] for f in feeds[g]}) for g in free}
+    dense_ms = table.model_ms()
+    now = times.ms(table.layers, counts)
+    budget = (1 - ratio) * dense_ms
+    while now > budget + 1e-9:
+        best = _cheapest_step(by_id, options, counts, lost, touched, times)
+        if best is None:
+            raise PruningError(f"latency budget: removing {ratio} of the table time is out of reach; "
+                                  f"the allowed widths get down to {now / dense_ms:.3f} of it "
+                                  "(raise max_group_ratio, or drop round_to / ignore)")
+        _, g, n, saved = best
+        counts[g] = n
+        now -= saved
+    return _keep_sets(view, scores, counts, zones, round_to, f"latency budget {ratio}")
+
+
+def _pad_zones(view: GraphView) -> dict[int, np.ndarray]:
+    """Per group that touches an option-A pad zone: its rows' zones (-1 low, +1 high, 0 copied)."""
+    return {gid: next(iter(z.values())) for gid, z in zone_of_rows(view, shortcut_zones(view)).items()}
+
+
+class _LayerTimes:
+    """Table time of layers at the widths the groups' row counts give them."""
+
+    def __init__(self, table: LatencyTable, feeds: Mapping[int, list[tuple[str, int, int]]],
+                 by_id: Mapping[int, ChannelGroup]) -> None:
+        self.table, self.by_id = table, by_id
+        self.full = {n: tuple(table.shapes[n][:2]) for n in table.layers}
+        self.into: dict[str, list[tuple[int, int, int]]] = {}
+        for gid, fs in feeds.items():
+            for layer, dim, per in fs:
+                self.into.setdefault(layer, []).append((gid, dim, per))
+
+    def widths(self, layers: Iterable[str], counts: Mapping[int, int],
+               override: tuple[int, int] | None = None) -> dict[str, list[int]]:
+        """(in, out) width per layer; ``override`` = (group, rows) replaces one group's count."""
+        out = {}
+        for l in layers:
+            w = list(self.full[l])
+            for gid, dim, per in self.into.get(l, ()):
+                n = override[1] if override and override[0] == gid else counts.get(gid, self.by_id[gid].size)
+                w[dim] -= (self.by_id[gid].size - n) * per
+            out[l] = w
+        return out
+
+    def ms(self, layers: Iterable[str], counts: Mapping[int, int], override: tuple[int, int] | None = None) -> float:
+        return sum(self.table.layer_ms(l, *w) for l, w in self.widths(layers, counts, override).items())
+
+
+def _width_options(view: GraphView, free: list[int], zones: Mapping[int, np.ndarray], round_to: int | None,
+                   max_group_ratio: float | None) -> dict[int, list[int]]:
+    """Per group, the row counts it may shrink to: within the group cap, multiples of
+    ``round_to``, and an even number of pad-zone rows (both option-A bands alike)."""
+    by_id = {g.id: g for g in view.groups}
     options = {}
     for g in free:
         size = by_id[g].size
@@ -197,32 +233,29 @@ def select_keep_latency(view: GraphView, scores: Mapping[int, np.ndarray], ratio
             n_mid = int((zones[g] == 0).sum())
             ns = [n for n in ns if n <= n_mid or (n - n_mid) % 2 == 0]
         options[g] = ns
-    touched = {g: sorted({f[0] for f in feeds[g]}) for g in free}
-    dense_ms = table.model_ms()
-    now = ms(table.layers)
-    budget = (1 - ratio) * dense_ms
-    while now > budget + 1e-9:
-        best = None
-        for g in free:
-            base = ms(touched[g])
-            for n in options[g]:
-                if n >= counts[g]:
-                    break
-                saved = base - ms(touched[g], (g, n))
-                if saved <= 1e-9:
-                    continue
-                size = by_id[g].size
-                cost = (lost[g][size - n] - lost[g][size - counts[g]]) / saved
-                if best is None or cost < best[0]:
-                    best = (cost, g, n, saved)
-        if best is None:
-            raise ConversionError(f"latency budget: removing {ratio} of the table time is out of reach; "
-                                  f"the allowed widths get down to {now / dense_ms:.3f} of it "
-                                  "(raise max_group_ratio, or drop round_to / ignore)")
-        _, g, n, saved = best
-        counts[g] = n
-        now -= saved
-    return _keep_sets(view, scores, counts, zones, round_to, f"latency budget {ratio}")
+    return options
+
+
+def _cheapest_step(by_id: Mapping[int, ChannelGroup], options: Mapping[int, list[int]], counts: Mapping[int, int],
+                   lost: Mapping[int, np.ndarray], touched: Mapping[int, list[str]],
+                   times: _LayerTimes) -> tuple[float, int, int, float] | None:
+    """The narrower width with the least score lost per ms saved, as (cost, group, rows, ms
+    saved); looking past plateaus, since every smaller width of a group competes. None: no
+    allowed width saves time."""
+    best = None
+    for g in options:
+        base = times.ms(touched[g], counts)
+        for n in options[g]:
+            if n >= counts[g]:
+                break
+            saved = base - times.ms(touched[g], counts, (g, n))
+            if saved <= 1e-9:
+                continue
+            size = by_id[g].size
+            cost = (lost[g][size - n] - lost[g][size - counts[g]]) / saved
+            if best is None or cost < best[0]:
+                best = (cost, g, n, saved)
+    return best
 
 
 def _gating_round_to(round_to: int | None, partitions: Any, granularity: Any) -> int | None:
@@ -230,12 +263,12 @@ def _gating_round_to(round_to: int | None, partitions: Any, granularity: Any) ->
         return round_to
     for name, v in (("partitions", partitions), ("granularity", granularity)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ConversionError(f"{name} must be a positive integer, got {v!r}")
+            raise PruningError(f"{name} must be a positive integer, got {v!r}")
     step = gatable_width_multiple(partitions, True, granularity)
     if round_to is None:
         return step
     if round_to % step:
-        raise ConversionError(f"round_to={round_to} is not a multiple of {step}, the width step gating "
+        raise PruningError(f"round_to={round_to} is not a multiple of {step}, the width step gating "
                               f"with partitions={partitions}, granularity={granularity} needs")
     return round_to
 
@@ -271,19 +304,19 @@ def prune(model: nn.Module, method: str, ratio: float, *, scope: str = "global",
     """
     ratio = _check_ratio(ratio, "ratio")
     if method not in criteria.CRITERIA:
-        raise ConversionError(f"unknown pruning method {method!r}; known: {', '.join(sorted(criteria.CRITERIA))}")
+        raise PruningError(f"unknown pruning method {method!r}; known: {', '.join(sorted(criteria.CRITERIA))}")
     if scope not in ("global", "local"):
-        raise ConversionError(f"scope must be 'global' or 'local', got {scope!r}")
+        raise PruningError(f"scope must be 'global' or 'local', got {scope!r}")
     if round_to is not None and (isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1):
-        raise ConversionError(f"round_to must be a positive integer or None, got {round_to!r}")
+        raise PruningError(f"round_to must be a positive integer or None, got {round_to!r}")
     round_to = _gating_round_to(round_to, partitions, granularity)
     if method in criteria.DATA_DRIVEN and data is None:
-        raise ConversionError(f"criterion '{method}' is data-driven: pass data= (a DataLoader or an "
+        raise PruningError(f"criterion '{method}' is data-driven: pass data= (a DataLoader or an "
                               "iterable of (x, y) batches)")
     if latency is not None and not isinstance(latency, LatencyTable):
-        raise ConversionError(f"latency= must be a dyngate.latency.LatencyTable, got {type(latency).__name__}")
+        raise PruningError(f"latency= must be a dyngate.latency.LatencyTable, got {type(latency).__name__}")
     if latency is not None and scope != "global":
-        raise ConversionError("latency= ranks all groups against one time budget: use scope='global'")
+        raise PruningError("latency= ranks all groups against one time budget: use scope='global'")
     refuse_gated(model, "prune")
     view = capture(model, example_input)
     if latency is not None:
@@ -293,7 +326,7 @@ def prune(model: nn.Module, method: str, ratio: float, *, scope: str = "global",
     for label, names in (("ignore", ignore), ("per_layer", list(per_layer))):
         for n in names:
             if n not in view.layers:
-                raise ConversionError(f"{label}: no conv/linear layer named '{n}'; layers are: "
+                raise PruningError(f"{label}: no conv/linear layer named '{n}'; layers are: "
                                       f"{', '.join(view.layers)}")
     for n, r in per_layer.items():
         _check_ratio(r, f"per_layer['{n}']")
@@ -307,7 +340,7 @@ def prune(model: nn.Module, method: str, ratio: float, *, scope: str = "global",
         if rs:
             per_group[g.id] = min(rs)
     if not groups:
-        raise ConversionError("no prunable channel group left (every group carries the model "
+        raise PruningError("no prunable channel group left (every group carries the model "
                               "input/output or is ignored)")
     ctx = criteria.Context(model, view, groups, data, max_batches, seed)
     scores = criteria.score(method, ctx)

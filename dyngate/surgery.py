@@ -39,19 +39,16 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
-import torch.fx as fx
 import torch.nn as nn
 
-from dyngate.errors import ConversionError
+from dyngate.errors import PruningError
 from dyngate.gating import GatedConv2d
-from dyngate.graph import GraphView, capture
-from models.resnet import PadShortcut
+from dyngate.graph import GraphView, capture, channel_op, is_depthwise
 
 HISTORY_VERSION = 1
-_WALK_THROUGH = (nn.BatchNorm2d, nn.ReLU, nn.Identity, nn.Dropout, nn.Dropout2d)
 
 
-class SurgeryError(ConversionError):
+class SurgeryError(PruningError):
     """A keep set or model that surgery cannot turn into a smaller exact model."""
 
 
@@ -73,35 +70,15 @@ def refuse_gated(model: nn.Module, what: str) -> None:
 # --- option-A shortcuts ------------------------------------------------------------------------
 
 def shortcut_zones(view: GraphView) -> dict[str, tuple[str, int, int]]:
-    """For each ``PadShortcut``: (partner layer, pad, in_planes), where the partner is the conv
-    whose output is added to the shortcut's output. Partner output index p is a low pad-zone
-    channel if p < pad, a high one if p >= pad + in_planes, else a copied channel."""
-    gm = view.graph
+    """For each channel op that surgery resizes (``PadShortcut``): (partner layer, pad, copied
+    channels), where the partner is the layer whose output is added to the op's output. Partner
+    output index p is a low pad-zone channel if p < pad, a high one if p >= pad + copied, else
+    a copied channel."""
     zones = {}
-    for node in gm.graph.nodes:
-        if node.op != "call_module" or not isinstance(gm.get_submodule(node.target), PadShortcut):
-            continue
-        sc: PadShortcut = gm.get_submodule(node.target)
-        partner = None
-        for user in node.users:
-            others = [a for a in user.args if isinstance(a, fx.Node) and a is not node]
-            if len(others) == 1:
-                partner = _producer_layer(gm, others[0], view)
-        if partner is None:
-            raise SurgeryError(f"shortcut '{node.target}': cannot find the conv whose output it is "
-                               "added to, so its zero-padded channels cannot be mapped")
-        zones[str(node.target)] = (partner, sc.pad, sc.in_planes)
+    for op, partner in view.padding_partners.items():
+        copied = np.flatnonzero(view.channel_maps[op] >= 0)
+        zones[op] = (partner, int(copied[0]) if len(copied) else 0, len(copied))
     return zones
-
-
-def _producer_layer(gm: fx.GraphModule, node: fx.Node, view: GraphView) -> str | None:
-    while node.op == "call_module":
-        if str(node.target) in view.layers:
-            return str(node.target)
-        if not isinstance(gm.get_submodule(node.target), _WALK_THROUGH):
-            return None
-        node = node.args[0]
-    return None
 
 
 def zone_of_rows(view: GraphView, zones: dict[str, tuple[str, int, int]]) -> dict[int, dict[str, np.ndarray]]:
@@ -138,62 +115,24 @@ def _validate_keep(view: GraphView, keep: Mapping[int, Sequence[int]]) -> dict[i
     return rows
 
 
-def _index_sets(view: GraphView, rows: dict[int, np.ndarray]):
-    """Removed indices per (layer, role) and per BN, from the groups' removed rows."""
-    removed: dict[tuple[str, str], set[int]] = {}
-    removed_bn: dict[str, set[int]] = {}
-    for g in view.groups:
-        if g.id not in rows:
-            continue
-        gone = np.setdiff1d(np.arange(g.size), rows[g.id])
-        for key, arr in g.members.items():
-            removed.setdefault(key, set()).update(arr[gone].ravel().tolist())
-        for bn, arr in g.bns.items():
-            removed_bn.setdefault(bn, set()).update(arr[gone].ravel().tolist())
-    return removed, removed_bn
-
-
-def _build_plan(model: nn.Module, view: GraphView, rows: dict[int, np.ndarray]) -> dict[str, Any]:
-    removed, removed_bn = _index_sets(view, rows)
+def _build_plan(view: GraphView, rows: dict[int, np.ndarray]) -> dict[str, Any]:
+    """The plan (and pruning-history step) of a keep set: only what it changes, as lists."""
+    kp = view.keep_plan(rows)
     layers: dict[str, dict[str, list[int]]] = {}
     for name, info in view.layers.items():
-        gone_out = removed.get((name, "out"), set())
-        gone_in = removed.get((name, "in"), set())
-        if info.kind == "linear" and gone_in:
-            factor = _in_factor(view, name)
-            gone_in = {c * factor + j for c in gone_in for j in range(factor)}
-        if not gone_out and not gone_in:
+        if not kp.changed(name):
             continue
-        if info.groups > 1 and gone_in != gone_out:
+        keep_out, keep_in = kp.layer_out[name].tolist(), kp.in_features(name).tolist()
+        if is_depthwise(info) and keep_in != keep_out:
             raise SurgeryError(f"layer '{name}': depthwise conv would lose different input and "
                                "output channels")
-        keep_out = [i for i in range(info.out_channels) if i not in gone_out]
-        keep_in = [i for i in range(info.in_channels) if i not in gone_in]
         for role, kept in (("output", keep_out), ("input", keep_in)):
             if not kept:
                 raise SurgeryError(f"layer '{name}': the keep set removes every {role} channel")
         layers[name] = {"out": keep_out, "in": keep_in}
-    bns = {}
-    for bn, gone in removed_bn.items():
-        if gone:
-            n = model.get_submodule(bn).num_features
-            bns[bn] = [i for i in range(n) if i not in gone]
-    shortcuts = {}
-    for sc, (partner, pad, cin) in shortcut_zones(view).items():
-        if partner not in layers:
-            continue
-        kept = np.asarray(layers[partner]["out"])
-        lo, hi = int((kept < pad).sum()), int((kept >= pad + cin).sum())
-        mid = len(kept) - lo - hi
-        shortcuts[sc] = [mid, mid + lo + hi, lo]
-    return {"layers": layers, "bns": bns, "shortcuts": shortcuts}
-
-
-def _in_factor(view: GraphView, name: str) -> int:
-    for g in view.groups:
-        if name in g.in_factor:
-            return g.in_factor[name]
-    return 1
+    bns = {bn: kept.tolist() for bn, kept in kp.bns.items()
+           if len(kept) < view.module.get_submodule(bn).num_features}
+    return {"layers": layers, "bns": bns, "shortcuts": dict(kp.resized)}
 
 
 # --- the BN-shift fold -------------------------------------------------------------------------
@@ -206,7 +145,7 @@ def _fold_deltas(model: nn.Module, view: GraphView, plan: dict[str, Any],
     act(BN shift), so for soft-pruned channels this is exactly that constant."""
     ref = copy.deepcopy(model).eval()
     consumers = {n: p for n, p in plan["layers"].items()
-                 if len(p["in"]) < view.layers[n].in_channels and view.layers[n].groups == 1}
+                 if len(p["in"]) < view.layers[n].in_channels and not is_depthwise(view.layers[n])}
     seen: dict[str, torch.Tensor] = {}
 
     def mean_of(mod, args, n):
@@ -254,8 +193,8 @@ def _apply_folds(new: nn.Module, view: GraphView, plan: dict[str, Any],
 def _slice_conv(m: nn.Conv2d, keep_out: list[int], keep_in: list[int], name: str) -> nn.Conv2d:
     if type(m) is not nn.Conv2d:
         raise SurgeryError(f"layer '{name}': {type(m).__name__} is not a plain nn.Conv2d")
-    depthwise = m.groups > 1
-    if m.groups > 1 and not (m.groups == m.in_channels == m.out_channels):
+    depthwise = is_depthwise(m)
+    if m.groups > 1 and not depthwise:
         raise SurgeryError(f"layer '{name}': grouped conv (groups={m.groups}) cannot be sliced")
     groups = len(keep_out) if depthwise else 1
     new = nn.Conv2d(len(keep_in), len(keep_out), m.kernel_size, m.stride, m.padding, m.dilation,
@@ -309,13 +248,13 @@ def apply_plan(model: nn.Module, plan: Mapping[str, Any]) -> nn.Module:
         new = slice_batchnorm(m, list(keep), name)
         new.train(m.training)
         _set_submodule(model, name, new)
-    for name, widths in plan.get("shortcuts", {}).items():
+    for name, record in plan.get("shortcuts", {}).items():
         m = _get(model, name)
-        if not isinstance(m, PadShortcut):
-            raise SurgeryError(f"'{name}' is {type(m).__name__}, not a PadShortcut")
-        cin, cout = widths[:2]
-        low = int(widths[2]) if len(widths) > 2 else None   # histories before asymmetric pads
-        _set_submodule(model, name, PadShortcut(int(cin), int(cout), m.stride, pad_low=low))
+        spec = channel_op(m)
+        if spec is None or spec.rebuild is None:
+            raise SurgeryError(f"'{name}' is {type(m).__name__}, not a PadShortcut or another "
+                               "registered channel op that surgery resizes")
+        _set_submodule(model, name, spec.rebuild(m, record))
     for name in plan.get("bias_added", []):
         m = _get(model, name)
         if m.bias is None:
@@ -345,7 +284,7 @@ def prune_groups(model: nn.Module, example_input: torch.Tensor, keep: Mapping[in
     refuse_gated(model, "prune_groups")
     view = capture(model, example_input)
     rows = _validate_keep(view, keep)
-    plan = _build_plan(model, view, rows)
+    plan = _build_plan(view, rows)
     deltas = _fold_deltas(model, view, plan, example_input) if fold_shift and plan["layers"] else {}
     new = apply_plan(copy.deepcopy(model), plan)
     plan["bias_added"] = _apply_folds(new, view, plan, deltas)

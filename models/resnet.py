@@ -69,10 +69,10 @@ class ResNet(nn.Module):
 class PadShortcut(nn.Module):
     """Option-A shortcut of CIFAR ResNets: subsample by ``stride`` and zero-pad channels.
 
-    Parameter-free; the graph view knows its channel map (input channel c -> c + pad). The
-    model zoo pads symmetrically; channel surgery may leave unequal zero bands below and above
-    the copied block (``pad_low``), e.g. when a pruning criterion or a CUCB bandit keeps more
-    rows of one band.
+    Parameter-free; ``dyngate.channel_ops`` registers its channel map (input channel c ->
+    c + pad) for dyngate. The model zoo pads symmetrically; channel surgery may leave unequal
+    zero bands below and above the copied block (``pad_low``), e.g. when a pruning criterion or
+    a CUCB bandit keeps more rows of one band.
     """
 
     def __init__(self, in_planes: int, out_planes: int, stride: int, pad_low: int | None = None) -> None:

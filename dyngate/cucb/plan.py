@@ -16,16 +16,13 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 import torch.fx as fx
-import torch.nn as nn
 
 from dyngate.errors import GraphError
-from dyngate.graph import GraphView
-from models.resnet import PadShortcut
+from dyngate.graph import GraphView, features_of
 
 _ADD = {operator.add, operator.iadd, torch.add, "add", "add_"}
 _MUL = {operator.mul, operator.imul, torch.mul, "mul", "mul_"}
 _CAT = {torch.cat, torch.concat}
-_FLATTEN = {torch.flatten, "flatten", "view", "reshape"}
 
 
 @dataclass
@@ -44,9 +41,7 @@ class SlicePlan:
 
     def in_features(self, layer: str) -> np.ndarray:
         """Kept input *features* of a layer: channels expanded by the flatten factor."""
-        f = self.in_factor.get(layer, 1)
-        ch = self.layer_in[layer]
-        return (ch[:, None] * f + np.arange(f)[None, :]).reshape(-1) if f > 1 else ch
+        return features_of(self.layer_in[layer], self.in_factor.get(layer, 1))
 
     @property
     def total_macs(self) -> int:
@@ -62,12 +57,19 @@ def make_plan(view: GraphView, selection: Mapping[int, Sequence[int]]) -> SliceP
     """Plan the sliced network that keeps ``selection[gid]`` rows of each prunable group
     (groups not named keep all rows). Raises :class:`GraphError` naming the group or layer if
     the selection is invalid or the graph holds an op the sliced executor cannot run."""
-    by_id = {g.id: g for g in view.groups}
-    keep_mask: dict[tuple[str, str], np.ndarray] = {}
+    sel = _validate_selection(view, selection)
+    kp = view.keep_plan(sel)
+    plan = SlicePlan(sel, kp.layer_out, kp.layer_in, kp.in_factor, {}, {})
+    _propagate(view, plan)
     for name, info in view.layers.items():
-        n_in = info.in_channels // view_in_factor(view, name)
-        keep_mask[(name, "in")] = np.ones(n_in, dtype=bool)
-        keep_mask[(name, "out")] = np.ones(info.out_channels, dtype=bool)
+        plan.macs[name] = layer_macs(info, len(plan.layer_in[name]) * kp.in_factor[name],
+                                     len(kp.layer_out[name]))
+    return plan
+
+
+def _validate_selection(view: GraphView, selection: Mapping[int, Sequence[int]]) -> dict[int, np.ndarray]:
+    """Unique sorted rows per named group; a group must exist, be prunable and keep a row."""
+    by_id = {g.id: g for g in view.groups}
     sel: dict[int, np.ndarray] = {}
     for gid, rows in selection.items():
         if gid not in by_id:
@@ -80,26 +82,7 @@ def make_plan(view: GraphView, selection: Mapping[int, Sequence[int]]) -> SliceP
             raise GraphError(f"group {gid} ({', '.join(g.layers)}): rows must be a non-empty "
                              f"subset of [0, {g.size}), got {rows.tolist()}")
         sel[gid] = rows
-        dropped = np.setdiff1d(np.arange(g.size), rows)
-        for key, arr in g.members.items():
-            keep_mask[key][arr[dropped].reshape(-1)] = False
-    layer_out = {n: np.flatnonzero(keep_mask[(n, "out")]) for n in view.layers}
-    layer_in = {n: np.flatnonzero(keep_mask[(n, "in")]) for n in view.layers}
-    factors = {n: view_in_factor(view, n) for n in view.layers}
-    plan = SlicePlan(sel, layer_out, layer_in, factors, {}, {})
-    _propagate(view, plan)
-    for name, info in view.layers.items():
-        plan.macs[name] = layer_macs(info, len(plan.layer_in[name]) * factors[name],
-                                     len(layer_out[name]))
-    return plan
-
-
-def view_in_factor(view: GraphView, layer: str) -> int:
-    """Features per input channel of ``layer`` (>1 only for a linear reading a flattened map)."""
-    for g in view.groups:
-        if layer in g.in_factor:
-            return g.in_factor[layer]
-    return 1
+    return sel
 
 
 def layer_macs(info, cin: int, cout: int) -> int:
@@ -142,7 +125,6 @@ def _propagate(view: GraphView, plan: SlicePlan) -> None:
             continue
         args = tensor_args(node)
         if node.op == "call_module":
-            m = gm.get_submodule(node.target)
             name = str(node.target)
             if name in view.layers:
                 got = kept[args[0].name]
@@ -152,9 +134,9 @@ def _propagate(view: GraphView, plan: SlicePlan) -> None:
                                      f"{plan.layer_in[name].tolist()[:8]}... (inconsistent groups)")
                 kept[node.name] = plan.layer_out[name]
                 full[node.name] = view.layers[name].out_channels
-            elif isinstance(m, PadShortcut):
-                kept[node.name] = kept[args[0].name] + m.pad
-                full[node.name] = m.out_planes
+            elif name in view.channel_maps:  # a registered channel op: its copied channels
+                src = view.channel_maps[name]
+                kept[node.name], full[node.name] = np.flatnonzero(np.isin(src, kept[args[0].name])), len(src)
             elif args:
                 kept[node.name], full[node.name] = kept[args[0].name], full[args[0].name]
             continue
@@ -179,7 +161,3 @@ def _propagate(view: GraphView, plan: SlicePlan) -> None:
         else:  # shape-preserving on channels (activations, pooling, flatten, mean over space)
             kept[node.name], full[node.name] = kept[args[0].name], full[args[0].name]
 
-
-def is_sliceable(m: nn.Module) -> bool:
-    """Modules whose parameters the sliced executor indexes."""
-    return isinstance(m, (nn.Conv2d, nn.Linear, nn.BatchNorm2d))

@@ -21,9 +21,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from dyngate.cucb.plan import SlicePlan
-from dyngate.errors import GraphError
-from dyngate.graph import GraphView
-from models.resnet import PadShortcut
+from dyngate.errors import ConfigError, GraphError
+from dyngate.graph import GraphView, channel_op, is_depthwise
 
 _INPLACE_METHODS = {"relu_": "relu", "add_": "add", "mul_": "mul", "sigmoid_": "sigmoid"}
 
@@ -144,7 +143,7 @@ class SlicedExecutor:
         x = args[0]
         if isinstance(m, nn.Conv2d):
             rows = _rows(plan.layer_out[name], m.out_channels)
-            depthwise = m.groups > 1
+            depthwise = is_depthwise(m)
             cols = None if depthwise else _rows(plan.layer_in[name], m.in_channels)
             w = block(m.weight, rows, cols)
             b = block(m.bias, rows, None) if m.bias is not None else None
@@ -159,8 +158,9 @@ class SlicedExecutor:
         if isinstance(m, nn.BatchNorm2d):
             return self._batch_norm(m, x, _rows(plan.node_kept[node.args[0].name], m.num_features),
                                     block, train)
-        if isinstance(m, PadShortcut):
-            return x[:, :, ::m.stride, ::m.stride]  # its zero channels are never materialised
+        spec = channel_op(m)
+        if spec is not None and spec.sliced_forward is not None:
+            return spec.sliced_forward(m, x)  # e.g. an option-A shortcut: no zero channels
         if isinstance(m, nn.ReLU):
             return F.relu(x)  # out of place: the measured pre-activation must survive
         if getattr(m, "inplace", False):
@@ -246,9 +246,10 @@ def sliced_sgd_step(opt: torch.optim.SGD, slices: list[Slice]) -> None:
             continue
         hp = group_of.get(id(s.param))
         if hp is None:
-            raise ValueError("a sliced parameter is not in the optimizer's parameter groups")
+            raise ConfigError(f"optimizer: a sliced parameter of shape {tuple(s.param.shape)} is not "
+                              "in its parameter groups")
         if hp.get("dampening", 0) != 0 or hp.get("maximize", False):
-            raise ValueError("sliced SGD supports dampening=0 and maximize=False only")
+            raise ConfigError("optimizer: sliced SGD supports dampening=0 and maximize=False only")
         block = s.leaf.detach()
         d = g.add(block, alpha=hp["weight_decay"]) if hp["weight_decay"] else g
         mom = hp["momentum"]

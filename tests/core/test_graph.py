@@ -1,9 +1,13 @@
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 import models
-from dyngate import GraphError, capture
+from dyngate import GraphError, capture, prune
+from dyngate.errors import ConfigError
+from dyngate.graph import ChannelOp, register_channel_op
 
 
 def test_resnet18_groups_couple_residual_stream():
@@ -90,3 +94,79 @@ def test_unsupported_op_is_named():
 
     with pytest.raises(GraphError, match="unsupported op 'roll'"):
         capture(Roll(), torch.randn(1, 3, 4, 4))
+
+
+class Twice(nn.Module):
+    """A user's channel-duplicating op; ``repeat`` alone is not analysed, the registration is."""
+
+    def forward(self, x):
+        return x.repeat(1, 2, 1, 1)
+
+
+class ZeroPad(nn.Module):
+    """A user's channel-padding op: ``lo`` zero channels below the input, ``hi`` above."""
+
+    def __init__(self, lo: int, hi: int) -> None:
+        super().__init__()
+        self.lo, self.hi = lo, hi
+
+    def forward(self, x):
+        return F.pad(x, (0, 0, 0, 0, self.lo, self.hi))
+
+
+register_channel_op(Twice, ChannelOp(source=lambda m, n: np.concatenate([np.arange(n), np.arange(n)])))
+register_channel_op(ZeroPad, ChannelOp(
+    source=lambda m, n: np.concatenate([np.full(m.lo, -1), np.arange(n), np.full(m.hi, -1)]),
+    sliced_forward=lambda m, x: x,
+    resize=lambda m, kept, src: [int((kept < m.lo).sum()), int((kept >= len(src) - m.hi).sum())],
+    rebuild=lambda m, record: ZeroPad(*record)))
+
+
+class CustomOpNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(2, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.twice = Twice()
+        self.b = nn.Conv2d(8, 6, 3, padding=1)
+        self.pad = ZeroPad(1, 1)
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.bn(self.a(x)))
+        y = torch.relu(self.b(self.twice(h)) + self.pad(h))
+        return self.fc(y.mean((2, 3)))
+
+
+def test_registered_custom_ops_flow_through_capture_surgery_and_sliced_plan(tmp_path):
+    from dyngate.cucb import SlicedExecutor, extract, make_plan
+    from dyngate.surgery import apply_pruning_history
+
+    torch.manual_seed(0)
+    net, x = CustomOpNet().eval(), torch.randn(3, 2, 5, 5)
+    v = capture(net, x)
+    ga, gz = v.group_of("a")[0], v.group_of("b")[-1]
+    assert (ga.members[("b", "in")] == np.stack([np.arange(4), np.arange(4) + 4], 1)).all()
+    assert (ga.members[("b", "out")][:, 0] == np.arange(4) + 1).all()  # copied block of the pad
+    assert gz.members[("b", "out")][:, 0].tolist() == [0, 5] and gz.prunable  # its zero bands
+    sel = {ga.id: [0, 2, 3], gz.id: [1]}
+    plan = make_plan(v, sel)
+    assert plan.layer_in["b"].tolist() == [0, 2, 3, 4, 6, 7] and plan.layer_out["b"].tolist() == [1, 3, 4, 5]
+    with torch.no_grad():
+        want = SlicedExecutor(v).run(x, plan, train=False).output
+    compact = extract(net, x, sel).eval()
+    assert (compact.pad.lo, compact.pad.hi) == (0, 1) and compact.b.weight.shape[:2] == (4, 6)
+    assert compact.dyngate_pruning["steps"][-1]["shortcuts"] == {"pad": [0, 1]}
+    with torch.no_grad():
+        torch.testing.assert_close(compact(x), want, rtol=1e-5, atol=1e-5)
+    fresh = apply_pruning_history(CustomOpNet(), compact.dyngate_pruning)
+    assert (fresh.pad.lo, fresh.pad.hi) == (0, 1) and fresh.a.out_channels == 3
+    pruned = prune(net, "l1", 0.5, scope="local", example_input=x)  # balanced pad bands
+    assert (pruned.pad.lo, pruned.pad.hi) == (1, 1) and pruned(x).shape == (3, 3)
+
+
+def test_channel_op_registration_is_checked():
+    with pytest.raises(ConfigError, match="exactly one of conv=True or source="):
+        register_channel_op(ZeroPad, ChannelOp())
+    with pytest.raises(ConfigError, match="resize= and rebuild= go together"):
+        register_channel_op(ZeroPad, ChannelOp(source=lambda m, n: np.arange(n), resize=lambda m, k, s: []))
