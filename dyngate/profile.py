@@ -301,43 +301,8 @@ def _validate(data: Any, source: str) -> SparsityProfile:
     raw_layers = data.get("layers")
     if not isinstance(raw_layers, list) or not raw_layers:
         raise err("field 'layers' must be a non-empty list")
-    layers, names = [], set()
-    for i, raw in enumerate(raw_layers):
-        where = f"layers[{i}]" + (f" ('{raw.get('name')}')" if isinstance(raw, dict) else "")
-        if not isinstance(raw, dict):
-            raise err(f"{where} must be a mapping")
-        fields = dict(_REQUIRED, **(_GATED if raw.get("gated") else {}))
-        for key, typ in fields.items():
-            if key not in raw:
-                raise err(f"{where}: missing field '{key}'")
-            v = raw[key]
-            if not isinstance(v, typ) or (isinstance(v, bool) and typ is not bool):
-                raise err(f"{where}: field '{key}' must be {getattr(typ, '__name__', 'a number')}, got {v!r}")
-        for key in _INT_LIST2:
-            v = raw.get(key)
-            if not (isinstance(v, list) and len(v) == 2 and all(isinstance(a, int) for a in v)):
-                raise err(f"{where}: field '{key}' must be a list of two integers, got {v!r}")
-        if raw["kind"] not in ("conv2d", "linear"):
-            raise err(f"{where}: field 'kind' must be 'conv2d' or 'linear', got {raw['kind']!r}")
-        if not 0.0 <= raw["density"] <= 1.0:
-            raise err(f"{where}: field 'density' must be in [0, 1], got {raw['density']}")
-        if raw["name"] in names:
-            raise err(f"{where}: duplicate layer name")
-        names.add(raw["name"])
-        if raw.get("gated"):
-            cd = raw["channel_density"]
-            if len(cd) != raw["out_channels"] or not all(isinstance(v, (int, float)) and 0 <= v <= 1 for v in cd):
-                raise err(f"{where}: field 'channel_density' must hold {raw['out_channels']} "
-                          "numbers in [0, 1]")
-            raw = dict(raw)
-            problem = gate_block_problem(raw)
-            if problem:
-                raise err(f"{where}: {problem}")
-        known = set(LayerProfile.__dataclass_fields__)
-        extra = set(raw) - known
-        if extra:
-            raise err(f"{where}: unknown field(s) {sorted(extra)}")
-        layers.append(LayerProfile(**raw))
+    names: set[str] = set()
+    layers = [_read_layer(raw, f"{source}: layers[{i}]", names) for i, raw in enumerate(raw_layers)]
     shape = data.get("input_shape", [])
     if not isinstance(shape, list) or not all(isinstance(v, int) for v in shape):
         raise err(f"field 'input_shape' must be a list of integers, got {shape!r}")
@@ -346,3 +311,41 @@ def _validate(data: Any, source: str) -> SparsityProfile:
     except (TypeError, ValueError):
         raise err(f"field 'samples' must be an integer, got {data.get('samples')!r}") from None
     return SparsityProfile(layers, model=str(data.get("model", "")), input_shape=shape, samples=samples)
+
+
+def _read_layer(raw: Any, where: str, names: set[str]) -> LayerProfile:
+    """One entry of ``layers``, every field checked; its name must not be in ``names`` (added)."""
+    if not isinstance(raw, dict):
+        raise ProfileError(f"{where} must be a mapping")
+    where += f" ('{raw.get('name')}')"
+    fields = dict(_REQUIRED, **(_GATED if raw.get("gated") else {}))
+    for key, typ in fields.items():
+        if key not in raw:
+            raise ProfileError(f"{where}: missing field '{key}'")
+        v = raw[key]
+        if not isinstance(v, typ) or (isinstance(v, bool) and typ is not bool):
+            raise ProfileError(f"{where}: field '{key}' must be {getattr(typ, '__name__', 'a number')}, got {v!r}")
+    for key in _INT_LIST2:
+        v = raw.get(key)
+        if not (isinstance(v, list) and len(v) == 2 and all(isinstance(a, int) for a in v)):
+            raise ProfileError(f"{where}: field '{key}' must be a list of two integers, got {v!r}")
+    if raw["kind"] not in ("conv2d", "linear"):
+        raise ProfileError(f"{where}: field 'kind' must be 'conv2d' or 'linear', got {raw['kind']!r}")
+    if not 0.0 <= raw["density"] <= 1.0:
+        raise ProfileError(f"{where}: field 'density' must be in [0, 1], got {raw['density']}")
+    if raw["name"] in names:
+        raise ProfileError(f"{where}: duplicate layer name")
+    names.add(raw["name"])
+    if raw.get("gated"):
+        cd = raw["channel_density"]
+        if len(cd) != raw["out_channels"] or not all(isinstance(v, (int, float)) and 0 <= v <= 1 for v in cd):
+            raise ProfileError(f"{where}: field 'channel_density' must hold {raw['out_channels']} "
+                               "numbers in [0, 1]")
+        raw = dict(raw)
+        problem = gate_block_problem(raw)
+        if problem:
+            raise ProfileError(f"{where}: {problem}")
+    extra = set(raw) - set(LayerProfile.__dataclass_fields__)
+    if extra:
+        raise ProfileError(f"{where}: unknown field(s) {sorted(extra)}")
+    return LayerProfile(**raw)
