@@ -19,9 +19,8 @@ import yaml
 
 from accel_sim.networks import cgnet_gated
 from accel_sim.topology import Layer
-
-SCHEMA, VERSION = "dyngate.sparsity_profile", 2
-READABLE = (1, 2)
+from netspec.profile_schema import READABLE, SCHEMA, VERSION  # noqa: F401 - re-exported
+from netspec.profile_schema import gate_block_problem, header_problem
 
 
 class ProfileError(ValueError):
@@ -113,13 +112,9 @@ def _check_layer(entry: Any, i: int, src: str) -> dict[str, Any]:
             raise ProfileError(f"{where}: field 'channel_density' values must lie in [0, 1]")
         if kind != "conv2d" or entry["groups"] != 1:
             raise ProfileError(f"{where}: gated layers must be conv2d with groups 1")
-        tile = entry.setdefault("tile", [1, 1])      # version 1: per-element gates
-        if not (isinstance(tile, list) and len(tile) == 2
-                and all(isinstance(a, int) and not isinstance(a, bool) and a >= 1 for a in tile)):
-            raise ProfileError(f"{where}: field 'tile' must be a list of two integers >= 1, got {tile!r}")
-        bd = entry.setdefault("block_density", density)
-        if isinstance(bd, bool) or not isinstance(bd, (int, float)) or not 0.0 <= bd <= 1.0:
-            raise ProfileError(f"{where}: field 'block_density' must be a number in [0, 1], got {bd!r}")
+        problem = gate_block_problem(entry)
+        if problem:
+            raise ProfileError(f"{where}: {problem}")
         if entry["in_channels"] % p:
             raise ProfileError(f"{where}: field 'partitions' {p} must divide in_channels {entry['in_channels']}")
     return entry
@@ -135,14 +130,9 @@ def load_profile(path: str | Path) -> Profile:
         raise ProfileError(f"{src}: cannot read: {exc}") from None
     except yaml.YAMLError as exc:
         raise ProfileError(f"{src}: not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ProfileError(f"{src}: expected a mapping at the top level")
-    if data.get("schema") != SCHEMA:
-        raise ProfileError(f"{src}: field 'schema' must be {SCHEMA!r}, got {data.get('schema')!r}")
-    version = data.get("version")
-    if version not in READABLE or isinstance(version, bool):
-        raise ProfileError(f"{src}: field 'version' must be one of {', '.join(map(str, READABLE))}, "
-                           f"got {version!r}")
+    problem = header_problem(data)
+    if problem:
+        raise ProfileError(f"{src}: {problem}")
     shape = _need(data, "input_shape", (list,), src)
     samples = _need(data, "samples", (int,), src)
     layers = _need(data, "layers", (list,), src)

@@ -10,19 +10,12 @@ from __future__ import annotations
 import csv
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
 from accel_sim.atomic import write_text_atomic
-
-
-def conv_out(size: int, kernel: int, stride: int, pad: int, dilation: int = 1) -> int:
-    """PyTorch output size: ``floor((H + 2p - d(k-1) - 1)/s) + 1``."""
-    out = (size + 2 * pad - dilation * (kernel - 1) - 1) // stride + 1
-    if out < 1:
-        raise ValueError(f"kernel {kernel} (dilation {dilation}) does not fit input {size} with padding {pad}")
-    return out
+from netspec.layer import LayerShape, conv_out  # noqa: F401 - conv_out re-exported
 
 
 def scalesim_out(size: int, kernel: int, stride: int) -> int:
@@ -31,38 +24,24 @@ def scalesim_out(size: int, kernel: int, stride: int) -> int:
 
 
 @dataclass(frozen=True)
-class Layer:
+class Layer(LayerShape):
     """One conv or linear layer run on ``batch`` images (the GEMM's M is batch x output pixels).
 
     ``gated`` and the gate geometry (``partitions``, ``grouped``, ``granularity``) say whether
     the CGNet scheduler runs a base and a conditional pass; density lives in the gate spec.
     """
 
-    name: str
-    kind: str  # "conv2d" | "linear"
-    in_channels: int
-    out_channels: int
-    kernel: tuple[int, int] = (1, 1)
-    stride: tuple[int, int] = (1, 1)
-    padding: tuple[int, int] = (0, 0)
-    dilation: tuple[int, int] = (1, 1)
-    groups: int = 1
-    input_hw: tuple[int, int] = (1, 1)
-    output_hw: tuple[int, int] = field(default=(0, 0))
     batch: int = 1
 
     def __post_init__(self) -> None:
         if isinstance(self.batch, bool) or not isinstance(self.batch, int) or self.batch < 1:
             raise ValueError(f"layer {self.name}: batch must be an integer >= 1, got {self.batch!r}")
-        if self.kind not in ("conv2d", "linear"):
-            raise ValueError(f"layer {self.name}: kind must be conv2d or linear, got {self.kind!r}")
-        if self.in_channels % self.groups or self.out_channels % self.groups:
-            raise ValueError(f"layer {self.name}: groups={self.groups} must divide in/out channels "
-                             f"({self.in_channels}/{self.out_channels})")
-        if self.output_hw == (0, 0):
-            hw = tuple(conv_out(self.input_hw[i], self.kernel[i], self.stride[i], self.padding[i],
-                                self.dilation[i]) for i in range(2))
-            object.__setattr__(self, "output_hw", hw)
+        super().__post_init__()
+
+    @property
+    def kernel(self) -> tuple[int, int]:
+        """Read-only alias of ``kernel_size`` for code written against the old field name."""
+        return self.kernel_size
 
     # ---- GEMM view (per group): M output pixels of the batch x N filters, reduction K ----
     @property
@@ -75,11 +54,12 @@ class Layer:
 
     @property
     def gemm_k(self) -> int:
-        return self.kernel[0] * self.kernel[1] * self.in_channels // self.groups
+        return self.kernel_size[0] * self.kernel_size[1] * self.in_channels // self.groups
 
     @property
     def macs(self) -> int:
-        return self.groups * self.gemm_m * self.gemm_n * self.gemm_k
+        """MACs of the whole batch."""
+        return self.batch * super().macs
 
     @property
     def ifmap_words(self) -> int:
@@ -98,7 +78,7 @@ class Layer:
         """The fields a sparsity profile must match, in profile spelling."""
         return {
             "kind": self.kind, "in_channels": self.in_channels, "out_channels": self.out_channels,
-            "kernel_size": list(self.kernel), "stride": list(self.stride),
+            "kernel_size": list(self.kernel_size), "stride": list(self.stride),
             "padding": list(self.padding), "dilation": list(self.dilation), "groups": self.groups,
             "input_hw": list(self.input_hw), "output_hw": list(self.output_hw),
         }
@@ -197,8 +177,8 @@ def write_scalesim_csv(layers: Iterable[Layer], path: str | Path, skip_unsupport
     for l in layers:
         if scalesim_unsupported(l):
             continue
-        dims = [(o - 1) * l.stride[0] + k for o, k in zip(l.output_hw, l.kernel)]
-        lines.append(f"{l.name}, {dims[0]}, {dims[1]}, {l.kernel[0]}, {l.kernel[1]}, "
+        dims = [(o - 1) * l.stride[0] + k for o, k in zip(l.output_hw, l.kernel_size)]
+        lines.append(f"{l.name}, {dims[0]}, {dims[1]}, {l.kernel_size[0]}, {l.kernel_size[1]}, "
                      f"{l.in_channels}, {l.out_channels}, {l.stride[0]},")
     write_text_atomic(path, "\n".join(lines) + "\n")
     return skipped
@@ -230,15 +210,9 @@ def from_torch(model: "object", input_shape: Sequence[int]) -> list[Layer]:
         raise ValueError(f"from_torch: the model does not run on input {list(shape)}: {first}") from None
     layers: list[Layer] = []
     for info in view.layers.values():
-        if info.kind == "conv2d":
-            if isinstance(info.padding, str):
-                raise ValueError(f"layer {info.name}: string padding {info.padding!r} is not supported")
-            layers.append(Layer(info.name, "conv2d", info.in_channels, info.out_channels,
-                                tuple(info.kernel_size), tuple(info.stride), tuple(info.padding),
-                                tuple(info.dilation), info.groups, tuple(info.input_shape[-2:]),
-                                tuple(info.output_shape[-2:])))
-        else:
-            layers.append(linear(info.name, info.in_channels, info.out_channels))
+        if isinstance(info.padding, str):
+            raise ValueError(f"layer {info.name}: string padding {info.padding!r} is not supported")
+        layers.append(Layer(*dataclasses.astuple(info.layer_shape)))
     if not layers:
         raise ValueError("model has no Conv2d or Linear layers")
     return layers

@@ -23,7 +23,7 @@ DENSITIES = (1.0, 0.7, 0.5, 0.35, 0.25, 0.15, 0.05, 0.0)
 
 def all_3x3(layers, density, grouped=True):
     return {l.name: GateSpec(4, np.full(l.out_channels, density), grouped) for l in layers[1:]
-            if l.kernel == (3, 3) and l.groups == 1}
+            if l.kernel_size == (3, 3) and l.groups == 1}
 
 
 def main() -> int:

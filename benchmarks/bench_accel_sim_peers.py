@@ -306,7 +306,7 @@ def zigzag_workload(layer: Layer, cfg: AccelConfig) -> list[dict[str, Any]]:
     """The layer as one ZigZag conv (batch 1) with PyTorch padding and stride."""
     if layer.groups != 1 or layer.dilation != (1, 1):
         raise ValueError(f"{layer.name}: ZigZag translation supports groups=1, dilation=1 only")
-    (sh, sw), (ph, pw), (kh, kw) = layer.stride, layer.padding, layer.kernel
+    (sh, sw), (ph, pw), (kh, kw) = layer.stride, layer.padding, layer.kernel_size
     (oh, ow), (ih, iw) = layer.output_hw, layer.input_hw
     wb = WORD_BITS[cfg.word]
     return [{
@@ -329,7 +329,7 @@ def zigzag_spatial(layer: Layer, cfg: AccelConfig) -> dict[str, list[tuple[str, 
     rows: list[tuple[str, int]] = [("C", min(layer.in_channels, cfg.rows))]
     used = rows[0][1]
     if layer.in_channels < cfg.rows:
-        for dim, size in (("FX", layer.kernel[1]), ("FY", layer.kernel[0])):
+        for dim, size in (("FX", layer.kernel_size[1]), ("FY", layer.kernel_size[0])):
             if size > 1 and used * size <= cfg.rows:
                 rows.append((dim, size))
                 used *= size
@@ -343,7 +343,7 @@ def zigzag_mapping(layer: Layer, cfg: AccelConfig) -> list[dict[str, Any]]:
     (row folds: FX, FY, C), then the filters (column folds)."""
     spatial = zigzag_spatial(layer, cfg)
     unrolled = {d: s for entries in spatial.values() for d, s in entries}
-    sizes = {"OX": layer.output_hw[1], "OY": layer.output_hw[0], "FX": layer.kernel[1], "FY": layer.kernel[0],
+    sizes = {"OX": layer.output_hw[1], "OY": layer.output_hw[0], "FX": layer.kernel_size[1], "FY": layer.kernel_size[0],
              "C": layer.in_channels, "K": layer.out_channels}
     temporal = []
     for dim in ("OX", "OY", "FX", "FY", "C", "K"):
@@ -980,7 +980,7 @@ def main(argv: list[str] | None = None) -> int:
                                "gemm": {"m": layer.gemm_m, "n": layer.gemm_n, "k": layer.gemm_k,
                                         "ifmap_words": layer.ifmap_words, "filter_words": layer.filter_words,
                                         "ofmap_words": layer.ofmap_words},
-                               "shape": f"{layer.in_channels}->{layer.out_channels}, {layer.kernel[0]}x{layer.kernel[1]} "
+                               "shape": f"{layer.in_channels}->{layer.out_channels}, {layer.kernel_size[0]}x{layer.kernel_size[1]} "
                                         f"s{layer.stride[0]} p{layer.padding[0]}, in {layer.input_hw[0]}x{layer.input_hw[1]}"
                                         f" out {layer.output_hw[0]}x{layer.output_hw[1]}"}
         rec["zigzag_temporal"] = zigzag_mapping(layer, cfg)[0]["temporal_ordering"] if cfg.dataflow == "ws" else []

@@ -28,7 +28,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from dyngate.errors import ConversionError
-from dyngate.graph import ChannelGroup, GraphView
+from dyngate.graph import ChannelGroup, GraphView, is_depthwise
+from netspec.layer import mac_count, param_count
 
 Scores = dict[int, np.ndarray]
 
@@ -192,18 +193,14 @@ def _channel_macs_params(ctx: Context, g: ChannelGroup) -> tuple[float, float]:
     """MACs and parameters one row of ``g`` costs (its filters plus its readers' input slices)."""
     macs = params = 0.0
     for (layer, role), idx in g.members.items():
-        info = ctx.view.layers[layer]
-        k = info.kernel_size[0] * info.kernel_size[1]
-        hw = int(np.prod(info.output_shape[2:])) if info.output_shape and len(info.output_shape) > 2 else 1
-        cols = idx.shape[1]
-        if info.kind == "linear":
-            per = info.out_channels * g.in_factor.get(layer, 1) if role == "in" else info.in_channels
-        elif role == "out":
-            per = k * info.in_channels // info.groups
-        else:
-            per = 0 if info.groups > 1 else k * info.out_channels
-        params += cols * per
-        macs += cols * per * hw
+        shape = ctx.view.layers[layer].layer_shape
+        if role == "in" and is_depthwise(shape):
+            continue  # a depthwise conv's input row is its output row, counted there
+        # one input channel (of a linear: in_factor features) against every filter, or one filter
+        cin, cout = ((g.in_factor.get(layer, 1), shape.out_channels) if role == "in"
+                     else (shape.in_channels // shape.groups, 1))
+        params += idx.shape[1] * param_count(shape.kind, cin, cout, shape.kernel_size)
+        macs += idx.shape[1] * mac_count(shape.kind, cin, cout, shape.kernel_size, 1, shape.output_hw)
     return max(macs, 1.0), max(params, 1.0)
 
 
@@ -224,7 +221,7 @@ def cpmc(ctx: Context) -> Scores:
     for g in ctx.groups:
         for (layer, role), idx in g.members.items():
             info = ctx.view.layers[layer]
-            if role != "in" or info.groups > 1:
+            if role != "in" or is_depthwise(info):
                 continue
             w = _weight(ctx, layer)
             if info.kind == "linear":

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch.fx.passes.shape_prop import ShapeProp
 
 from dyngate.errors import ConfigError, GraphError
+from netspec.layer import LayerShape
 
 _ACT_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.SiLU, nn.GELU, nn.Sigmoid, nn.Hardswish,
                 nn.Hardsigmoid, nn.Tanh, nn.ELU, nn.Mish)
@@ -65,6 +66,18 @@ class LayerInfo:
     @property
     def followed_by_activation(self) -> bool:
         return self.activation is not None
+
+    @property
+    def layer_shape(self) -> LayerShape:
+        """The shared shape record that MACs and parameters are counted on; a conv's spatial
+        size comes from the example input of :func:`capture`."""
+        if self.kind == "linear":
+            return LayerShape(self.name, self.kind, self.in_channels, self.out_channels)
+        if self.input_shape is None or self.output_shape is None:
+            raise GraphError(f"layer '{self.name}': no output shape; capture with an example input")
+        return LayerShape(self.name, self.kind, self.in_channels, self.out_channels, self.kernel_size,
+                          self.stride, self.padding, self.dilation, self.groups,
+                          tuple(self.input_shape[-2:]), tuple(self.output_shape[-2:]))
 
 
 @dataclass

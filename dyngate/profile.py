@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 import torch.nn as nn
@@ -19,10 +19,9 @@ from tqdm import tqdm
 from dyngate.errors import ProfileError
 from dyngate.gating import GatedConv2d
 from fsio import atomic_write
-
-SCHEMA = "dyngate.sparsity_profile"
-VERSION = 2          # 2 adds per-layer ``tile`` and ``block_density``; version 1 files still read
-READABLE = (1, 2)
+from netspec.layer import LayerShape
+from netspec.profile_schema import READABLE, SCHEMA, VERSION  # noqa: F401 - READABLE re-exported
+from netspec.profile_schema import gate_block_problem, header_problem
 
 
 @dataclass
@@ -164,11 +163,6 @@ class SparsityProfile:
                                        f"model has {v!r}")
 
 
-def _conv_macs(m, out_hw) -> int:
-    kh, kw = m.kernel_size
-    return out_hw[0] * out_hw[1] * m.out_channels * (m.in_channels // m.groups) * kh * kw
-
-
 def _batches(inputs_or_loader) -> Iterable[tuple[torch.Tensor, Any]]:
     if isinstance(inputs_or_loader, torch.Tensor):
         yield inputs_or_loader, inputs_or_loader
@@ -184,21 +178,42 @@ def profile(model: nn.Module, inputs_or_loader, *, max_batches: int | None = Non
     linear layer: shape, dense MACs and, for gated layers, the executed MACs from the measured
     gate density (overall and per output channel). ``on_batch(outputs, batch)``, if given,
     sees every batch's outputs (used to measure accuracy in the same pass)."""
+    mods = {n: m for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear, GatedConv2d))}
+    gated = [(n, m) for n, m in mods.items() if isinstance(m, GatedConv2d)]
     seen: dict[str, dict[str, Any]] = {}
-    order: list[str] = []
-    hooks = []
-    mods = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear, GatedConv2d))]
-    for name, m in mods:
-        def hook(mod, inp, out, name=name):
-            if name not in seen:
-                order.append(name)
-                seen[name] = {"in": tuple(inp[0].shape), "out": tuple(out.shape), "calls": 0}
-            seen[name]["calls"] += 1
-        hooks.append(m.register_forward_hook(hook))
-    gated = [(n, m) for n, m in mods if isinstance(m, GatedConv2d)]
+    hooks = [m.register_forward_hook(_record_call(seen, name)) for name, m in mods.items()]
     for _, m in gated:
         m._stats = {"on": torch.zeros(m.out_channels, dtype=torch.float64), "elements": 0,
                     "images": 0, "output_hw": None, "blocks_on": 0.0, "blocks": 0}
+    try:
+        images, forwards, input_shape = _run(model, inputs_or_loader, max_batches, progress, on_batch)
+    finally:
+        for h in hooks:
+            h.remove()
+    if images == 0:
+        raise ProfileError("profile: no input batches were given")
+    layers = [_layer_profile(name, mods[name], s, forwards) for name, s in seen.items()]
+    for _, m in gated:
+        m._stats = None
+    arch = getattr(model, "dyngate_arch", None)
+    return SparsityProfile(layers, model=arch["name"] if arch else type(model).__name__,
+                           input_shape=input_shape, samples=images,
+                           execution={n: m.last_path or m.mode for n, m in gated})
+
+
+def _record_call(seen: dict[str, dict[str, Any]], name: str) -> Callable[..., None]:
+    """Forward hook: the first call's input/output shapes (dict order is execution order) and
+    the number of calls."""
+    def hook(mod, inp, out):
+        if name not in seen:
+            seen[name] = {"in": tuple(inp[0].shape), "out": tuple(out.shape), "calls": 0}
+        seen[name]["calls"] += 1
+    return hook
+
+
+def _run(model: nn.Module, inputs_or_loader, max_batches: int | None, progress: bool,
+         on_batch) -> tuple[int, int, list[int] | None]:
+    """Forward every batch in eval mode; (images, forwards, one image's input shape)."""
     was_training = model.training
     model.eval()
     images, forwards, input_shape = 0, 0, None
@@ -215,56 +230,50 @@ def profile(model: nn.Module, inputs_or_loader, *, max_batches: int | None = Non
             images += x.shape[0]
             forwards += 1
     finally:
-        for h in hooks:
-            h.remove()
         model.train(was_training)
-    if images == 0:
-        raise ProfileError("profile: no input batches were given")
-    layers = []
-    for name in order:
-        m = dict(mods)[name]
-        s = seen[name]
-        if isinstance(m, nn.Linear):
-            lp = LayerProfile(name, "linear", False, m.in_features, m.out_features, [1, 1], [1, 1],
-                              [0, 0], [1, 1], 1, [1, 1], [1, 1], m.in_features * m.out_features,
-                              float(m.in_features * m.out_features))
-        else:
-            in_hw, out_hw = list(s["in"][2:]), list(s["out"][2:])
-            dense = _conv_macs(m, out_hw)
-            common = dict(name=name, kind="conv2d", in_channels=m.in_channels,
-                          out_channels=m.out_channels, kernel_size=list(m.kernel_size),
-                          stride=list(m.stride), padding=list(m.padding), dilation=list(m.dilation),
-                          groups=m.groups, input_hw=in_hw, output_hw=out_hw, dense_macs=dense)
-            if isinstance(m, GatedConv2d):
-                st = m._stats
-                tile = list(getattr(m, "tile", (1, 1)))
-                kk = m.kernel_size[0] * m.kernel_size[1]
-                hw = out_hw[0] * out_hw[1]
-                base_in = m.in_channels // m.partitions
-                base = hw * m.out_channels * base_in * kk
-                on_per_image = float(st["on"].sum()) / st["images"]
-                executed = base + on_per_image * (m.in_channels - base_in) * kk
-                ch_density = (st["on"] / (st["images"] * hw)).tolist()
-                lp = LayerProfile(**common, gated=True, executed_macs=executed,
-                                  density=float(st["on"].sum()) / (st["elements"] * m.out_channels),
-                                  partitions=m.partitions, grouped=m.grouped,
-                                  granularity=m.granularity, base_fraction=base_in / m.in_channels,
-                                  base_macs=base, gate_compares=hw * m.out_channels,
-                                  channel_density=[round(v, 6) for v in ch_density], tile=tile,
-                                  block_density=st["blocks_on"] / st["blocks"] if st["blocks"] else 0.0)
-            else:
-                lp = LayerProfile(**common, gated=False, executed_macs=float(dense))
-        calls_per_forward = s["calls"] / forwards
-        if calls_per_forward != 1:
-            raise ProfileError(f"layer '{name}' ran {calls_per_forward:g} times per forward; "
-                               "shared layers are not supported by the profile")
-        layers.append(lp)
-    for _, m in gated:
-        m._stats = None
-    arch = getattr(model, "dyngate_arch", None)
-    return SparsityProfile(layers, model=arch["name"] if arch else type(model).__name__,
-                           input_shape=input_shape, samples=images,
-                           execution={n: m.last_path or m.mode for n, m in gated})
+    return images, forwards, input_shape
+
+
+def _layer_shape(name: str, m: nn.Module, seen: dict[str, Any]) -> LayerShape:
+    """The layer's shape record, spatial sizes as its first call saw them."""
+    if isinstance(m, nn.Linear):
+        return LayerShape(name, "linear", m.in_features, m.out_features)
+    return LayerShape(name, "conv2d", m.in_channels, m.out_channels, tuple(m.kernel_size), tuple(m.stride),
+                      m.padding, tuple(m.dilation), m.groups, tuple(seen["in"][2:]), tuple(seen["out"][2:]))
+
+
+def _layer_profile(name: str, m: nn.Module, seen: dict[str, Any], forwards: int) -> LayerProfile:
+    """The profile of one layer; it must have run once per forward."""
+    calls_per_forward = seen["calls"] / forwards
+    if calls_per_forward != 1:
+        raise ProfileError(f"layer '{name}' ran {calls_per_forward:g} times per forward; "
+                           "shared layers are not supported by the profile")
+    shape = _layer_shape(name, m, seen)
+    common = dict(name=name, kind=shape.kind, in_channels=shape.in_channels, out_channels=shape.out_channels,
+                  kernel_size=list(shape.kernel_size), stride=list(shape.stride), padding=list(shape.padding),
+                  dilation=list(shape.dilation), groups=shape.groups, input_hw=list(shape.input_hw),
+                  output_hw=list(shape.output_hw), dense_macs=shape.macs)
+    if isinstance(m, GatedConv2d):
+        return LayerProfile(**common, gated=True, **_gated_fields(m, shape))
+    return LayerProfile(**common, gated=False, executed_macs=float(shape.macs))
+
+
+def _gated_fields(m: GatedConv2d, shape: LayerShape) -> dict[str, Any]:
+    """Executed MACs and gate statistics of a gated conv: the base pass over 1/p of the inputs
+    for every output, the rest for the outputs whose gate was on, as measured."""
+    st = m._stats
+    hw = shape.output_hw[0] * shape.output_hw[1]
+    base_in = m.in_channels // m.partitions
+    base = shape.with_channels(base_in, m.out_channels).macs
+    on_per_image = float(st["on"].sum()) / st["images"]
+    kk = shape.kernel_size[0] * shape.kernel_size[1]
+    executed = base + on_per_image * (m.in_channels - base_in) * kk
+    ch_density = (st["on"] / (st["images"] * hw)).tolist()
+    return dict(executed_macs=executed, density=float(st["on"].sum()) / (st["elements"] * m.out_channels),
+                partitions=m.partitions, grouped=m.grouped, granularity=m.granularity,
+                base_fraction=base_in / m.in_channels, base_macs=base, gate_compares=hw * m.out_channels,
+                channel_density=[round(v, 6) for v in ch_density], tile=list(getattr(m, "tile", (1, 1))),
+                block_density=st["blocks_on"] / st["blocks"] if st["blocks"] else 0.0)
 
 
 def _len(x) -> int | None:
@@ -286,61 +295,57 @@ def _validate(data: Any, source: str) -> SparsityProfile:
     def err(msg: str) -> ProfileError:
         return ProfileError(f"{source}: {msg}")
 
-    if not isinstance(data, dict):
-        raise err("top level must be a mapping")
-    if data.get("schema") != SCHEMA:
-        raise err(f"field 'schema' must be {SCHEMA!r}, got {data.get('schema')!r}")
-    version = data.get("version")
-    if version not in READABLE or isinstance(version, bool):
-        raise err(f"field 'version' must be one of {', '.join(map(str, READABLE))}, got "
-                  f"{version!r} (unsupported profile version)")
+    problem = header_problem(data)
+    if problem:
+        raise err(problem)
     raw_layers = data.get("layers")
     if not isinstance(raw_layers, list) or not raw_layers:
         raise err("field 'layers' must be a non-empty list")
-    layers, names = [], set()
-    for i, raw in enumerate(raw_layers):
-        where = f"layers[{i}]" + (f" ('{raw.get('name')}')" if isinstance(raw, dict) else "")
-        if not isinstance(raw, dict):
-            raise err(f"{where} must be a mapping")
-        fields = dict(_REQUIRED, **(_GATED if raw.get("gated") else {}))
-        for key, typ in fields.items():
-            if key not in raw:
-                raise err(f"{where}: missing field '{key}'")
-            v = raw[key]
-            if not isinstance(v, typ) or (isinstance(v, bool) and typ is not bool):
-                raise err(f"{where}: field '{key}' must be {getattr(typ, '__name__', 'a number')}, got {v!r}")
-        for key in _INT_LIST2:
-            v = raw.get(key)
-            if not (isinstance(v, list) and len(v) == 2 and all(isinstance(a, int) for a in v)):
-                raise err(f"{where}: field '{key}' must be a list of two integers, got {v!r}")
-        if raw["kind"] not in ("conv2d", "linear"):
-            raise err(f"{where}: field 'kind' must be 'conv2d' or 'linear', got {raw['kind']!r}")
-        if not 0.0 <= raw["density"] <= 1.0:
-            raise err(f"{where}: field 'density' must be in [0, 1], got {raw['density']}")
-        if raw["name"] in names:
-            raise err(f"{where}: duplicate layer name")
-        names.add(raw["name"])
-        if raw.get("gated"):
-            cd = raw["channel_density"]
-            if len(cd) != raw["out_channels"] or not all(isinstance(v, (int, float)) and 0 <= v <= 1 for v in cd):
-                raise err(f"{where}: field 'channel_density' must hold {raw['out_channels']} "
-                          "numbers in [0, 1]")
-        if raw.get("gated"):
-            raw = dict(raw)
-            tile = raw.setdefault("tile", [1, 1])        # version 1: per-element gates
-            if not (isinstance(tile, list) and len(tile) == 2
-                    and all(isinstance(a, int) and not isinstance(a, bool) and a >= 1 for a in tile)):
-                raise err(f"{where}: field 'tile' must be a list of two integers >= 1, got {tile!r}")
-            bd = raw.setdefault("block_density", raw["density"])   # equal-size blocks in v1
-            if isinstance(bd, bool) or not isinstance(bd, (int, float)) or not 0.0 <= bd <= 1.0:
-                raise err(f"{where}: field 'block_density' must be a number in [0, 1], got {bd!r}")
-        known = set(LayerProfile.__dataclass_fields__)
-        extra = set(raw) - known
-        if extra:
-            raise err(f"{where}: unknown field(s) {sorted(extra)}")
-        layers.append(LayerProfile(**raw))
+    names: set[str] = set()
+    layers = [_read_layer(raw, f"{source}: layers[{i}]", names) for i, raw in enumerate(raw_layers)]
     shape = data.get("input_shape", [])
     if not isinstance(shape, list) or not all(isinstance(v, int) for v in shape):
         raise err(f"field 'input_shape' must be a list of integers, got {shape!r}")
-    return SparsityProfile(layers, model=str(data.get("model", "")), input_shape=shape,
-                           samples=int(data.get("samples", 0)))
+    try:
+        samples = int(data.get("samples", 0))
+    except (TypeError, ValueError):
+        raise err(f"field 'samples' must be an integer, got {data.get('samples')!r}") from None
+    return SparsityProfile(layers, model=str(data.get("model", "")), input_shape=shape, samples=samples)
+
+
+def _read_layer(raw: Any, where: str, names: set[str]) -> LayerProfile:
+    """One entry of ``layers``, every field checked; its name must not be in ``names`` (added)."""
+    if not isinstance(raw, dict):
+        raise ProfileError(f"{where} must be a mapping")
+    where += f" ('{raw.get('name')}')"
+    fields = dict(_REQUIRED, **(_GATED if raw.get("gated") else {}))
+    for key, typ in fields.items():
+        if key not in raw:
+            raise ProfileError(f"{where}: missing field '{key}'")
+        v = raw[key]
+        if not isinstance(v, typ) or (isinstance(v, bool) and typ is not bool):
+            raise ProfileError(f"{where}: field '{key}' must be {getattr(typ, '__name__', 'a number')}, got {v!r}")
+    for key in _INT_LIST2:
+        v = raw.get(key)
+        if not (isinstance(v, list) and len(v) == 2 and all(isinstance(a, int) for a in v)):
+            raise ProfileError(f"{where}: field '{key}' must be a list of two integers, got {v!r}")
+    if raw["kind"] not in ("conv2d", "linear"):
+        raise ProfileError(f"{where}: field 'kind' must be 'conv2d' or 'linear', got {raw['kind']!r}")
+    if not 0.0 <= raw["density"] <= 1.0:
+        raise ProfileError(f"{where}: field 'density' must be in [0, 1], got {raw['density']}")
+    if raw["name"] in names:
+        raise ProfileError(f"{where}: duplicate layer name")
+    names.add(raw["name"])
+    if raw.get("gated"):
+        cd = raw["channel_density"]
+        if len(cd) != raw["out_channels"] or not all(isinstance(v, (int, float)) and 0 <= v <= 1 for v in cd):
+            raise ProfileError(f"{where}: field 'channel_density' must hold {raw['out_channels']} "
+                               "numbers in [0, 1]")
+        raw = dict(raw)
+        problem = gate_block_problem(raw)
+        if problem:
+            raise ProfileError(f"{where}: {problem}")
+    extra = set(raw) - set(LayerProfile.__dataclass_fields__)
+    if extra:
+        raise ProfileError(f"{where}: unknown field(s) {sorted(extra)}")
+    return LayerProfile(**raw)

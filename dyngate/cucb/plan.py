@@ -87,14 +87,7 @@ def _validate_selection(view: GraphView, selection: Mapping[int, Sequence[int]])
 
 def layer_macs(info, cin: int, cout: int) -> int:
     """Forward MACs per image of a conv/linear layer with ``cin`` inputs and ``cout`` outputs."""
-    if info.kind == "linear":
-        return cin * cout
-    if info.output_shape is None:
-        raise GraphError(f"layer '{info.name}': no output shape; capture with an example input")
-    oh, ow = info.output_shape[2:]
-    kh, kw = info.kernel_size
-    depthwise = info.groups > 1
-    return oh * ow * kh * kw * cout * (1 if depthwise else cin)
+    return info.layer_shape.with_channels(cin, cout).macs
 
 
 def _full_channels(node: fx.Node) -> int | None:

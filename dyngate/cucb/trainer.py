@@ -161,10 +161,9 @@ class CUCBTrainer(TrainLoop):
         n = 0
         for name, info in self.view.layers.items():
             m = self.model.get_submodule(name)
-            cin = len(plan.in_features(name)) if info.groups == 1 else 1
-            kh, kw = info.kernel_size
             cout = len(plan.layer_out[name])
-            n += cout * cin * kh * kw + (cout if m.bias is not None else 0)
+            n += info.layer_shape.with_channels(len(plan.in_features(name)), cout).params
+            n += cout if m.bias is not None else 0
             if info.bn:
                 n += 2 * cout
         return n

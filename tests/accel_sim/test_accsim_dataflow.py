@@ -1,10 +1,13 @@
 """Closed-form fold formulas against the cycle-stepped PE array, and SCALE-Sim compat."""
+import dataclasses
+
 import numpy as np
 import pytest
 
 from accel_sim.dataflow import dense_cycles, mapping_efficiency, sram_accesses
 from accel_sim.pe_array import simulate_gemm
 from accel_sim.topology import Layer, conv_out, read_scalesim_csv, write_scalesim_csv
+from netspec import LayerShape, mac_count, param_count
 
 
 def _random_shapes(seed, count):
@@ -89,6 +92,29 @@ def test_write_scalesim_csv_round_trips_our_output_sizes(tmp_path):
     back = read_scalesim_csv(tmp_path / "r18.csv")
     assert [l.output_hw for l in back] == [l.output_hw for l in layers]
     assert [l.macs for l in back] == [l.macs for l in layers]
+
+
+@pytest.mark.parametrize("layer,macs,params", [
+    (LayerShape("c", "conv2d", 8, 16, (3, 3), padding=(1, 1), input_hw=(10, 12)), 10 * 12 * 16 * 8 * 9, 16 * 8 * 9),
+    (LayerShape("g", "conv2d", 8, 16, (3, 1), groups=4, input_hw=(5, 5)), 3 * 5 * 16 * 2 * 3, 16 * 2 * 3),
+    (LayerShape("dw", "conv2d", 8, 8, (3, 3), (2, 2), (1, 1), groups=8, input_hw=(9, 9)), 5 * 5 * 8 * 9, 8 * 9),
+    (LayerShape("fc", "linear", 64, 10), 640, 640),
+])
+def test_netspec_counts_one_formula_per_kind(layer, macs, params):
+    assert (layer.macs, layer.params) == (macs, params)
+    assert (mac_count(layer.kind, layer.in_channels, layer.out_channels, layer.kernel_size, layer.groups,
+                      layer.output_hw), param_count(layer.kind, layer.in_channels, layer.out_channels,
+                                                    layer.kernel_size, layer.groups)) == (macs, params)
+    sim = Layer(*dataclasses.astuple(layer), batch=3)
+    assert sim.macs == 3 * macs == sim.groups * sim.gemm_m * sim.gemm_n * sim.gemm_k
+    assert sim.kernel == sim.kernel_size == layer.kernel_size
+
+
+def test_netspec_with_channels_keeps_depthwise_depthwise():
+    dw = LayerShape("dw", "conv2d", 8, 8, (3, 3), padding=(1, 1), groups=8, input_hw=(4, 4))
+    assert dw.with_channels(5, 5).groups == 5 and dw.with_channels(5, 5).macs == 4 * 4 * 5 * 9
+    conv = LayerShape("c", "conv2d", 8, 16, (3, 3), padding=(1, 1), input_hw=(4, 4))
+    assert conv.with_channels(2, 3).macs == 4 * 4 * 3 * 2 * 9 and conv.with_channels(2, 3).output_hw == (4, 4)
 
 
 def test_conv_out_pytorch_rule():

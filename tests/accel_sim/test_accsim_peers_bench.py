@@ -48,7 +48,7 @@ def test_zigzag_workload_matches_layer(bench, net, name):
     (wl,) = bench.zigzag_workload(layer, CFG)
     sizes = dict(zip(wl["loop_dims"], wl["loop_sizes"]))
     assert sizes == {"B": 1, "K": layer.out_channels, "C": layer.in_channels, "OY": layer.output_hw[0],
-                     "OX": layer.output_hw[1], "FY": layer.kernel[0], "FX": layer.kernel[1]}
+                     "OX": layer.output_hw[1], "FY": layer.kernel_size[0], "FX": layer.kernel_size[1]}
     assert math.prod(wl["loop_sizes"]) == layer.macs
     assert wl["dimension_relations"] == [f"ix={layer.stride[1]}*ox+1*fx", f"iy={layer.stride[0]}*oy+1*fy"]
     assert wl["operand_precision"] == {"W": 8, "I": 8, "O": ACC_BITS, "O_final": 8}
@@ -66,7 +66,7 @@ def test_zigzag_mapping_is_our_ws_loop_nest(bench, net, name):
     assert math.prod(s for _, s in spatial["D1"]) <= CFG.rows and math.prod(s for _, s in spatial["D2"]) <= CFG.cols
     assert [d for d, _ in spatial["D2"]] == ["K"]                       # filters on the columns
     assert {d for d, _ in spatial["D1"]} <= {"C", "FX", "FY"}           # reduction on the rows
-    total = {"OX": layer.output_hw[1], "OY": layer.output_hw[0], "FX": layer.kernel[1], "FY": layer.kernel[0],
+    total = {"OX": layer.output_hw[1], "OY": layer.output_hw[0], "FX": layer.kernel_size[1], "FY": layer.kernel_size[0],
              "C": layer.in_channels, "K": layer.out_channels}
     unrolled = {d: 1 for d in total}
     for d, s in spatial["D1"] + spatial["D2"]:

@@ -76,6 +76,11 @@ def test_profile_loader_does_not_import_torch():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def test_accel_sim_and_netspec_import_without_torch():
+    code = "import sys, accel_sim, netspec; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def test_cgnet_rule():
     r18 = cgnet_gated(build_network("resnet18"))
     assert "layer1.0.conv1" in r18 and "layer1.0.conv2" not in r18 and "conv1" not in r18

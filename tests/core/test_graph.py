@@ -58,6 +58,11 @@ def test_concat_and_depthwise_and_flatten_linear():
     assert (gb.members[("pw", "in")][:, 0] == gb.members[("b", "out")][:, 0] + 4).all()
     gfc = v.group_of("pw")[0]
     assert gfc.in_factor["fc"] == 16 and gfc.size == 8
+    dw, fc = v.layers["dw"].layer_shape, v.layers["fc"].layer_shape
+    assert (dw.input_hw, dw.output_hw, dw.groups, dw.macs) == ((4, 4), (4, 4), 10, 4 * 4 * 10 * 9)
+    assert (fc.kind, fc.macs, fc.params) == ("linear", 128 * 5, 128 * 5)
+    with pytest.raises(GraphError, match="layer 'dw': no output shape"):
+        capture(Net()).layers["dw"].layer_shape
 
 
 def test_untraceable_model_names_the_module():

@@ -13,7 +13,8 @@ def _gated(name="resnet20", **kw):
     return dyngate.set_backend(g, "reference").eval()
 
 
-@pytest.mark.parametrize("name,size", [("resnet20", 28), ("resnet18", 64), ("vgg16", 32)])
+@pytest.mark.parametrize("name,size", [("resnet20", 28), ("resnet18", 64), ("vgg16", 32),
+                                       ("mobilenetv2", 32)])
 def test_dense_macs_match_torch_flop_counter(name, size):
     dense = models.build(name, in_channels=1, num_classes=10).eval()
     x = torch.randn(1, 1, size, size)
@@ -88,6 +89,7 @@ def test_malformed_profiles_are_clear_errors(tmp_path):
         ({**good, "version": 7}, "unsupported profile version"),
         ({**good, "schema": "x"}, "field 'schema'"),
         ({**good, "layers": []}, "field 'layers'"),
+        ({**good, "samples": "many"}, "field 'samples' must be an integer"),
     ]
     l1 = dict(good["layers"][1]); l1.pop("density")
     cases.append(({**good, "layers": [good["layers"][0], l1]}, r"layers\[1\] \('layer1.0.conv1'\): missing field 'density'"))
