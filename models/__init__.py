@@ -10,17 +10,12 @@ from models.mobilenetv2 import mobilenetv2
 from models.resnet import resnet18, resnet20, resnet20_postact, resnet34, resnet56
 from models.resnet50 import resnet50
 from models.vgg import vgg16
+from netspec.archs import ARCHS
 
-REGISTRY: dict[str, Callable[..., nn.Module]] = {
-    "resnet18": resnet18,
-    "resnet34": resnet34,
-    "resnet50": resnet50,
-    "resnet20": resnet20,
-    "resnet20_postact": resnet20_postact,
-    "resnet56": resnet56,
-    "vgg16": vgg16,
-    "mobilenetv2": mobilenetv2,
-}
+_BUILDERS = {b.__name__: b for b in (resnet18, resnet34, resnet50, resnet20, resnet20_postact, resnet56,
+                                      vgg16, mobilenetv2)}
+# the registered names are netspec's, which accel_sim's built-ins come from too
+REGISTRY: dict[str, Callable[..., nn.Module]] = {name: _BUILDERS[name] for name in ARCHS}
 
 
 def register(name: str, builder: Callable[..., nn.Module], *, replace: bool = False) -> None:

@@ -6,9 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-# t (expansion), c (output channels), n (repeats), s (first stride): the paper's Table 2
-SETTING = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
-           (6, 160, 3, 2), (6, 320, 1, 1)]
+from netspec.archs import ARCHS
 
 
 def make_divisible(v: float, divisor: int = 8) -> int:
@@ -57,10 +55,11 @@ class MobileNetV2(nn.Module):
         super().__init__()
         if not width_mult > 0:
             raise ValueError(f"width_mult must be positive, got {width_mult!r}")
-        c = make_divisible(32 * width_mult)
-        self.last_channel = make_divisible(1280 * max(1.0, width_mult))
+        arch = ARCHS["mobilenetv2"]
+        c = make_divisible(arch.stem_width * width_mult)
+        self.last_channel = make_divisible(arch.last_width * max(1.0, width_mult))
         features: list[nn.Module] = [ConvBNReLU(in_channels, c, stride=2)]
-        for t, ch, n, s in SETTING:
+        for t, ch, n, s in arch.setting:
             out = make_divisible(ch * width_mult)
             for i in range(n):
                 features.append(InvertedResidual(c, out, s if i == 0 else 1, t))
