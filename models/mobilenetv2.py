@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from netspec.archs import ARCHS
+from netspec.archs import ARCHS, ArchError
 
 
 def make_divisible(v: float, divisor: int = 8) -> int:
@@ -31,7 +31,7 @@ class InvertedResidual(nn.Module):
     def __init__(self, inp: int, oup: int, stride: int, expand_ratio: int) -> None:
         super().__init__()
         if stride not in (1, 2):
-            raise ValueError(f"InvertedResidual: stride must be 1 or 2, got {stride}")
+            raise ArchError(f"InvertedResidual: stride must be 1 or 2, got {stride}")
         hidden = int(round(inp * expand_ratio))
         self.stride = stride
         self.use_res_connect = stride == 1 and inp == oup
@@ -54,7 +54,7 @@ class MobileNetV2(nn.Module):
                  dropout: float = 0.2) -> None:
         super().__init__()
         if not width_mult > 0:
-            raise ValueError(f"width_mult must be positive, got {width_mult!r}")
+            raise ArchError(f"width_mult must be positive, got {width_mult!r}")
         arch = ARCHS["mobilenetv2"]
         c = make_divisible(arch.stem_width * width_mult)
         self.last_channel = make_divisible(arch.last_width * max(1.0, width_mult))

@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from netspec.archs import ARCHS, CifarResNetArch, ResNetArch
+from netspec.archs import ARCHS, ArchError, CifarResNetArch, ResNetArch
 
 
 class BasicBlock(nn.Module):
@@ -138,7 +138,7 @@ class CifarResNet(nn.Module):
         super().__init__()
         n = CifarResNetArch(depth).blocks_per_stage
         if shortcut not in ("A", "B"):
-            raise ValueError(f"shortcut must be 'A' or 'B', got {shortcut!r}")
+            raise ArchError(f"shortcut must be 'A' or 'B', got {shortcut!r}")
         self.conv1 = nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)
         self.relu = nn.ReLU(inplace=True)

@@ -9,6 +9,11 @@ from dataclasses import dataclass
 from typing import ClassVar, Union
 
 
+class ArchError(ValueError):
+    """An architecture, its name or one of its parameters (depth, width, stride, shortcut) is
+    invalid; a ValueError, as the model builders raised before."""
+
+
 @dataclass(frozen=True)
 class ResNetArch:
     """torchvision ResNet: 7x7 stem, 3x3 max-pool, four stages of ``blocks`` blocks; a
@@ -39,7 +44,7 @@ class CifarResNetArch:
     @property
     def blocks_per_stage(self) -> int:
         if (self.depth - 2) % 6:
-            raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {self.depth}")
+            raise ArchError(f"CIFAR ResNet depth must be 6n+2, got {self.depth}")
         return (self.depth - 2) // 6
 
 
