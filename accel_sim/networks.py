@@ -11,6 +11,7 @@ from functools import partial
 from typing import Callable
 
 from accel_sim.topology import Layer, conv, conv_out, linear
+from netspec.archs import VGG16_CFG  # noqa: F401 (re-exported: its old home)
 from netspec.archs import ARCHS, Arch, CifarResNetArch, MobileNetV2Arch, ResNetArch, VGGArch, rule_gates
 
 
@@ -117,6 +118,10 @@ def _layers(arch: Arch, cin: int = 3, hw: tuple[int, int] | None = None,
 BUILTINS: dict[str, Callable[..., list[Layer]]] = {
     name: partial(_layers, arch) for name, arch in ARCHS.items() if not getattr(arch, "post_activation", False)
 }
+# the per-network builders of the old API, ``resnet18(cin, hw, num_classes)`` and so on
+resnet18, resnet34, resnet50 = BUILTINS["resnet18"], BUILTINS["resnet34"], BUILTINS["resnet50"]
+resnet20, resnet56 = BUILTINS["resnet20"], BUILTINS["resnet56"]
+vgg16, mobilenetv2 = BUILTINS["vgg16"], BUILTINS["mobilenetv2"]
 
 
 def build(name: str, input_chw: tuple[int, int, int] | None = None,

@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 
 from netspec.archs import ARCHS, ArchError
+from netspec.archs import MOBILENETV2_SETTING as SETTING  # noqa: F401 (re-exported: its old name)
 
 
 def make_divisible(v: float, divisor: int = 8) -> int:

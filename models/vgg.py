@@ -6,6 +6,7 @@ import torch
 import torch.nn as nn
 
 from netspec.archs import ARCHS
+from netspec.archs import VGG16_CFG as CFG16  # noqa: F401 (re-exported: its old name)
 
 
 class VGG(nn.Module):
