@@ -38,11 +38,6 @@ class Layer(LayerShape):
             raise ValueError(f"layer {self.name}: batch must be an integer >= 1, got {self.batch!r}")
         super().__post_init__()
 
-    @property
-    def kernel(self) -> tuple[int, int]:
-        """Read-only alias of ``kernel_size`` for code written against the old field name."""
-        return self.kernel_size
-
     # ---- GEMM view (per group): M output pixels of the batch x N filters, reduction K ----
     @property
     def gemm_m(self) -> int:

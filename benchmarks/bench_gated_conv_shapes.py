@@ -3,8 +3,9 @@
 Conv shapes of torchvision ResNet-18 (224x224) and CIFAR ResNet-20 (32x32, option-A
 shortcuts, so no 1x1 convs). Gating rules:
 
-* ``cgnet``: CGNet's rule, conv1 of every BasicBlock (conv2 feeds the residual add);
-* ``all3x3``: every 3x3 conv with groups=1 except the stem.
+* ``cgnet``: CGNet's rule (``netspec.archs.rule_gates``), conv1 of every BasicBlock (conv2
+  feeds the residual add);
+* ``all3x3``: rule ``all`` on the 3x3 convs, every 3x3 conv with groups=1 except the stem.
 
 Everything else (stem, 1x1 downsamples, ungated conv2) is timed as a dense conv and counted
 at that time in whole-network numbers. Weights and inputs are random: the time of the gated
@@ -21,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from kernels.reference import base_mask
+from netspec.archs import rule_gates
 
 
 @dataclass(frozen=True)
@@ -43,11 +45,12 @@ class ConvLayer:
         return batch * self.out_hw ** 2 * self.c_out * self.c_in * self.k * self.k
 
     def gated(self, rule: str) -> bool:
-        if rule == "cgnet":
-            return self.role == "conv1"
-        if rule == "all3x3":
-            return self.role in ("conv1", "conv2")
-        raise ValueError(f"unknown gating rule {rule!r}")
+        """``cgnet`` is the shared rule; ``all3x3`` is rule ``all`` on the 3x3 convs."""
+        if rule not in ("cgnet", "all3x3"):
+            raise ValueError(f"unknown gating rule {rule!r}")
+        return (rule == "cgnet" or self.k == 3) and rule_gates(
+            "cgnet" if rule == "cgnet" else "all", reads_input=self.role == "stem",
+            feeds_activation=self.role == "conv1")
 
 
 def resnet18_layers() -> list[ConvLayer]:

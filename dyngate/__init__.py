@@ -1,21 +1,25 @@
 """dyngate: a dynamic-inference runtime for channel-gated convolutional networks.
 
-Public API: :func:`convert`, :func:`profile`, :func:`prune`, :func:`save`/:func:`load`, the
+Public API: :func:`convert`, :func:`profile`, :func:`prune`, :func:`save`/:func:`load`,
+:func:`compile_model` (``compile`` is its old name, kept as an alias), :func:`export`, the
 CUCB trainer :class:`CUCBTrainer`, the gate contexts :func:`gates_open`/:func:`gates_closed`,
 :func:`gate_loss` and :func:`set_backend`; the CLI is ``python -m dyngate``.
 """
 from dyngate.convert import convert
-from dyngate.errors import (CheckpointError, ConversionError, DyngateError, GraphError,
-                            ProfileError)
+from dyngate.errors import (CheckpointError, CompileError, ConfigError, ConversionError, DeployError,
+                            DyngateError, GraphError, LatencyTableError, ProfileError, PruningError,
+                            TrainingError)
 from dyngate.gating import GatedConv2d, gate_loss, gates_closed, gates_open, set_backend
 from dyngate.graph import capture
 from dyngate.profile import SparsityProfile, profile
 from dyngate.checkpoint import load, save
 from dyngate.prune import prune
-from dyngate.compile import compile
+from dyngate.compile import compile  # noqa: A001 (compatibility alias of compile_model)
+from dyngate.compiler import compile_model
 from dyngate.cucb import CUCBTrainer
 from dyngate.deploy import export
 
-__all__ = ["convert", "profile", "prune", "compile", "save", "load", "gates_open", "gates_closed", "gate_loss",
-           "set_backend", "capture", "GatedConv2d", "SparsityProfile", "DyngateError",
-           "GraphError", "ConversionError", "ProfileError", "CheckpointError", "CUCBTrainer"]
+__all__ = ["convert", "profile", "prune", "compile_model", "compile", "export", "save", "load", "gates_open",
+           "gates_closed", "gate_loss", "set_backend", "capture", "GatedConv2d", "SparsityProfile",
+           "DyngateError", "GraphError", "ConversionError", "PruningError", "ProfileError", "CheckpointError",
+           "TrainingError", "DeployError", "LatencyTableError", "CompileError", "ConfigError", "CUCBTrainer"]

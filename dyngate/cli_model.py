@@ -12,7 +12,7 @@ import torch
 import dyngate
 from dyngate import criteria
 from dyngate.convert import GateOptions
-from dyngate.errors import DyngateError
+from dyngate.errors import CheckpointError, ConfigError
 from dyngate.options import add_options, option
 from models.data import DATASETS, load_dataset
 
@@ -71,14 +71,14 @@ def _config(cls: type, args: argparse.Namespace) -> Any:
 def _source(path: str) -> tuple[torch.nn.Module, dict[str, Any]]:
     model = dyngate.load(path)
     if any(isinstance(m, dyngate.GatedConv2d) for m in model.modules()):
-        raise DyngateError(f"{path}: this checkpoint is already gated; give the dense checkpoint")
+        raise CheckpointError(f"{path}: this checkpoint is already gated; give the dense checkpoint")
     return model, dyngate.checkpoint.read(path)["extra"].get("trainer", {}).get("config", {})
 
 
 def _check_out(path: str) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
-        raise DyngateError(f"--out {path}: folder {folder} does not exist or is not writable")
+        raise ConfigError(f"--out {path}: folder {folder} does not exist or is not writable")
 
 
 def _save(model: torch.nn.Module, out: str, tcfg: dict[str, Any], step: str, cfg: Any, src: str) -> None:
@@ -115,7 +115,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     cfg = _config(PruneConfig, args)
     for name in ("batch_size", "max_batches"):
         if getattr(cfg, name) < 1:
-            raise DyngateError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
     _check_out(args.out)
     model, tcfg = _source(args.checkpoint)
     batches = _calibration(cfg, tcfg)

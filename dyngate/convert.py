@@ -14,9 +14,9 @@ from dyngate.errors import ConversionError
 from dyngate.options import option
 from dyngate.gating import GatedConv2d
 from dyngate.graph import GraphView, LayerInfo, capture
+from netspec.archs import GATE_RULES as RULES, rule_gates
 
 SPEC_VERSION = 2   # 2 adds the gate block tile and the rule; version 1 reads as tile 1x1
-RULES = ("cgnet", "all")
 
 
 @dataclass
@@ -70,12 +70,12 @@ def _why_not_gatable(info: LayerInfo, partitions: int, grouped: bool, granularit
 def select_layers(view: GraphView, partitions: int, grouped: bool, granularity: int,
                   include: Iterable[str] | None, skip: Iterable[str],
                   rule: str = "cgnet") -> tuple[list[str], dict[str, str]]:
-    """Which convs to gate. Never the stem conv (it reads the image) nor the classifier.
-    ``rule="cgnet"`` (CGNet's released code on pre-activation nets): only convs followed by an
-    activation (through an optional BN). ``rule="all"``: every ``groups=1`` conv, including
-    the last conv of a residual block and 1x1 shortcut convs; where such a gate is off its
-    output is the base partial sum, as in CGNet's gated layers. ``include`` replaces the rule
-    with an explicit list; ``skip`` removes names. Returns (gated names, {skipped name: reason})."""
+    """Which convs to gate: those :func:`netspec.archs.rule_gates` picks for ``rule`` from the
+    graph (the stem reads the model input; a conv feeds an activation through an optional BN),
+    never the classifier. Under ``rule="all"`` the last conv of a residual block and 1x1
+    shortcut convs are gated too; where such a gate is off its output is the base partial sum,
+    as in CGNet's gated layers. ``include`` replaces the rule with an explicit list; ``skip``
+    removes names. Returns (gated names, {skipped name: reason})."""
     if rule not in RULES:
         raise ConversionError(f"rule must be one of {', '.join(RULES)}, got {rule!r}")
     skip = list(skip)
@@ -97,10 +97,10 @@ def select_layers(view: GraphView, partitions: int, grouped: bool, granularity: 
     for info in view.convs():
         if info.name in skip:
             skipped[info.name] = "in the skip list"
-        elif info.reads_graph_input:
-            skipped[info.name] = "stem conv (reads the model input)"
-        elif rule == "cgnet" and not info.followed_by_activation:
-            skipped[info.name] = "not followed by an activation (e.g. feeds a residual add)"
+        elif not rule_gates(rule, reads_input=info.reads_graph_input,
+                            feeds_activation=info.followed_by_activation):
+            skipped[info.name] = ("stem conv (reads the model input)" if info.reads_graph_input
+                                  else "not followed by an activation (e.g. feeds a residual add)")
         else:
             why = _why_not_gatable(info, partitions, grouped, granularity)
             if why:

@@ -348,7 +348,6 @@ CRITERIA: dict[str, Callable[[Context], Scores]] = {
     "similarity": similarity, "cpmc": cpmc, "taylor": taylor, "random": random,
 }
 DATA_DRIVEN = frozenset({"hrank", "ezcrop", "taylor"})
-NORMALIZED = frozenset({"l1", "l2", "fpgm", "hrank", "ezcrop"})  # per-layer mean-normalized
 
 
 def score(method: str, ctx: Context) -> Scores:

@@ -40,9 +40,11 @@ class LatencyTableError(DyngateError):
 
 
 class CompileError(DyngateError):
-    """A pruned model cannot be compiled (missing TVM, unsupported op, failed build)."""
+    """A model cannot be compiled (gated, not fx-traceable, missing TVM, failed build) or its
+    compiled output does not match eager torch."""
 
 
 class ConfigError(DyngateError, ValueError):
-    """A run's configuration field (CLI option, YAML key, keyword argument) is invalid.
+    """A run's configuration field (CLI option, YAML key, keyword argument) or an argument of a
+    public call (a gated layer's settings, a compiled model's input shape) is invalid.
     Also a ValueError, so callers that caught the bare ValueError keep working."""

@@ -20,10 +20,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from dyngate.errors import ConfigError
 import kernels
 from kernels.reference import base_mask, block_scores, expand_blocks
-
-GATE_MODES = ("gate", "open", "closed")
 
 
 class _StraightThroughGate(torch.autograd.Function):
@@ -66,11 +65,11 @@ class GatedConv2d(nn.Module):
         self.partitions, self.grouped, self.granularity = partitions, grouped, granularity
         self.alpha, self.sparse_bp, self.name = alpha, sparse_bp, name
         if granularity < 1 or out_channels % granularity:
-            raise ValueError(f"{name or 'GatedConv2d'}: out_channels={out_channels} is not divisible "
-                             f"by gate granularity={granularity}")
+            raise ConfigError(f"{name or 'GatedConv2d'}: out_channels={out_channels} is not divisible "
+                              f"by gate granularity={granularity}")
         self.tile = pair(tile)
         if min(self.tile) < 1:
-            raise ValueError(f"{name or 'GatedConv2d'}: gate tile must be positive, got {tile!r}")
+            raise ConfigError(f"{name or 'GatedConv2d'}: gate tile must be positive, got {tile!r}")
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, *self.kernel_size))
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
         nn.init.kaiming_normal_(self.weight, mode="fan_out", nonlinearity="relu")
@@ -86,10 +85,10 @@ class GatedConv2d(nn.Module):
     def from_conv(cls, conv: nn.Conv2d, name: str = "", **gate_kwargs) -> "GatedConv2d":
         """Wrap an existing conv, sharing nothing (weights are copied)."""
         if conv.groups != 1:
-            raise ValueError(f"{name}: grouped/depthwise convs (groups={conv.groups}) cannot be gated")
+            raise ConfigError(f"{name}: grouped/depthwise convs (groups={conv.groups}) cannot be gated")
         if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
-            raise ValueError(f"{name}: only numeric zero padding is supported, got "
-                             f"padding={conv.padding!r}, padding_mode={conv.padding_mode!r}")
+            raise ConfigError(f"{name}: only numeric zero padding is supported, got "
+                              f"padding={conv.padding!r}, padding_mode={conv.padding_mode!r}")
         g = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
                 conv.dilation, conv.bias is not None, name=name, **gate_kwargs)
         g = g.to(device=conv.weight.device, dtype=conv.weight.dtype)
@@ -123,8 +122,8 @@ class GatedConv2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"{self.name or 'GatedConv2d'}: expected input (N, {self.in_channels}, H, W), "
-                             f"got {tuple(x.shape)}")
+            raise ConfigError(f"{self.name or 'GatedConv2d'}: expected input (N, {self.in_channels}, H, W), "
+                              f"got {tuple(x.shape)}")
         if self.mode in ("open", "closed"):
             w = self.weight if self.mode == "open" else self.weight * self.mask
             out = self._conv(x, w, self.bias)
@@ -235,14 +234,14 @@ def gate_loss(model: nn.Module, target: float) -> torch.Tensor:
     """CGNet's threshold loss ``sum over gated layers and channels of (delta - T)^2``."""
     terms = [((m.threshold - target) ** 2).sum() for _, m in gated_layers(model)]
     if not terms:
-        raise ValueError("gate_loss: the model has no gated layers (run dyngate.convert first)")
+        raise ConfigError("gate_loss: the model has no gated layers (run dyngate.convert first)")
     return torch.stack(terms).sum()
 
 
 def set_backend(model: nn.Module, backend: str) -> nn.Module:
     """Choose the eval-mode kernel backend of every gated layer."""
     if backend not in ("auto", "reference", "cpu", "triton"):
-        raise ValueError(f"unknown backend {backend!r}; choose auto, reference, cpu or triton")
+        raise ConfigError(f"unknown backend {backend!r}; choose auto, reference, cpu or triton")
     for _, m in gated_layers(model):
         m.backend = backend
     return model

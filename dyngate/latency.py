@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 import yaml
 
-from dyngate.errors import ConversionError
+from dyngate.errors import ConversionError, LatencyTableError
 from dyngate.graph import GraphView, LayerInfo, capture, is_depthwise
 from fsio import atomic_write
 
@@ -61,7 +61,7 @@ def _ceil_index(grid: list[int], w: int) -> int:
     for i, g in enumerate(grid):
         if w <= g:
             return i
-    raise ConversionError(f"width {w} is above the table's grid (max {grid[-1]})")
+    raise LatencyTableError(f"width {w} is above the table's grid (max {grid[-1]})")
 
 
 @dataclass
@@ -88,15 +88,15 @@ class LatencyTable:
         """Raise, naming the layer, unless the table was measured for this model's layers."""
         for name, info in view.layers.items():
             if name not in self.shapes:
-                raise ConversionError(f"latency table has no entry for layer '{name}': it was "
-                                      "measured for a different model")
+                raise LatencyTableError(f"latency table has no entry for layer '{name}': it was "
+                                        "measured for a different model")
             if self.shapes[name] != _shape_key(info):
-                raise ConversionError(f"latency table entry for layer '{name}' is "
-                                      f"{self.shapes[name]} (in, out, HxW) but the model has "
-                                      f"{_shape_key(info)}: measure it again for this model")
+                raise LatencyTableError(f"latency table entry for layer '{name}' is "
+                                        f"{self.shapes[name]} (in, out, HxW) but the model has "
+                                        f"{_shape_key(info)}: measure it again for this model")
         extra = sorted(set(self.shapes) - set(view.layers))
         if extra:
-            raise ConversionError(f"latency table names layers the model lacks: {', '.join(extra[:5])}")
+            raise LatencyTableError(f"latency table names layers the model lacks: {', '.join(extra[:5])}")
 
     def save(self, path: str) -> None:
         doc = {"format": _FORMAT, "batch": self.batch, "threads": self.threads, "machine": self.machine,
@@ -112,12 +112,12 @@ class LatencyTable:
             with open(path) as f:
                 doc = yaml.safe_load(f)
         except (OSError, yaml.YAMLError) as e:
-            raise ConversionError(f"latency table '{path}': cannot read it ({e})") from e
+            raise LatencyTableError(f"latency table '{path}': cannot read it ({e})") from e
         if not isinstance(doc, dict) or doc.get("format") != _FORMAT:
-            raise ConversionError(f"latency table '{path}': not a format-{_FORMAT} latency table")
+            raise LatencyTableError(f"latency table '{path}': not a format-{_FORMAT} latency table")
         for key in ("batch", "threads", "layers", "shapes"):
             if key not in doc:
-                raise ConversionError(f"latency table '{path}': missing field '{key}'")
+                raise LatencyTableError(f"latency table '{path}': missing field '{key}'")
         layers = {}
         for n, c in doc["layers"].items():
             try:
@@ -126,9 +126,9 @@ class LatencyTable:
                 ok = len(rows) == (1 if curve.depthwise else len(curve.in_grid)) and all(
                     len(r) == (len(curve.in_grid) if curve.depthwise else len(curve.out_grid)) for r in rows)
             except (KeyError, TypeError) as e:
-                raise ConversionError(f"latency table '{path}': layer '{n}' is malformed ({e})") from e
+                raise LatencyTableError(f"latency table '{path}': layer '{n}' is malformed ({e})") from e
             if not ok:
-                raise ConversionError(f"latency table '{path}': layer '{n}': ms does not match its grids")
+                raise LatencyTableError(f"latency table '{path}': layer '{n}': ms does not match its grids")
             layers[n] = curve
         return cls(int(doc["batch"]), int(doc["threads"]), layers,
                    {n: list(s) for n, s in doc["shapes"].items()}, doc.get("machine", ""), doc.get("meta") or {})

@@ -16,6 +16,7 @@ from typing import Iterable
 import torch
 import torch.nn as nn
 
+from dyngate.errors import ConfigError
 from dyngate.gating import GatedConv2d
 
 CL = torch.channels_last
@@ -45,7 +46,7 @@ def compare(model: nn.Module, batches: Iterable[torch.Tensor], *, warmup: int = 
     dense = to_dense(gated).eval().to(memory_format=CL)
     xs = [x.contiguous(memory_format=CL) for x in batches]
     if not xs:
-        raise ValueError("timing: no batches given")
+        raise ConfigError("timing: no batches given")
     d_ms, g_ms = [], []
     with torch.no_grad():
         for i in range(warmup):

@@ -1,15 +1,15 @@
 """Public entry point: validate, pick a backend, run the conditional partial-sum conv."""
 from __future__ import annotations
 
-import importlib.util
-import os
 import threading
 import warnings
 
 import torch
 
+from kernels.errors import KernelArgError
 from kernels.geometry import ConvGeometry, pair
 from kernels.reference import conditional_conv2d_reference
+from kernels.triton_env import INSTALL_GPU, interpreter_enabled, triton_available
 
 BACKENDS = ("auto", "reference", "cpu", "triton")
 _LAST = threading.local()
@@ -22,70 +22,54 @@ def last_path() -> str | None:
     return getattr(_LAST, "path", None)
 
 
-def interpreter_enabled() -> bool:
-    """True when Triton kernels run in its CPU interpreter (``TRITON_INTERPRET=1``)."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
 def validate(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, tau: torch.Tensor,
              inv_sigma: torch.Tensor, stride, padding, dilation, partitions: int, grouped: bool,
              granularity: int, groups: int = 1, tile=(1, 1)) -> ConvGeometry:
     """Check shapes and divisibility; every error names the offending argument."""
     if groups != 1:
-        raise ValueError(f"groups={groups}: conv groups other than 1 are not supported by the "
-                         "conditional conv (its channel partition is a separate concept)")
+        raise KernelArgError(f"groups={groups}: conv groups other than 1 are not supported by the "
+                             "conditional conv (its channel partition is a separate concept)")
     if x.dim() != 4:
-        raise ValueError(f"x must be 4-D (N, C_in, H, W), got shape {tuple(x.shape)}")
+        raise KernelArgError(f"x must be 4-D (N, C_in, H, W), got shape {tuple(x.shape)}")
     if weight.dim() != 4:
-        raise ValueError(f"weight must be 4-D (C_out, C_in, kh, kw), got shape {tuple(weight.shape)}")
+        raise KernelArgError(f"weight must be 4-D (C_out, C_in, kh, kw), got shape {tuple(weight.shape)}")
     n, c_in, h, w = x.shape
     c_out, wc_in, kh, kw = weight.shape
     if wc_in != c_in:
-        raise ValueError(f"weight has {wc_in} input channels but x has {c_in}")
+        raise KernelArgError(f"weight has {wc_in} input channels but x has {c_in}")
     for name, t in (("tau", tau), ("inv_sigma", inv_sigma)):
         if t.dim() != 1 or t.shape[0] != c_out:
-            raise ValueError(f"{name} must have shape ({c_out},) (one per output channel), "
-                             f"got {tuple(t.shape)}")
+            raise KernelArgError(f"{name} must have shape ({c_out},) (one per output channel), "
+                                 f"got {tuple(t.shape)}")
     if bias is not None and (bias.dim() != 1 or bias.shape[0] != c_out):
-        raise ValueError(f"bias must have shape ({c_out},), got {tuple(bias.shape)}")
+        raise KernelArgError(f"bias must have shape ({c_out},), got {tuple(bias.shape)}")
     if not isinstance(partitions, int) or partitions < 1:
-        raise ValueError(f"partitions must be a positive int, got {partitions!r}")
+        raise KernelArgError(f"partitions must be a positive int, got {partitions!r}")
     if c_in % partitions:
-        raise ValueError(f"partitions={partitions} does not divide the input channels ({c_in})")
+        raise KernelArgError(f"partitions={partitions} does not divide the input channels ({c_in})")
     if c_out % partitions:
-        raise ValueError(f"partitions={partitions} does not divide the output channels ({c_out})")
+        raise KernelArgError(f"partitions={partitions} does not divide the output channels ({c_out})")
     if not isinstance(granularity, int) or granularity < 1 or c_out % granularity:
-        raise ValueError(f"granularity={granularity!r} must be a positive int dividing "
-                         f"the output channels ({c_out})")
+        raise KernelArgError(f"granularity={granularity!r} must be a positive int dividing "
+                             f"the output channels ({c_out})")
     th, tw = pair(tile, "tile")
     if th < 1 or tw < 1:
-        raise ValueError(f"tile must be positive (output rows, columns per gate block), got {tile!r}")
+        raise KernelArgError(f"tile must be positive (output rows, columns per gate block), got {tile!r}")
     for t, name in ((x, "x"), (weight, "weight"), (tau, "tau"), (inv_sigma, "inv_sigma"), (bias, "bias")):
         if t is not None and not t.is_floating_point():  # the fast paths would return zeros
-            raise ValueError(f"{name} must be a floating-point tensor, got {t.dtype}")
+            raise KernelArgError(f"{name} must be a floating-point tensor, got {t.dtype}")
     for t, name in ((weight, "weight"), (tau, "tau"), (inv_sigma, "inv_sigma"), (bias, "bias")):
         if t is not None and t.device != x.device:
-            raise ValueError(f"{name} is on {t.device} but x is on {x.device}")
+            raise KernelArgError(f"{name} is on {t.device} but x is on {x.device}")
     geo = ConvGeometry(n, c_in, h, w, c_out, kh, kw, pair(stride, "stride"), pair(padding, "padding"),
                        pair(dilation, "dilation"))
     if min(geo.stride) < 1 or min(geo.dilation) < 1 or min(geo.padding) < 0:
-        raise ValueError(f"stride/dilation must be >= 1 and padding >= 0, got stride={stride}, "
-                         f"padding={padding}, dilation={dilation}")
+        raise KernelArgError(f"stride/dilation must be >= 1 and padding >= 0, got stride={stride}, "
+                             f"padding={padding}, dilation={dilation}")
     if geo.ho < 1 or geo.wo < 1:
-        raise ValueError(f"x spatial size {(h, w)} is too small for kernel {(kh, kw)} with "
-                         f"padding={padding}, dilation={dilation}")
+        raise KernelArgError(f"x spatial size {(h, w)} is too small for kernel {(kh, kw)} with "
+                             f"padding={padding}, dilation={dilation}")
     return geo
-
-
-INSTALL_GPU = 'pip install -e ".[gpu]"'
-
-
-def triton_available() -> bool:
-    """Triton is an optional extra (``.[gpu]``): a CPU install does without its 300 MB."""
-    try:
-        return importlib.util.find_spec("triton") is not None
-    except (ImportError, ValueError):   # a broken install counts as absent
-        return False
 
 
 def _no_triton_fallback() -> str:
@@ -99,18 +83,18 @@ def _no_triton_fallback() -> str:
 def select_backend(backend: str, device: torch.device) -> str:
     """Resolve "auto" and refuse a backend on a device it cannot run on."""
     if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        raise KernelArgError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if backend == "auto":
         if device.type == "cuda":
             return "triton" if triton_available() else _no_triton_fallback()
         return "cpu" if device.type == "cpu" else "reference"
     if backend == "triton" and not triton_available():
-        raise ValueError(f"backend 'triton' needs the triton package, not installed: {INSTALL_GPU}")
+        raise KernelArgError(f"backend 'triton' needs the triton package, not installed: {INSTALL_GPU}")
     if backend == "cpu" and device.type != "cpu":
-        raise ValueError(f"backend 'cpu' needs CPU tensors, got tensors on {device}")
+        raise KernelArgError(f"backend 'cpu' needs CPU tensors, got tensors on {device}")
     if backend == "triton" and device.type != "cuda" and not (device.type == "cpu" and interpreter_enabled()):
-        raise ValueError(f"backend 'triton' needs CUDA tensors (or CPU tensors with TRITON_INTERPRET=1 "
-                         f"set before triton is imported), got tensors on {device}")
+        raise KernelArgError(f"backend 'triton' needs CUDA tensors (or CPU tensors with TRITON_INTERPRET=1 "
+                             f"set before triton is imported), got tensors on {device}")
     return backend
 
 

@@ -64,6 +64,7 @@ import torch
 import torch.nn.functional as F
 
 from kernels import autotune, cpu_fused, cpu_tiles
+from kernels.errors import KernelArgError
 from kernels.geometry import ConvGeometry
 from kernels.reference import block_scores, expand_blocks
 from kernels.workspace import derived, scratch
@@ -278,42 +279,17 @@ def conditional_conv2d_cpu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Te
     memory format.
     """
     if strategy not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
-    gate_tile = (min(gate_tile[0], geo.ho), min(gate_tile[1], geo.wo))
-    if gate_tile != (1, 1):
-        if tile is not None and (min(tile[0], geo.ho), min(tile[1], geo.wo)) != gate_tile:
-            raise ValueError(f"tile={tile} must equal the gate tile {gate_tile} of a block gate")
-        tile = gate_tile
+        raise KernelArgError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    tile, gate_tile = _tiles(geo, tile, gate_tile)
     cdt = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
     xc = x.to(cdt).contiguous(memory_format=CL)
-    tile = cpu_tiles.default_tile(geo) if tile is None else (min(tile[0], geo.ho), min(tile[1], geo.wo))
     if strategy == "auto":
         tuned = cdt == torch.float32 and autotune.enabled()
         strategy = _tuned_path(xc, weight, bias, tau, inv_sigma, geo, partitions, grouped,
                                granularity, tile, gate_tile) if tuned else "pipeline"
-    if strategy in ("fused", "select"):
-        if cdt != torch.float32:
-            raise ValueError(f"strategy {strategy!r} computes in float32, got {cdt}")
-        reason = _fused_reason(geo, partitions, grouped, granularity, gate_tile)
-        if reason is not None:
-            raise ValueError(f"strategy {strategy!r} cannot run this layer: {reason}")
-        full = None
-        if strategy == "select":
-            full = F.conv2d(xc, weight.detach().to(cdt), None if bias is None else bias.detach().to(cdt),
-                            geo.stride, geo.padding, geo.dilation)
-        out, gate, _ = cpu_fused.run(xc, weight, bias, tau, inv_sigma, geo,
-                                     partitions=partitions, grouped=grouped, granularity=granularity,
-                                     return_gate=return_gate, full=full)
-    elif strategy in ("fused_blocks", "onednn_blocks"):
-        if cdt != torch.float32:
-            raise ValueError(f"strategy {strategy!r} computes in float32, got {cdt}")
-        reason = cpu_fused.blocks_unsupported_reason(geo, partitions, grouped, granularity, gate_tile)
-        if reason is not None:
-            raise ValueError(f"strategy {strategy!r} cannot run this layer: {reason}")
-        yp = _base_pass(xc, weight, bias, geo, partitions, grouped) if strategy == "onednn_blocks" else None
-        out, gate, _LAST.tiles = cpu_fused.run_blocks(
-            xc, weight, bias, tau, inv_sigma, geo, partitions=partitions, grouped=grouped,
-            granularity=granularity, gate_tile=gate_tile, return_gate=return_gate, yp=yp)
+    if strategy in ("fused", "select", "fused_blocks", "onednn_blocks"):
+        out, gate = _native(strategy, xc, weight, bias, tau, inv_sigma, geo, partitions, grouped,
+                            granularity, gate_tile, return_gate)
     elif strategy == "stacked":
         out, gate = _stacked(xc, weight, bias, tau, inv_sigma, geo, partitions, grouped, granularity,
                              gate_tile, return_gate)
@@ -323,6 +299,49 @@ def conditional_conv2d_cpu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Te
     _LAST.path = strategy
     out = (out if x.is_contiguous(memory_format=CL) else out.contiguous()).to(x.dtype)
     return (out, gate) if return_gate else out
+
+
+def _clamped(t: tuple[int, int], geo: ConvGeometry) -> tuple[int, int]:
+    return min(t[0], geo.ho), min(t[1], geo.wo)
+
+
+def _tiles(geo: ConvGeometry, tile: tuple[int, int] | None,
+           gate_tile: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(tile-gather tile, gate tile), clamped to the output: a block gate fixes the tile to its
+    block; otherwise ``tile`` or :func:`kernels.cpu_tiles.default_tile`."""
+    gate_tile = _clamped(gate_tile, geo)
+    if gate_tile != (1, 1):
+        if tile is not None and _clamped(tile, geo) != gate_tile:
+            raise KernelArgError(f"tile={tile} must equal the gate tile {gate_tile} of a block gate")
+        return gate_tile, gate_tile
+    return (cpu_tiles.default_tile(geo) if tile is None else _clamped(tile, geo)), gate_tile
+
+
+def _native(strategy: str, xc: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+            tau: torch.Tensor, inv_sigma: torch.Tensor, geo: ConvGeometry, partitions: int,
+            grouped: bool, granularity: int, gate_tile: tuple[int, int], return_gate: bool):
+    """The C kernels' paths (:mod:`kernels.cpu_fused`): float32 only, on the layers they take.
+    "select" also hands them the dense conv, "onednn_blocks" the base pass from oneDNN."""
+    if xc.dtype != torch.float32:
+        raise KernelArgError(f"strategy {strategy!r} computes in float32, got {xc.dtype}")
+    blocks = strategy in ("fused_blocks", "onednn_blocks")
+    unsupported = cpu_fused.blocks_unsupported_reason if blocks else _fused_reason
+    reason = unsupported(geo, partitions, grouped, granularity, gate_tile)
+    if reason is not None:
+        raise KernelArgError(f"strategy {strategy!r} cannot run this layer: {reason}")
+    if blocks:
+        yp = _base_pass(xc, weight, bias, geo, partitions, grouped) if strategy == "onednn_blocks" else None
+        out, gate, _LAST.tiles = cpu_fused.run_blocks(
+            xc, weight, bias, tau, inv_sigma, geo, partitions=partitions, grouped=grouped,
+            granularity=granularity, gate_tile=gate_tile, return_gate=return_gate, yp=yp)
+        return out, gate
+    full = None
+    if strategy == "select":
+        full = F.conv2d(xc, weight.detach().to(xc.dtype), None if bias is None else bias.detach().to(xc.dtype),
+                        geo.stride, geo.padding, geo.dilation)
+    out, gate, _ = cpu_fused.run(xc, weight, bias, tau, inv_sigma, geo, partitions=partitions,
+                                 grouped=grouped, granularity=granularity, return_gate=return_gate, full=full)
+    return out, gate
 
 
 def _fused_reason(geo, partitions, grouped, granularity, gate_tile) -> str | None:
@@ -474,8 +493,8 @@ def _pipeline(xc, weight, bias, tau, inv_sigma, geo, partitions, grouped, granul
         if strategy == "block_tiles":
             chunks = _block_chunks(geo, p, grouped, granularity)
             if chunks is None:
-                raise ValueError(f"strategy 'block_tiles': gate groups of {granularity} channels "
-                                 f"straddle partition chunks of {co}")
+                raise KernelArgError(f"strategy 'block_tiles': gate groups of {granularity} channels "
+                                     f"straddle partition chunks of {co}")
         else:
             chunks = range(p) if strategy == "chunk_tiles" else [None]
         xp = cpu_tiles.padded_input(xc, geo, tile, first)

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from kernels.errors import KernelArgError
 from kernels.geometry import ConvGeometry
 from kernels.reference import base_mask, expand_blocks
 from kernels.workspace import derived
@@ -90,9 +91,9 @@ def isa() -> str:
     if want == "native":
         return have
     if want not in ISAS:
-        raise ValueError(f"DYNGATE_ISA={want!r}: choose one of native, {', '.join(ISAS)}")
+        raise KernelArgError(f"DYNGATE_ISA={want!r}: choose one of native, {', '.join(ISAS)}")
     if ISAS.index(want) < ISAS.index(have):
-        raise ValueError(f"DYNGATE_ISA={want}: this CPU only runs up to {have}")
+        raise KernelArgError(f"DYNGATE_ISA={want}: this CPU only runs up to {have}")
     return want
 
 
@@ -128,12 +129,6 @@ def layout(geo: ConvGeometry, partitions: int, grouped: bool, granularity: int) 
         if spanning and grouped and vw % span == 0:
             return vw, True
     return None
-
-
-def vector_width(geo: ConvGeometry, partitions: int, grouped: bool, granularity: int) -> int | None:
-    """Output channels per SIMD vector (see :func:`layout`), None when unsupported."""
-    lay = layout(geo, partitions, grouped, granularity)
-    return None if lay is None else lay[0]
 
 
 def unsupported_reason(geo: ConvGeometry, partitions: int, grouped: bool, granularity: int) -> str | None:
@@ -343,7 +338,8 @@ def blocks_unsupported_reason(geo: ConvGeometry, partitions: int, grouped: bool,
     if not available():
         return "no C compiler found (set $CC or install gcc)"
     if _block_defines(geo, partitions, grouped, granularity, gate_tile) is None:
-        vw = vector_width(geo, partitions, grouped, 1)
+        lay = layout(geo, partitions, grouped, 1)
+        vw = None if lay is None else lay[0]   # output channels per SIMD vector
         if partitions > 1 and vw and _block_row_bytes(geo, gate_tile) > BLOCK_ROW_MAX_BYTES:
             return (f"a row of {-(-geo.wo // gate_tile[1])} blocks x {geo.c_out} channels exceeds "
                     f"the decision pass's {BLOCK_ROW_MAX_BYTES // 1024} KiB row buffer")
@@ -369,7 +365,7 @@ def run_blocks(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     """
     d = _block_defines(geo, partitions, grouped, granularity, gate_tile)
     if d is None:
-        raise ValueError(blocks_unsupported_reason(geo, partitions, grouped, granularity, gate_tile))
+        raise KernelArgError(blocks_unsupported_reason(geo, partitions, grouped, granularity, gate_tile))
     conv, rest, decide = _load(tuple(sorted(d.items())), isa())
     w, w_rest = _kernel_weights(weight, d, partitions, grouped)
     t, s, xr = _per_channel(tau), _per_channel(inv_sigma), _nhwc(x)

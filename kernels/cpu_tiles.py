@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from kernels.errors import KernelArgError
 from kernels.geometry import ConvGeometry
 from kernels.workspace import scratch
 
@@ -105,7 +106,7 @@ def tile_gather_pass(xc: torch.Tensor, ypf: torch.Tensor, gate: torch.Tensor, ge
         start, stop = (chunk * co, (chunk + 1) * co) if isinstance(chunk, int) else chunk
         part = start // co
         if mode == "rotated" and (stop - 1) // co != part:
-            raise ValueError(f"channels {start}:{stop} span two partition chunks of {co}")
+            raise KernelArgError(f"channels {start}:{stop} span two partition chunks of {co}")
         cols = slice(start, stop)
         y4, g4, w = y4[..., cols], g4[..., cols], rest_weight[cols]
         b = None if bias is None else bias[cols]

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kernels.errors import KernelArgError
+
 
 def pair(v, name: str) -> tuple[int, int]:
     """Normalise an int or 2-sequence conv parameter to ``(h, w)``."""
@@ -12,7 +14,7 @@ def pair(v, name: str) -> tuple[int, int]:
         a, b = v
         return (int(a), int(b))
     except (TypeError, ValueError):
-        raise ValueError(f"{name} must be an int or a pair of ints, got {v!r}") from None
+        raise KernelArgError(f"{name} must be an int or a pair of ints, got {v!r}") from None
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from kernels.errors import KernelArgError
+
 
 def base_mask(out_channels: int, in_channels: int, partitions: int, grouped: bool,
               device=None, dtype=torch.float32) -> torch.Tensor:
@@ -27,14 +29,14 @@ def base_mask(out_channels: int, in_channels: int, partitions: int, grouped: boo
     not grouped: every output reads the first C_in/p input channels.
     """
     if partitions < 1:
-        raise ValueError(f"partitions must be >= 1, got {partitions}")
+        raise KernelArgError(f"partitions must be >= 1, got {partitions}")
     if in_channels % partitions:
-        raise ValueError(f"in_channels={in_channels} is not divisible by partitions={partitions}")
+        raise KernelArgError(f"in_channels={in_channels} is not divisible by partitions={partitions}")
     m = torch.zeros(out_channels, in_channels, 1, 1, device=device, dtype=dtype)
     ci = in_channels // partitions
     if grouped:
         if out_channels % partitions:
-            raise ValueError(
+            raise KernelArgError(
                 f"out_channels={out_channels} is not divisible by partitions={partitions} "
                 "(needed for grouped base paths)")
         co = out_channels // partitions
@@ -51,7 +53,7 @@ def block_scores(score: torch.Tensor, granularity: int = 1, tile: tuple[int, int
     elements it has (avg-pool, ceil mode, no padding: the divisor is the in-bounds count)."""
     n, c, h, w = score.shape
     if c % granularity:
-        raise ValueError(f"out_channels={c} is not divisible by gate granularity={granularity}")
+        raise KernelArgError(f"out_channels={c} is not divisible by gate granularity={granularity}")
     if granularity > 1:
         score = score.view(n, c // granularity, granularity, h, w).mean(dim=2)
     if tuple(tile) != (1, 1):
@@ -78,7 +80,7 @@ def gate_from_partial(yp: torch.Tensor, tau: torch.Tensor, inv_sigma: torch.Tens
     if granularity == 1 and tile == (1, 1):
         return yp > tau.view(1, c, 1, 1)
     if c % granularity:
-        raise ValueError(f"out_channels={c} is not divisible by gate granularity={granularity}")
+        raise KernelArgError(f"out_channels={c} is not divisible by gate granularity={granularity}")
     score = (yp - tau.view(1, c, 1, 1)) * inv_sigma.view(1, c, 1, 1)
     n, _, h, w = yp.shape
     if tile == (1, 1):

@@ -28,9 +28,10 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.api import interpreter_enabled
+from kernels.errors import KernelArgError
 from kernels.geometry import ConvGeometry
 from kernels.reference import base_mask
+from kernels.triton_env import interpreter_enabled
 
 MIN_TILE = 16
 _LAST = threading.local()
@@ -218,7 +219,7 @@ def conditional_conv2d_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch
     masked, e.g. 49 of 64 for 7x7) and, when G is a power of two in 16..64, exactly one gate
     group of channels, so the conditional launch skips exactly the blocks that are off."""
     if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        raise ValueError(f"triton backend supports float32/float16/bfloat16 inputs, got {x.dtype}")
+        raise KernelArgError(f"triton backend supports float32/float16/bfloat16 inputs, got {x.dtype}")
     cdt = torch.float16 if x.dtype == torch.float16 else torch.float32
     prec = "ieee" if cdt == torch.float32 else "tf32"  # ignored for fp16 operands
     dev = x.device

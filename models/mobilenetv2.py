@@ -6,9 +6,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-# t (expansion), c (output channels), n (repeats), s (first stride): the paper's Table 2
-SETTING = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
-           (6, 160, 3, 2), (6, 320, 1, 1)]
+from netspec.archs import ARCHS, ArchError
+from netspec.archs import MOBILENETV2_SETTING as SETTING  # noqa: F401 (re-exported: its old name)
 
 
 def make_divisible(v: float, divisor: int = 8) -> int:
@@ -33,7 +32,7 @@ class InvertedResidual(nn.Module):
     def __init__(self, inp: int, oup: int, stride: int, expand_ratio: int) -> None:
         super().__init__()
         if stride not in (1, 2):
-            raise ValueError(f"InvertedResidual: stride must be 1 or 2, got {stride}")
+            raise ArchError(f"InvertedResidual: stride must be 1 or 2, got {stride}")
         hidden = int(round(inp * expand_ratio))
         self.stride = stride
         self.use_res_connect = stride == 1 and inp == oup
@@ -56,11 +55,12 @@ class MobileNetV2(nn.Module):
                  dropout: float = 0.2) -> None:
         super().__init__()
         if not width_mult > 0:
-            raise ValueError(f"width_mult must be positive, got {width_mult!r}")
-        c = make_divisible(32 * width_mult)
-        self.last_channel = make_divisible(1280 * max(1.0, width_mult))
+            raise ArchError(f"width_mult must be positive, got {width_mult!r}")
+        arch = ARCHS["mobilenetv2"]
+        c = make_divisible(arch.stem_width * width_mult)
+        self.last_channel = make_divisible(arch.last_width * max(1.0, width_mult))
         features: list[nn.Module] = [ConvBNReLU(in_channels, c, stride=2)]
-        for t, ch, n, s in SETTING:
+        for t, ch, n, s in arch.setting:
             out = make_divisible(ch * width_mult)
             for i in range(n):
                 features.append(InvertedResidual(c, out, s if i == 0 else 1, t))

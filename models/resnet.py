@@ -8,6 +8,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from netspec.archs import ARCHS, ArchError, CifarResNetArch, ResNetArch
+
 
 class BasicBlock(nn.Module):
     """torchvision's BasicBlock: conv1-bn1-relu-conv2-bn2 (+shortcut) -relu."""
@@ -42,10 +44,8 @@ class ResNet(nn.Module):
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
-        self.layer1 = self._make_layer(64, layers[0], 1)
-        self.layer2 = self._make_layer(128, layers[1], 2)
-        self.layer3 = self._make_layer(256, layers[2], 2)
-        self.layer4 = self._make_layer(512, layers[3], 2)
+        for i, (planes, blocks) in enumerate(zip(ResNetArch.widths, layers)):
+            setattr(self, f"layer{i + 1}", self._make_layer(planes, blocks, 1 if i == 0 else 2))
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(512, num_classes)
         _init(self)
@@ -136,16 +136,14 @@ class CifarResNet(nn.Module):
     def __init__(self, depth: int, num_classes: int = 10, in_channels: int = 3,
                  shortcut: str = "A", block: type[CifarBasicBlock] = CifarBasicBlock) -> None:
         super().__init__()
-        if (depth - 2) % 6:
-            raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
+        n = CifarResNetArch(depth).blocks_per_stage
         if shortcut not in ("A", "B"):
-            raise ValueError(f"shortcut must be 'A' or 'B', got {shortcut!r}")
-        n = (depth - 2) // 6
+            raise ArchError(f"shortcut must be 'A' or 'B', got {shortcut!r}")
         self.conv1 = nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)
         self.relu = nn.ReLU(inplace=True)
         planes_in = 16
-        for i, planes in enumerate((16, 32, 64)):
+        for i, planes in enumerate(CifarResNetArch.widths):
             blocks = []
             for j in range(n):
                 stride = 2 if (i > 0 and j == 0) else 1
@@ -172,21 +170,27 @@ def _init(model: nn.Module) -> None:
 
 
 def resnet18(num_classes: int = 1000, in_channels: int = 3) -> ResNet:
-    return ResNet([2, 2, 2, 2], num_classes, in_channels)
+    return ResNet(list(ARCHS["resnet18"].blocks), num_classes, in_channels)
 
 
 def resnet34(num_classes: int = 1000, in_channels: int = 3) -> ResNet:
-    return ResNet([3, 4, 6, 3], num_classes, in_channels)
+    return ResNet(list(ARCHS["resnet34"].blocks), num_classes, in_channels)
+
+
+def _cifar_resnet(name: str, num_classes: int, in_channels: int, shortcut: str) -> CifarResNet:
+    arch = ARCHS[name]
+    block = CifarPostActBlock if arch.post_activation else CifarBasicBlock
+    return CifarResNet(arch.depth, num_classes, in_channels, shortcut, block)
 
 
 def resnet20(num_classes: int = 10, in_channels: int = 3, shortcut: str = "A") -> CifarResNet:
-    return CifarResNet(20, num_classes, in_channels, shortcut)
+    return _cifar_resnet("resnet20", num_classes, in_channels, shortcut)
 
 
 def resnet20_postact(num_classes: int = 10, in_channels: int = 3, shortcut: str = "A") -> CifarResNet:
     """ResNet-20 with CGNet's post-activation blocks (:class:`CifarPostActBlock`)."""
-    return CifarResNet(20, num_classes, in_channels, shortcut, CifarPostActBlock)
+    return _cifar_resnet("resnet20_postact", num_classes, in_channels, shortcut)
 
 
 def resnet56(num_classes: int = 10, in_channels: int = 3, shortcut: str = "A") -> CifarResNet:
-    return CifarResNet(56, num_classes, in_channels, shortcut)
+    return _cifar_resnet("resnet56", num_classes, in_channels, shortcut)

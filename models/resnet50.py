@@ -6,12 +6,13 @@ import torch
 import torch.nn as nn
 
 from models.resnet import ResNet
+from netspec.archs import ARCHS
 
 
 class Bottleneck(nn.Module):
     """torchvision's Bottleneck: 1x1 reduce, 3x3 (stride), 1x1 expand by 4 (+shortcut) -relu."""
 
-    expansion = 4
+    expansion = ARCHS["resnet50"].expansion
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1,
                  downsample: nn.Module | None = None) -> None:
@@ -40,7 +41,7 @@ class BottleneckResNet(ResNet):
 
     def __init__(self, layers: list[int], num_classes: int = 1000, in_channels: int = 3) -> None:
         super().__init__(layers, num_classes, in_channels)
-        self.fc = nn.Linear(512 * Bottleneck.expansion, num_classes)
+        self.fc = nn.Linear(self.inplanes, num_classes)
 
     def _make_layer(self, planes: int, blocks: int, stride: int) -> nn.Sequential:
         """torchvision's stage: the first block strides and widens (1x1 conv + BN shortcut)."""
@@ -54,4 +55,4 @@ class BottleneckResNet(ResNet):
 
 
 def resnet50(num_classes: int = 1000, in_channels: int = 3) -> BottleneckResNet:
-    return BottleneckResNet([3, 4, 6, 3], num_classes, in_channels)
+    return BottleneckResNet(list(ARCHS["resnet50"].blocks), num_classes, in_channels)

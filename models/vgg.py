@@ -5,11 +5,12 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-CFG16 = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
+from netspec.archs import ARCHS
+from netspec.archs import VGG16_CFG as CFG16  # noqa: F401 (re-exported: its old name)
 
 
 class VGG(nn.Module):
-    def __init__(self, cfg: list, num_classes: int = 10, in_channels: int = 3) -> None:
+    def __init__(self, cfg: list, num_classes: int = 10, in_channels: int = 3, hidden: int = 512) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         c = in_channels
@@ -22,8 +23,8 @@ class VGG(nn.Module):
         self.features = nn.Sequential(*layers)
         # Global pooling makes the classifier independent of the input size (28 or 32).
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-        self.classifier = nn.Sequential(nn.Linear(c, 512), nn.ReLU(inplace=True),
-                                        nn.Dropout(0.5), nn.Linear(512, num_classes))
+        self.classifier = nn.Sequential(nn.Linear(c, hidden), nn.ReLU(inplace=True),
+                                        nn.Dropout(0.5), nn.Linear(hidden, num_classes))
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -35,4 +36,5 @@ class VGG(nn.Module):
 
 
 def vgg16(num_classes: int = 10, in_channels: int = 3) -> VGG:
-    return VGG(CFG16, num_classes, in_channels)
+    arch = ARCHS["vgg16"]
+    return VGG(list(arch.cfg), num_classes, in_channels, arch.hidden)

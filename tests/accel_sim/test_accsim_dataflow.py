@@ -107,7 +107,7 @@ def test_netspec_counts_one_formula_per_kind(layer, macs, params):
                                                     layer.kernel_size, layer.groups)) == (macs, params)
     sim = Layer(*dataclasses.astuple(layer), batch=3)
     assert sim.macs == 3 * macs == sim.groups * sim.gemm_m * sim.gemm_n * sim.gemm_k
-    assert sim.kernel == sim.kernel_size == layer.kernel_size
+    assert sim.kernel_size == layer.kernel_size
 
 
 def test_netspec_with_channels_keeps_depthwise_depthwise():

@@ -5,6 +5,8 @@ import pytest
 
 from accel_sim import build_network, from_torch
 from accel_sim.__main__ import main
+from accel_sim.networks import BUILTINS
+from netspec.archs import ARCHS
 
 
 @pytest.mark.parametrize("name,chw", [("resnet18", (3, 64, 64)), ("resnet20", (1, 28, 28)),
@@ -18,6 +20,22 @@ def test_builtins_match_traced_torch_models(name, chw):
     # same layers and shapes; the shortcut conv may run before or after the block's convs
     assert {l.name: l.shape_fields() for l in ours} == {l.name: l.shape_fields() for l in traced}
     assert len(ours) == len(traced)
+
+
+@pytest.mark.parametrize("name", sorted(BUILTINS))
+def test_every_builtin_matches_its_registered_torch_model(name):
+    models = pytest.importorskip("models")
+    arch = ARCHS[name]
+    traced = from_torch(models.build(name), (3, *arch.input_hw))
+    ours = build_network(name)
+    assert {l.name: l.shape_fields() for l in ours} == {l.name: l.shape_fields() for l in traced}
+    assert len(ours) == len(traced)
+
+
+def test_builtins_come_from_the_one_registry():
+    models = pytest.importorskip("models")
+    assert set(BUILTINS) == set(ARCHS) - {"resnet20_postact"}
+    assert list(models.REGISTRY) == list(ARCHS)
 
 
 def test_run_json_keys(capsys):

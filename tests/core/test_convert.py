@@ -102,3 +102,21 @@ def test_gated_model_trains_end_to_end():
     loss = nn.functional.cross_entropy(gated(x), y) + 1e-4 * dyngate.gate_loss(gated, 1.0)
     loss.backward()
     assert all(m.threshold.grad is not None for m in gated.modules() if isinstance(m, GatedConv2d))
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet20", "resnet56", "vgg16"])
+def test_convert_gates_what_accel_sim_gates(name):
+    """One rule (netspec.archs.rule_gates): the graph-based and the name-based facts agree."""
+    from accel_sim import build_network, cgnet_gated
+    gated = dyngate.convert(models.build(name), example_input=torch.randn(1, 3, 32, 32))
+    assert set(gated.dyngate_spec["layers"]) == cgnet_gated(build_network(name, (3, 32, 32)))
+
+
+def test_rule_gates_states_both_rules():
+    from netspec.archs import rule_gates
+    assert not rule_gates("all", reads_input=True, feeds_activation=True)
+    assert rule_gates("all", reads_input=False, feeds_activation=False)
+    assert not rule_gates("cgnet", reads_input=False, feeds_activation=False)
+    assert rule_gates("cgnet", reads_input=False, feeds_activation=True)
+    with pytest.raises(ValueError, match="rule must be one of cgnet, all"):
+        rule_gates("some", reads_input=False, feeds_activation=True)

@@ -128,14 +128,14 @@ def test_granularity_shares_one_decision_per_group():
 def test_bad_layer_arguments():
     with pytest.raises(ValueError, match="not divisible by partitions"):
         GatedConv2d(6, 8, 3, partitions=4)
-    with pytest.raises(ValueError, match="granularity"):
+    with pytest.raises(dyngate.ConfigError, match="granularity"):
         GatedConv2d(8, 8, 3, granularity=3)
-    with pytest.raises(ValueError, match="depthwise"):
+    with pytest.raises(dyngate.ConfigError, match="depthwise"):
         GatedConv2d.from_conv(torch.nn.Conv2d(8, 8, 3, groups=8), name="dw")
     _, g = _layer(8, 8)
-    with pytest.raises(ValueError, match=r"t: expected input \(N, 8, H, W\)"):
+    with pytest.raises(dyngate.ConfigError, match=r"t: expected input \(N, 8, H, W\)"):
         g(torch.randn(1, 4, 5, 5))
-    with pytest.raises(ValueError, match="unknown backend"):
+    with pytest.raises(dyngate.ConfigError, match="unknown backend"):
         dyngate.set_backend(g, "cuda-magic")
 
 

@@ -32,5 +32,5 @@ def test_parameter_counts_match_published_sizes():
 
 
 def test_unknown_model_is_a_clear_error():
-    with pytest.raises(ValueError, match="unknown model 'resnet99'"):
+    with pytest.raises(models.ArchError, match="unknown model 'resnet99'"):
         models.build("resnet99")

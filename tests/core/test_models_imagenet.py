@@ -67,7 +67,7 @@ def _torch_layers(model, x):
 
 
 def _sim_layers(layers):
-    return [(l.name, l.kind, l.in_channels, l.out_channels, l.kernel, l.stride, l.padding, l.groups,
+    return [(l.name, l.kind, l.in_channels, l.out_channels, l.kernel_size, l.stride, l.padding, l.groups,
              l.input_hw, l.output_hw) if l.kind == "conv2d" else (l.name, l.kind, l.in_channels, l.out_channels)
             for l in layers]
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from kern_helpers import check_against_reference, make_case
-from kernels import conditional_conv2d
+from kernels import KernelArgError, conditional_conv2d
 from kernels.api import select_backend
 
 
@@ -26,20 +26,20 @@ def test_auto_resolves_by_device():
 
 
 def test_cpu_backend_on_cuda_is_an_error():
-    with pytest.raises(ValueError, match="backend 'cpu'.*cuda"):
+    with pytest.raises(KernelArgError, match="backend 'cpu'.*cuda"):
         select_backend("cpu", torch.device("cuda", 0))
 
 
 def test_triton_backend_on_cpu_without_interpreter_is_an_error(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     x, w, b, tau, isg = make_case(1, 4, 4, 5, 5, 3)
-    with pytest.raises(ValueError, match="backend 'triton'.*cpu"):
+    with pytest.raises(KernelArgError, match="backend 'triton'.*cpu"):
         conditional_conv2d(x, w, b, tau, isg, backend="triton")
 
 
 def test_unknown_backend():
     x, w, b, tau, isg = make_case(1, 4, 4, 5, 5, 3)
-    with pytest.raises(ValueError, match="unknown backend 'tvm'"):
+    with pytest.raises(KernelArgError, match="unknown backend 'tvm'"):
         conditional_conv2d(x, w, b, tau, isg, backend="tvm")
 
 
@@ -67,14 +67,14 @@ def _bad(**override):
     (dict(x=torch.randn(1, 8, 2, 2)), "too small for kernel"),
 ])
 def test_bad_arguments_name_the_argument(override, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(KernelArgError, match=message):
         _bad(**override)()
 
 
 def test_partitions_must_divide_output_channels():
     x = torch.randn(1, 8, 5, 5)
     w = torch.randn(6, 8, 3, 3)
-    with pytest.raises(ValueError, match="does not divide the output channels"):
+    with pytest.raises(KernelArgError, match="does not divide the output channels"):
         conditional_conv2d(x, w, None, torch.zeros(6), torch.ones(6), partitions=4, backend="cpu")
 
 
@@ -115,3 +115,14 @@ def test_without_triton_cpu_install_works_and_cuda_auto_falls_back(tmp_path):
     env.pop("TRITON_INTERPRET", None)
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_kernel_arg_error_is_a_value_error_and_triton_conv_does_not_import_api():
+    """Callers that caught ValueError keep working; the dispatcher and the Triton kernels share
+    kernels.triton_env instead of importing each other."""
+    import ast
+    from pathlib import Path
+    assert issubclass(KernelArgError, ValueError)
+    src = Path(__file__).resolve().parents[2] / "kernels" / "triton_conv.py"
+    imported = {n.module for n in ast.walk(ast.parse(src.read_text())) if isinstance(n, ast.ImportFrom)}
+    assert "kernels.api" not in imported and "kernels.triton_env" in imported

@@ -8,7 +8,7 @@ import torch.nn as nn
 
 import dyngate
 import models
-from dyngate import ConversionError, GraphError
+from dyngate import ConversionError, GraphError, LatencyTableError
 from dyngate.graph import capture
 from dyngate.latency import LatencyTable, measure
 
@@ -129,7 +129,7 @@ def test_depthwise_layers_are_timed_on_their_diagonal():
 
 def test_bad_latency_inputs_name_what_is_wrong(resnet, table, tmp_path):
     other = models.build("resnet56", in_channels=1).eval()
-    with pytest.raises(ConversionError, match="layer 'layer1.3.conv1'"):
+    with pytest.raises(LatencyTableError, match="layer 'layer1.3.conv1'"):
         dyngate.prune(other, "l1", 0.3, example_input=X, latency=table)
     with pytest.raises(ConversionError, match="scope='global'"):
         dyngate.prune(resnet, "l1", 0.3, scope="local", example_input=X, latency=table)
@@ -139,10 +139,10 @@ def test_bad_latency_inputs_name_what_is_wrong(resnet, table, tmp_path):
         dyngate.prune(resnet, "l1", 0.3, example_input=X, latency={"conv1": 1.0})
     bad = tmp_path / "bad.yaml"
     bad.write_text("format: 1\nbatch: 2\nthreads: 1\nshapes: {}\nlayers: {a: {in_grid: [1, 2], out_grid: [1], ms: [[1.0]]}}\n")
-    with pytest.raises(ConversionError, match="bad.yaml.*layer 'a'"):
+    with pytest.raises(LatencyTableError, match="bad.yaml.*layer 'a'"):
         LatencyTable.load(bad)
     (tmp_path / "junk.yaml").write_text("[1, 2")
-    with pytest.raises(ConversionError, match="junk.yaml"):
+    with pytest.raises(LatencyTableError, match="junk.yaml"):
         LatencyTable.load(tmp_path / "junk.yaml")
     grouped = nn.Sequential(nn.Conv2d(1, 4, 1), nn.Conv2d(4, 4, 3, groups=2)).eval()
     with pytest.raises(GraphError, match="module '1'.*grouped conv"):  # the graph view refuses it
