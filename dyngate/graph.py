@@ -12,6 +12,7 @@ together; components touching the same layers form a ``ChannelGroup``.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import operator
 from dataclasses import dataclass, field
@@ -43,19 +44,11 @@ _FLATTEN_METHODS = {"flatten", "view", "reshape"}
 _WALK_THROUGH = (nn.BatchNorm2d, nn.ReLU, nn.Identity, nn.Dropout, nn.Dropout2d)
 
 
-@dataclass
-class LayerInfo:
-    """A conv or linear layer as the rest of dyngate sees it."""
+@dataclass(frozen=True)
+class LayerInfo(LayerShape):
+    """A conv or linear layer as the rest of dyngate sees it: the shared shape record (MACs and
+    parameters counted by :mod:`netspec`) plus what the graph says around it."""
 
-    name: str
-    kind: str  # "conv2d" | "linear"
-    in_channels: int
-    out_channels: int
-    kernel_size: tuple[int, int] = (1, 1)
-    stride: tuple[int, int] = (1, 1)
-    padding: tuple[int, int] = (0, 0)
-    dilation: tuple[int, int] = (1, 1)
-    groups: int = 1
     input_shape: tuple[int, ...] | None = None
     output_shape: tuple[int, ...] | None = None
     bn: str | None = None            # the BatchNorm right after it, if any
@@ -69,15 +62,11 @@ class LayerInfo:
 
     @property
     def layer_shape(self) -> LayerShape:
-        """The shared shape record that MACs and parameters are counted on; a conv's spatial
-        size comes from the example input of :func:`capture`."""
-        if self.kind == "linear":
-            return LayerShape(self.name, self.kind, self.in_channels, self.out_channels)
-        if self.input_shape is None or self.output_shape is None:
+        """The plain shape record (no graph fields) MACs are counted on; a conv's spatial size
+        comes from the example input of :func:`capture`."""
+        if self.output_hw is None:
             raise GraphError(f"layer '{self.name}': no output shape; capture with an example input")
-        return LayerShape(self.name, self.kind, self.in_channels, self.out_channels, self.kernel_size,
-                          self.stride, self.padding, self.dilation, self.groups,
-                          tuple(self.input_shape[-2:]), tuple(self.output_shape[-2:]))
+        return LayerShape(**{f.name: getattr(self, f.name) for f in dataclasses.fields(LayerShape)})
 
 
 @dataclass
@@ -430,10 +419,13 @@ class _Capture:
             raise _unsupported(node, f"grouped conv with groups={m.groups} (only depthwise "
                                      "groups == in_channels == out_channels is analysed)")
         out = cin.copy() if is_depthwise(m) else self.ids.new(m.out_channels)
+        ins, outs = _shape(x), _shape(node)
+        known = ins is not None and outs is not None
         self.layers[name] = LayerInfo(
             name, "conv2d", m.in_channels, m.out_channels, tuple(m.kernel_size),
-            tuple(m.stride), tuple(m.padding), tuple(m.dilation), m.groups, _shape(x),
-            _shape(node), reads_graph_input=x.op == "placeholder")
+            tuple(m.stride), tuple(m.padding), tuple(m.dilation), m.groups,
+            tuple(ins[-2:]) if known else None, tuple(outs[-2:]) if known else None,
+            input_shape=ins, output_shape=outs, reads_graph_input=x.op == "placeholder")
         self.uses[name] = [("in", cin), ("out", out)]
         self.chan[node] = out
 
@@ -532,7 +524,8 @@ def capture(model: nn.Module, example_input: torch.Tensor | None = None) -> Grap
     _annotate_chains(gm, cap.layers)
     for a in _flatten_args(output.args):
         if isinstance(a, fx.Node) and a.op == "call_module" and str(a.target) in cap.layers:
-            cap.layers[str(a.target)].is_output = True
+            name = str(a.target)
+            cap.layers[name] = dataclasses.replace(cap.layers[name], is_output=True)
     groups = _build_groups(cap.ids, cap.uses, cap.bn_of, cap.in_factor, cap.input_ids, output_ids)
     return GraphView(model, gm, cap.layers, groups, cap.channel_maps)
 
@@ -562,16 +555,17 @@ def _annotate_chains(gm: fx.GraphModule, layers: dict[str, LayerInfo]) -> None:
     for node in gm.graph.nodes:
         if node.op != "call_module" or str(node.target) not in layers:
             continue
-        info = layers[str(node.target)]
-        cur = node
+        cur, bn, activation = node, None, None
         users = list(cur.users)
         if len(users) == 1 and users[0].op == "call_module" and isinstance(
                 gm.get_submodule(users[0].target), nn.BatchNorm2d):
             cur = users[0]
-            info.bn = str(cur.target)
+            bn = str(cur.target)
             users = list(cur.users)
         if len(users) == 1 and _is_activation(gm, users[0]):
-            info.activation = _op_name(users[0])
+            activation = _op_name(users[0])
+        name = str(node.target)
+        layers[name] = dataclasses.replace(layers[name], bn=bn, activation=activation)
 
 
 def _build_groups(ids: _ChannelIds, uses, bn_of, in_factor, input_ids, output_ids) -> list[ChannelGroup]:

@@ -36,7 +36,9 @@ def mac_count(kind: str, in_channels: int, out_channels: int, kernel_size: tuple
 
 @dataclass(frozen=True)
 class LayerShape:
-    """One conv or linear layer's shape; ``output_hw`` (0, 0) is computed from the input.
+    """One conv or linear layer's shape; ``output_hw`` (0, 0) is computed from the input, and
+    ``input_hw=None`` says the spatial size is unknown (a graph captured without an example
+    input): parameters count, MACs refuse.
 
     A linear layer is a 1x1 conv on a 1x1 map: the defaults describe it.
     """
@@ -50,8 +52,8 @@ class LayerShape:
     padding: tuple[int, int] = (0, 0)
     dilation: tuple[int, int] = (1, 1)
     groups: int = 1
-    input_hw: tuple[int, int] = (1, 1)
-    output_hw: tuple[int, int] = (0, 0)
+    input_hw: tuple[int, int] | None = (1, 1)
+    output_hw: tuple[int, int] | None = (0, 0)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -59,7 +61,9 @@ class LayerShape:
         if self.in_channels % self.groups or self.out_channels % self.groups:
             raise ValueError(f"layer {self.name}: groups={self.groups} must divide in/out channels "
                              f"({self.in_channels}/{self.out_channels})")
-        if self.output_hw == (0, 0):
+        if self.input_hw is None:
+            object.__setattr__(self, "output_hw", None)
+        elif self.output_hw == (0, 0):
             hw = tuple(conv_out(self.input_hw[i], self.kernel_size[i], self.stride[i], self.padding[i],
                                 self.dilation[i]) for i in range(2))
             object.__setattr__(self, "output_hw", hw)
@@ -71,6 +75,8 @@ class LayerShape:
     @property
     def macs(self) -> int:
         """MACs per image."""
+        if self.output_hw is None:
+            raise ValueError(f"layer {self.name}: spatial size unknown, so MACs cannot be counted")
         return mac_count(self.kind, self.in_channels, self.out_channels, self.kernel_size, self.groups,
                          self.output_hw)
 
