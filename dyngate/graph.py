@@ -223,10 +223,35 @@ class GraphView:
             node = node.args[0]
         return None
 
+    def checked_selection(self, selection: Mapping[int, Sequence[int]], *,
+                          error: type[Exception] = GraphError, dedupe: bool = False) -> dict[int, np.ndarray]:
+        """Sorted rows per named group, checked: the group exists and is prunable, and its rows
+        are a non-empty subset of ``[0, size)``. Repeated rows are merged with ``dedupe`` (a
+        bandit's draw), refused without (a user's keep set). Errors are ``error`` and name the
+        group and its layers; surgery and the CUCB plan both validate here."""
+        by_id = {g.id: g for g in self.groups}
+        checked: dict[int, np.ndarray] = {}
+        for gid, rows in selection.items():
+            if gid not in by_id:
+                raise error(f"no channel group {gid!r} (groups are 0..{len(self.groups) - 1})")
+            g = by_id[gid]
+            arr = np.sort(np.asarray([int(i) for i in rows], dtype=np.int64))
+            label = f"group {gid} (layers {', '.join(g.layers[:4])}{' ...' if len(g.layers) > 4 else ''})"
+            if len(np.unique(arr)) != len(arr):
+                if not dedupe:
+                    raise error(f"{label}: duplicate rows")
+                arr = np.unique(arr)
+            if len(arr) == 0 or arr[0] < 0 or arr[-1] >= g.size:
+                raise error(f"{label}: rows must be a non-empty subset of [0, {g.size}), got {arr.tolist()}")
+            if not g.prunable:
+                raise error(f"{label}: group is not prunable ({g.reason})")
+            checked[gid] = arr
+        return checked
+
     def keep_plan(self, selection: Mapping[int, np.ndarray]) -> KeepPlan:
         """Per layer, BN and resizable channel op, what keeping ``selection[gid]`` rows of each
-        group keeps (groups not named keep every row). The caller validates the selection
-        (known prunable groups, sorted unique rows in range): its rules and errors differ."""
+        group keeps (groups not named keep every row); ``selection`` as
+        :meth:`checked_selection` returns it."""
         factor = {n: self.in_factor(n) for n in self.layers}
         full_in = {n: info.in_channels // factor[n] for n, info in self.layers.items()}
         full_out = {n: info.out_channels for n, info in self.layers.items()}

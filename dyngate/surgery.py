@@ -96,25 +96,6 @@ def zone_of_rows(view: GraphView, zones: dict[str, tuple[str, int, int]]) -> dic
 
 # --- planning ----------------------------------------------------------------------------------
 
-def _validate_keep(view: GraphView, keep: Mapping[int, Sequence[int]]) -> dict[int, np.ndarray]:
-    by_id = {g.id: g for g in view.groups}
-    rows: dict[int, np.ndarray] = {}
-    for gid, sel in keep.items():
-        if gid not in by_id:
-            raise SurgeryError(f"keep: no channel group {gid!r} (groups are 0..{len(view.groups) - 1})")
-        g = by_id[gid]
-        arr = np.asarray(sorted(int(i) for i in sel), dtype=np.int64)
-        layers = ", ".join(g.layers[:4]) + (" ..." if len(g.layers) > 4 else "")
-        if len(set(arr.tolist())) != len(arr):
-            raise SurgeryError(f"keep[{gid}] (layers {layers}): duplicate rows")
-        if len(arr) and (arr[0] < 0 or arr[-1] >= g.size):
-            raise SurgeryError(f"keep[{gid}] (layers {layers}): rows must lie in [0, {g.size})")
-        if len(arr) < g.size and not g.prunable:
-            raise SurgeryError(f"keep[{gid}] (layers {layers}): group is not prunable ({g.reason})")
-        rows[gid] = arr
-    return rows
-
-
 def _build_plan(view: GraphView, rows: dict[int, np.ndarray]) -> dict[str, Any]:
     """The plan (and pruning-history step) of a keep set: only what it changes, as lists."""
     kp = view.keep_plan(rows)
@@ -283,7 +264,7 @@ def prune_groups(model: nn.Module, example_input: torch.Tensor, keep: Mapping[in
     """
     refuse_gated(model, "prune_groups")
     view = capture(model, example_input)
-    rows = _validate_keep(view, keep)
+    rows = view.checked_selection(keep, error=SurgeryError)
     plan = _build_plan(view, rows)
     deltas = _fold_deltas(model, view, plan, example_input) if fold_shift and plan["layers"] else {}
     new = apply_plan(copy.deepcopy(model), plan)

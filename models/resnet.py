@@ -11,6 +11,16 @@ import torch.nn.functional as F
 from netspec.archs import ARCHS, ArchError, CifarResNetArch, ResNetArch
 
 
+def _two_convs(block: nn.Module, in_planes: int, planes: int, stride: int) -> None:
+    """conv1-bn1-relu-conv2-bn2 of a basic block, registered in torchvision's order and names
+    (state-dict keys and their order depend on it)."""
+    block.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+    block.bn1 = nn.BatchNorm2d(planes)
+    block.relu = nn.ReLU(inplace=True)
+    block.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+    block.bn2 = nn.BatchNorm2d(planes)
+
+
 class BasicBlock(nn.Module):
     """torchvision's BasicBlock: conv1-bn1-relu-conv2-bn2 (+shortcut) -relu."""
 
@@ -19,11 +29,7 @@ class BasicBlock(nn.Module):
     def __init__(self, inplanes: int, planes: int, stride: int = 1,
                  downsample: nn.Module | None = None) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.relu = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
+        _two_convs(self, inplanes, planes, stride)
         self.downsample = downsample
         self.stride = stride
 
@@ -101,11 +107,7 @@ class CifarBasicBlock(nn.Module):
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1, option: str = "A") -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.relu = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
+        _two_convs(self, in_planes, planes, stride)
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or in_planes != planes:
             if option == "A":

@@ -248,6 +248,11 @@ def _prefix(v: _Writer, bits: str, size: int, mw: int) -> str:
     return f"pr_{bits}_{size - 1} + {bits}[{size - 1}]"
 
 
+def _feed(v: _Writer, name: str, valid: str, buf, addr: str) -> None:
+    """An 8-bit operand wire: the buffer word at ``addr`` where ``valid`` holds, else zero."""
+    v.wire(name, 8, f"{valid} ? {buf.read(addr)} : 8'sd0", signed=True)
+
+
 def _pick(v: _Writer, bits: str, size: int, mw: int, name: str, index: str) -> None:
     """Compaction select: ``name`` = {found, pixel} of list entry ``index`` of ``bits``, the
     pixel whose bit is set with exactly ``index`` set bits before it (one compare per pixel)."""
@@ -411,13 +416,12 @@ def emit(design: Design) -> str:
         for c in range(C):  # preload feeders: row R-1-pc of the stationary tile
             if is_:
                 addr = f"{{m0[{mw - 1}:0] + {mw}'d{c}, jpre[{kw - 1}:0]}}"
-                v.wire(f"wfeed_{c}", 8, f"colv_{c} && jpre < cfg_k ? {bufA.read(addr)} : 8'sd0", signed=True)
+                _feed(v, f"wfeed_{c}", f"colv_{c} && jpre < cfg_k", bufA, addr)
             else:
                 v.wire(f"kp_{c}", kw + pq + 2, f"kidx(cm ? pm_{c} : pmt, jpre, cfg_kb)")
                 own = "1'b1" if not gated else f"(cm || pm_{c}[kp_{c}[{kw + pq}:{kw + 1}]])"
                 addr = f"{{kp_{c}[{kw - 1}:0], flt_{c}[{nw - 1}:0]}}"
-                v.wire(f"wfeed_{c}", 8, f"kp_{c}[{kw + pq + 1}] && {own} && colv_{c} ? {bufB.read(addr)} : 8'sd0",
-                       signed=True)
+                _feed(v, f"wfeed_{c}", f"kp_{c}[{kw + pq + 1}] && {own} && colv_{c}", bufB, addr)
         if not is_:
             for r in range(R):  # shared stream: reduction row of array row r
                 v.wire(f"kr_{r}", kw + pq + 2, f"kidx(pmt, i0 + {r}, cfg_kb)")
@@ -438,11 +442,10 @@ def emit(design: Design) -> str:
         for r in range(R):
             if is_:
                 addr = f"{{i0[{kw - 1}:0] + {kw}'d{r}, sidn_{r}_0[{nw - 1}:0]}}"
-                v.wire(f"afeed_{r}", 8, f"svn_{r}_0 && i0 + {r} < cfg_k ? {bufB.read(addr)} : 8'sd0", signed=True)
+                _feed(v, f"afeed_{r}", f"svn_{r}_0 && i0 + {r} < cfg_k", bufB, addr)
             else:
                 addr = f"{{spixn_{r}_0, kr_{r}[{kw - 1}:0]}}"
-                v.wire(f"afeed_{r}", 8, f"svn_{r}_0 && kr_{r}[{kw + pq + 1}] ? {bufA.read(addr)} : 8'sd0",
-                       signed=True)
+                _feed(v, f"afeed_{r}", f"svn_{r}_0 && kr_{r}[{kw + pq + 1}]", bufA, addr)
         if gated:
             # column mode: each column's compacted list, a gather port per PE
             for r, c in rc:
@@ -466,8 +469,7 @@ def emit(design: Design) -> str:
             for r, c in rc:
                 v.wire(f"kc_{r}_{c}", kw + pq + 2, f"kidx(pm_{c}, i0 + {r}, cfg_kb)")
                 addr = f"{{cpixn_{r}_{c}, kc_{r}_{c}[{kw - 1}:0]}}"
-                v.wire(f"gath_{r}_{c}", 8, f"cliven_{r}_{c} && kc_{r}_{c}[{kw + pq + 1}] ? {bufA.read(addr)} : 8'sd0",
-                       signed=True)
+                _feed(v, f"gath_{r}_{c}", f"cliven_{r}_{c} && kc_{r}_{c}[{kw + pq + 1}]", bufA, addr)
             for c in range(C):  # does the chunk hold any row of column c's own set?
                 v.wire(f"own_{c}", 1, " | ".join(f"(kr_{r}[{kw + pq + 1}] && pm_{c}[kr_{r}[{kw + pq}:{kw + 1}]])"
                                                  for r in range(R)))
@@ -506,14 +508,12 @@ def emit(design: Design) -> str:
                 v.wire(f"rsel_{r}", mw + 1, f"{{i0 + {r} < cfg_m, i0[{mw - 1}:0] + {mw}'d{r}}}")
             v.wire(f"ka_{r}", kw + pq + 2, f"kidx(pmt, sidn_{r}_0, cfg_kb)")
             addr = f"{{rsel_{r}[{mw - 1}:0], ka_{r}[{kw - 1}:0]}}"
-            v.wire(f"afeed_{r}", 8, f"svn_{r}_0 && rsel_{r}[{mw}] && ka_{r}[{kw + pq + 1}] ? {bufA.read(addr)} : 8'sd0",
-                   signed=True)
+            _feed(v, f"afeed_{r}", f"svn_{r}_0 && rsel_{r}[{mw}] && ka_{r}[{kw + pq + 1}]", bufA, addr)
         for c in range(C):
             v.wire(f"kb_{c}", kw + pq + 2, f"kidx(cm ? pm_{c} : pmt, sidn_0_{c}, cfg_kb)")
             own = "1'b1" if not gated else f"(cm || pm_{c}[kb_{c}[{kw + pq}:{kw + 1}]])"
             addr = f"{{kb_{c}[{kw - 1}:0], flt_{c}[{nw - 1}:0]}}"
-            v.wire(f"bfeed_{c}", 8, f"svn_0_{c} && kb_{c}[{kw + pq + 1}] && {own} && colv_{c} ? {bufB.read(addr)} : 8'sd0",
-                   signed=True)
+            _feed(v, f"bfeed_{c}", f"svn_0_{c} && kb_{c}[{kw + pq + 1}] && {own} && colv_{c}", bufB, addr)
         if gated:
             # column mode: PE(r, c) holds entry i0 + r of column c's compacted list and gathers
             # its own operand; the reduction row travels down the column with the filter operand
@@ -522,8 +522,7 @@ def emit(design: Design) -> str:
                 v.wire(f"bkn_{r}_{c}", kw, f"kb_{c}[{kw - 1}:0]" if r == 0 else f"bk_{r - 1}_{c}")
                 v.wire(f"psel_{r}_{c}", mw + 1, f"psel{c}_{r}")
                 addr = f"{{psel_{r}_{c}[{mw - 1}:0], bkn_{r}_{c}}}"
-                v.wire(f"gath_{r}_{c}", 8, f"svn_{r}_{c} && psel_{r}_{c}[{mw}] ? {bufA.read(addr)} : 8'sd0",
-                       signed=True)
+                _feed(v, f"gath_{r}_{c}", f"svn_{r}_{c} && psel_{r}_{c}[{mw}]", bufA, addr)
             v.line("  always @(posedge clk) begin")
             for r, c in rc:
                 v.line(f"    bk_{r}_{c} <= bkn_{r}_{c};")

@@ -57,7 +57,7 @@ def make_plan(view: GraphView, selection: Mapping[int, Sequence[int]]) -> SliceP
     """Plan the sliced network that keeps ``selection[gid]`` rows of each prunable group
     (groups not named keep all rows). Raises :class:`GraphError` naming the group or layer if
     the selection is invalid or the graph holds an op the sliced executor cannot run."""
-    sel = _validate_selection(view, selection)
+    sel = view.checked_selection(selection, dedupe=True)
     kp = view.keep_plan(sel)
     plan = SlicePlan(sel, kp.layer_out, kp.layer_in, kp.in_factor, {}, {})
     _propagate(view, plan)
@@ -65,24 +65,6 @@ def make_plan(view: GraphView, selection: Mapping[int, Sequence[int]]) -> SliceP
         plan.macs[name] = layer_macs(info, len(plan.layer_in[name]) * kp.in_factor[name],
                                      len(kp.layer_out[name]))
     return plan
-
-
-def _validate_selection(view: GraphView, selection: Mapping[int, Sequence[int]]) -> dict[int, np.ndarray]:
-    """Unique sorted rows per named group; a group must exist, be prunable and keep a row."""
-    by_id = {g.id: g for g in view.groups}
-    sel: dict[int, np.ndarray] = {}
-    for gid, rows in selection.items():
-        if gid not in by_id:
-            raise GraphError(f"selection names group {gid}, which the graph view does not have")
-        g = by_id[gid]
-        rows = np.unique(np.asarray(rows, dtype=np.int64))
-        if not g.prunable:
-            raise GraphError(f"group {gid} ({', '.join(g.layers)}) is not prunable: {g.reason}")
-        if len(rows) == 0 or rows.min() < 0 or rows.max() >= g.size:
-            raise GraphError(f"group {gid} ({', '.join(g.layers)}): rows must be a non-empty "
-                             f"subset of [0, {g.size}), got {rows.tolist()}")
-        sel[gid] = rows
-    return sel
 
 
 def layer_macs(info, cin: int, cout: int) -> int:
