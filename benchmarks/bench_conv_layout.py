@@ -22,7 +22,7 @@ import torch.nn as nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dyngate.latency import _time_ms  # noqa: E402  one warm-up, then the median of the repeats
+from dyngate.pruning.latency import _time_ms  # noqa: E402  one warm-up, then the median of the repeats
 
 
 def forms(w: int) -> dict[str, tuple[nn.Module, bool]]:

@@ -156,7 +156,7 @@ def bench_checkpoint(path: str, args) -> dict:
     """
     import dyngate  # noqa: PLC0415 (only this mode needs the runtime)
     from dyngate.checkpoint import read  # noqa: PLC0415
-    from dyngate.gating import GatedConv2d  # noqa: PLC0415
+    from dyngate.gating.gated_conv import GatedConv2d  # noqa: PLC0415
     from models.data import load_dataset  # noqa: PLC0415
 
     model = dyngate.load(path).eval()

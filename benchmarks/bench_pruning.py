@@ -37,9 +37,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import dyngate  # noqa: E402
-from dyngate.criteria import CRITERIA  # noqa: E402
-from dyngate.latency import FORMS as TABLE_FORMS, LatencyTable, measure  # noqa: E402
-from dyngate.prune_schedule import ScheduledTrainer  # noqa: E402
+from dyngate.pruning.criteria import CRITERIA  # noqa: E402
+from dyngate.pruning.latency import FORMS as TABLE_FORMS, LatencyTable, measure  # noqa: E402
+from dyngate.train.prune_schedule import ScheduledTrainer  # noqa: E402
 from dyngate.train import TrainConfig  # noqa: E402
 from models.data import load_dataset  # noqa: E402
 from fsio import atomic_write, save_figure_atomic  # noqa: E402

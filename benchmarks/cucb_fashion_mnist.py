@@ -27,7 +27,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout's packages
-from dyngate.cucb import CUCBTrainer  # noqa: E402
+from dyngate.train.cucb import CUCBTrainer  # noqa: E402
 from dyngate.train import TrainConfig, Trainer  # noqa: E402
 from models.data import dataset_geometry  # noqa: E402
 from fsio import atomic_write, save_figure_atomic, write_text_atomic  # noqa: E402
@@ -50,7 +50,7 @@ def _dense_train_macs(model: str) -> float:
     """3x the forward MACs per image of the dense model (the CUCB trainer's convention)."""
     import dyngate  # noqa: PLC0415
     import models  # noqa: PLC0415
-    from dyngate.cucb import full_selection, make_plan  # noqa: PLC0415
+    from dyngate.train.cucb import full_selection, make_plan  # noqa: PLC0415
     cin, size, classes = dataset_geometry("fashion-mnist")
     m = models.build(model, in_channels=cin, num_classes=classes)
     view = dyngate.capture(m, torch.zeros(1, cin, size, size))
@@ -141,7 +141,7 @@ def step_timing(model: str, keep: float, reps: int, batch: int = 128) -> dict:
     import torch.nn.functional as F  # noqa: PLC0415
 
     import dyngate  # noqa: PLC0415
-    from dyngate.cucb import (ChannelBandits, SlicedExecutor, make_plan, row_scores,  # noqa: PLC0415
+    from dyngate.train.cucb import (ChannelBandits, SlicedExecutor, make_plan, row_scores,  # noqa: PLC0415
                               sliced_sgd_step, taylor_scores)
     from dyngate.train import param_groups  # noqa: PLC0415
     cin, size, _ = dataset_geometry("fashion-mnist")

@@ -6,7 +6,8 @@ maps input channel c to output channel c + pad and pads zero channels below and 
 sliced executor never materialises those zeros, and surgery gives the shortcut as many zero
 channels below and above its copied block as its partner layer keeps in each band (history
 record ``[in_planes, out_planes, pad_low]``). This module is the one place that imports the
-model zoo: ``models`` must not import dyngate, and ``dyngate.graph`` loads this on first use.
+model zoo: ``models`` must not import dyngate, and ``dyngate/__init__`` imports this, so the
+ops are registered before any capture.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from dyngate.gating import GatedConv2d
+from dyngate.gating.gated_conv import GatedConv2d
 from dyngate.graph import ChannelOp, register_channel_op
 from models.resnet import PadShortcut
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 
 import models
-from dyngate.convert import convert
+from dyngate.gating.convert import convert
 from dyngate.errors import CheckpointError
 from fsio import atomic_write
 
@@ -90,7 +90,7 @@ def _build_recorded(arch: dict[str, Any], path: str) -> nn.Module:
 
 
 def _check_given(model: nn.Module, payload: dict[str, Any], path: str) -> None:
-    from dyngate.gating import GatedConv2d  # noqa: PLC0415 (cycle: gating imports kernels)
+    from dyngate.gating.gated_conv import GatedConv2d  # noqa: PLC0415 (cycle: gating imports kernels)
     if any(isinstance(m, GatedConv2d) for m in model.modules()) or getattr(model, "dyngate_pruning", None):
         raise CheckpointError(f"load {path}: pass the fresh dense model the checkpoint was made from "
                               "(load re-applies its pruning and gating), not a gated or pruned one")
@@ -118,7 +118,7 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
     else:
         _check_given(model, payload, path)
     if payload.get("pruning"):
-        from dyngate.surgery import apply_pruning_history  # noqa: PLC0415 (optional feature)
+        from dyngate.pruning.surgery import apply_pruning_history  # noqa: PLC0415 (optional feature)
         try:
             model = apply_pruning_history(model, payload["pruning"])
         except Exception as e:

@@ -12,7 +12,7 @@ import torch
 import yaml
 
 import dyngate
-from dyngate import distributed
+from dyngate.train import distributed
 from dyngate.cli_model import add_parsers as add_model_parsers
 from dyngate.errors import CheckpointError, DyngateError
 from dyngate.options import add_options
@@ -89,7 +89,7 @@ def cmd_train(args) -> int:
     try:
         with lock:
             if cfg.cucb:
-                from dyngate.cucb import CUCBTrainer  # noqa: PLC0415 (only CUCB runs need it)
+                from dyngate.train.cucb import CUCBTrainer  # noqa: PLC0415 (only CUCB runs need it)
                 trainer: Trainer = CUCBTrainer(cfg)
             else:
                 trainer = Trainer(cfg)
@@ -123,9 +123,9 @@ def _evaluate_checkpoint(args, progress: bool):
 
 
 def _time_checkpoint(args, data) -> dict:
-    """Whole-network wall clock of the gated model against its own dense copy (dyngate.timing)
+    """Whole-network wall clock of the gated model against its own dense copy (dyngate.gating.timing)
     on the first ``--time-batches`` test batches of ``--time-batch-size`` images."""
-    from dyngate.timing import compare  # noqa: PLC0415 (only with --time)
+    from dyngate.gating.timing import compare  # noqa: PLC0415 (only with --time)
     model = _load_eval_model(args.checkpoint, args.backend)
     x = data.tensors[0]
     bs = args.time_batch_size

@@ -10,8 +10,8 @@ from typing import Any
 import torch
 
 import dyngate
-from dyngate import criteria
-from dyngate.convert import GateOptions
+from dyngate.pruning import criteria
+from dyngate.gating.convert import GateOptions
 from dyngate.errors import CheckpointError, ConfigError
 from dyngate.options import add_options, option
 from models.data import DATASETS, load_dataset
@@ -26,7 +26,7 @@ class ConvertConfig(GateOptions):
 
 @dataclass
 class PruneConfig:
-    method: str = option("l1", "channel importance criterion (dyngate.criteria)",
+    method: str = option("l1", "channel importance criterion (dyngate.pruning.criteria)",
                          choices=sorted(criteria.CRITERIA))
     ratio: float = option(0.3, "share of prunable channels to remove", allowed="[0, 1)")
     scope: str = option("global", "one ranking over all groups, or the same ratio in each",

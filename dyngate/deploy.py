@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 
 from dyngate.errors import DeployError
-from dyngate.gating import GatedConv2d
+from dyngate.gating.gated_conv import GatedConv2d
 from fsio import check_writable_file, write_bytes_atomic
 
 MIN_OPSET, MAX_OPSET = 9, 20   # what the TorchScript exporter emits (torch.onnx._constants)
@@ -74,7 +74,7 @@ def _exportable(model: nn.Module, gates: str) -> tuple[nn.Module, str | None]:
                           "equivalent, or export a dyngate.prune'd dense model for a statically "
                           "smaller one")
     if gated:
-        from dyngate.timing import to_dense  # noqa: PLC0415 (only for gated models)
+        from dyngate.gating.timing import to_dense  # noqa: PLC0415 (only for gated models)
         net = to_dense(model)
     else:
         net = copy.deepcopy(model)

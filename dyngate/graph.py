@@ -134,7 +134,6 @@ def register_channel_op(module_type: type[nn.Module], spec: ChannelOp) -> None:
 
 def channel_op(m: nn.Module) -> ChannelOp | None:
     """The registered spec of ``m``'s type (or of a base class), None for ordinary modules."""
-    import dyngate.channel_ops  # noqa: F401,PLC0415 (registers the built-in ops; imports models)
     return next((_CHANNEL_OPS[t] for t in type(m).__mro__ if t in _CHANNEL_OPS), None)
 
 

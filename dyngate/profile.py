@@ -17,7 +17,7 @@ import yaml
 from tqdm import tqdm
 
 from dyngate.errors import ProfileError
-from dyngate.gating import GatedConv2d
+from dyngate.gating.gated_conv import GatedConv2d
 from fsio import atomic_write
 from netspec.layer import LayerShape
 from netspec.profile_schema import READABLE, SCHEMA, VERSION  # noqa: F401 - READABLE re-exported

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import dyngate
-from dyngate.distributed import World, init
+from dyngate.train.distributed import World, init
 from dyngate.errors import DyngateError
 
 

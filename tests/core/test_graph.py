@@ -144,8 +144,8 @@ class CustomOpNet(nn.Module):
 
 
 def test_registered_custom_ops_flow_through_capture_surgery_and_sliced_plan(tmp_path):
-    from dyngate.cucb import SlicedExecutor, extract, make_plan
-    from dyngate.surgery import apply_pruning_history
+    from dyngate.train.cucb import SlicedExecutor, extract, make_plan
+    from dyngate.pruning.surgery import apply_pruning_history
 
     torch.manual_seed(0)
     net, x = CustomOpNet().eval(), torch.randn(3, 2, 5, 5)

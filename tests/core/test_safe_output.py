@@ -75,7 +75,7 @@ def test_metrics_are_written_after_the_checkpoint_they_describe(tmp_path, monkey
             raise OSError(28, "No space left on device")
         return real_save(*a, **kw)
 
-    monkeypatch.setattr(dyngate, "save", failing_save)
+    monkeypatch.setattr(dyngate.train.loop, "save", failing_save)  # what the training loop calls
     with pytest.raises(OSError):
         t.fit()
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
@@ -236,7 +236,7 @@ def _interrupted_dump(doc, f, **kw):
 @pytest.mark.parametrize("which", ["profile", "latency"])
 def test_interrupted_yaml_write_keeps_the_previous_file(which, tmp_path, monkeypatch):
     import yaml
-    from dyngate.latency import LatencyTable
+    from dyngate.pruning.latency import LatencyTable
     if which == "profile":
         g = dyngate.convert(models.build("resnet20", in_channels=1, num_classes=10), partitions=2).eval()
         obj = dyngate.profile(g, torch.randn(2, 1, 28, 28))

@@ -146,7 +146,7 @@ def test_cli_block_gates_rule_all_dense_accuracy_and_time(tmp_path, capsys):
 
 def test_one_optimizer_factory_for_every_schedule():
     from dyngate.errors import ConfigError
-    from dyngate.optim import sgd_with_schedule
+    from dyngate.train.optim import sgd_with_schedule
     net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))
     opt, sched = sgd_with_schedule(net, lr=0.1, momentum=0.9, weight_decay=5e-4, schedule="step",
                                    epochs=4, milestones=[2])

@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 
 import models
-from dyngate.cucb.plan import SlicePlan
+from dyngate.train.cucb.plan import SlicePlan
 
 
 class TinyVGG(nn.Module):

@@ -8,7 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import dyngate
-from dyngate.cucb import (ChannelBandits, GroupBandit, SlicedExecutor, keep_count, keep_fraction,
+from dyngate.train.cucb import (ChannelBandits, GroupBandit, SlicedExecutor, keep_count, keep_fraction,
                           make_plan, normalise, row_scores, taylor_scores)
 
 

@@ -5,8 +5,8 @@ import torch
 
 import dyngate
 from cucb_helpers import random_selection, tiny_nets
-from dyngate.cucb import SlicedExecutor, extract, make_plan
-from dyngate.cucb.extract import count_params
+from dyngate.train.cucb import SlicedExecutor, extract, make_plan
+from dyngate.train.cucb.extract import count_params
 
 
 @pytest.mark.parametrize("name,model,x", tiny_nets(), ids=lambda v: v if isinstance(v, str) else "")

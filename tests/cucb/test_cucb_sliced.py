@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 import dyngate
 from cucb_helpers import masked_hooks, random_selection, tiny_nets
-from dyngate.cucb import SlicedExecutor, full_selection, make_plan, sliced_sgd_step
+from dyngate.train.cucb import SlicedExecutor, full_selection, make_plan, sliced_sgd_step
 from dyngate.errors import GraphError
 
 TOL = dict(rtol=1e-4, atol=1e-5)  # float32; the two paths sum in different orders

@@ -6,7 +6,7 @@ import torch
 
 from dyngate.cli import main
 import dyngate
-from dyngate.cucb import CUCBTrainer
+from dyngate.train.cucb import CUCBTrainer
 from dyngate.train import TrainConfig, evaluate
 
 SMALL = dict(model="resnet20", dataset="synthetic", batch_size=64, train_limit=128,

@@ -6,8 +6,8 @@ import torch.nn as nn
 import dyngate
 import models
 from dyngate import ConversionError, GraphError
-from dyngate.criteria import CRITERIA, DATA_DRIVEN
-from dyngate.prune import select_keep
+from dyngate.pruning.criteria import CRITERIA, DATA_DRIVEN
+from dyngate.pruning.prune import select_keep
 
 X = torch.randn(4, 1, 28, 28)
 

@@ -6,7 +6,7 @@ import torch
 import dyngate
 import models
 from dyngate import CompileError, ConfigError
-from dyngate.compiler import compile_model as tvm_compile
+from dyngate.pruning.compiler import compile_model as tvm_compile
 
 X = torch.randn(2, 1, 28, 28)
 

@@ -10,7 +10,7 @@ import dyngate
 import models
 from dyngate import ConversionError, GraphError, LatencyTableError
 from dyngate.graph import capture
-from dyngate.latency import LatencyTable, measure
+from dyngate.pruning.latency import LatencyTable, measure
 
 X = torch.randn(2, 1, 28, 28)
 
@@ -189,7 +189,7 @@ def test_latency_knapsack_sums_a_rows_score_over_its_producers():
     """Per ms saved, a stream row (score 1.0, three producers, 39 ms a row in a cin x cout table)
     costs 3/39; an inner row (score 0.5, one producer, 12 ms) costs 0.5/12, so the inner group
     goes first. Scored by the mean alone, the stream row (1/39) would go first."""
-    from dyngate.prune import select_keep_latency
+    from dyngate.pruning.prune import select_keep_latency
     m = _TwoBlockStream().eval()
     x = torch.randn(1, 1, 4, 4)
     view = capture(m, x)

@@ -5,7 +5,7 @@ import torch.nn as nn
 
 import dyngate
 from dyngate import ConversionError
-from dyngate.prune_schedule import (ScheduledTrainer, SoftPruningSchedule, add_slimming_penalty,
+from dyngate.train.prune_schedule import (ScheduledTrainer, SoftPruningSchedule, add_slimming_penalty,
                                     iterative_prune)
 from dyngate.train import TrainConfig
 

@@ -7,7 +7,7 @@ import torch.nn as nn
 
 import dyngate
 import models
-from dyngate.surgery import SurgeryError, apply_pruning_history, prune_groups
+from dyngate.pruning.surgery import SurgeryError, apply_pruning_history, prune_groups
 
 
 def _randomise_bn(model: nn.Module) -> nn.Module:
@@ -22,7 +22,7 @@ def _randomise_bn(model: nn.Module) -> nn.Module:
 
 def _keep_half(view, rng):
     """Random half of every prunable group; balanced pad zones for option-A shortcut groups."""
-    from dyngate.surgery import shortcut_zones, zone_of_rows
+    from dyngate.pruning.surgery import shortcut_zones, zone_of_rows
     zones = zone_of_rows(view, shortcut_zones(view))
     keep = {}
     for g in view.groups:

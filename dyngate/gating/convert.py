@@ -12,7 +12,7 @@ import torch.nn as nn
 
 from dyngate.errors import ConversionError
 from dyngate.options import option
-from dyngate.gating import GatedConv2d
+from dyngate.gating.gated_conv import GatedConv2d
 from dyngate.graph import GraphView, LayerInfo, capture
 from netspec.archs import GATE_RULES as RULES, rule_gates
 

@@ -14,12 +14,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from dyngate import criteria
-from dyngate.convert import gatable_width_multiple
+from dyngate.pruning import criteria
+from dyngate.gating.convert import gatable_width_multiple
 from dyngate.errors import PruningError
 from dyngate.graph import ChannelGroup, GraphView, capture
-from dyngate.latency import LatencyTable
-from dyngate.surgery import prune_groups, refuse_gated, shortcut_zones, zone_of_rows
+from dyngate.pruning.latency import LatencyTable
+from dyngate.pruning.surgery import prune_groups, refuse_gated, shortcut_zones, zone_of_rows
 
 
 DEFAULT_MAX_GROUP_RATIO = 0.9
@@ -154,7 +154,7 @@ def select_keep_latency(view: GraphView, scores: Mapping[int, np.ndarray], ratio
     step from 32 to 24 channels that saves nothing competes as part of the step to 16), until the
     budget is met. Scores must be comparable across groups, as for global ranking.
 
-    A row's score is a mean over the layers that produce it (see :mod:`dyngate.criteria`), but the
+    A row's score is a mean over the layers that produce it (see :mod:`dyngate.pruning.criteria`), but the
     time it saves is a sum over every layer it feeds; a residual-stream row, produced by each block
     of its stage, would look cheap per ms. Its cost is therefore the score times the number of
     producing layers, summed like the time (HALP sums importance over a group's layers too)."""
@@ -280,7 +280,7 @@ def prune(model: nn.Module, method: str, ratio: float, *, scope: str = "global",
           fold_shift: bool = True, latency: LatencyTable | None = None,
           partitions: int | None = None, granularity: int = 1) -> nn.Module:
     """Return a physically smaller copy of ``model`` with ``ratio`` of its prunable channels
-    removed by criterion ``method`` (see :mod:`dyngate.criteria`).
+    removed by criterion ``method`` (see :mod:`dyngate.pruning.criteria`).
 
     Coupled channels (residual adds, concats, depthwise pairs, the linear after flatten) are
     scored and removed together as one group row. ``scope`` is "global" (one ranking over all
@@ -290,14 +290,14 @@ def prune(model: nn.Module, method: str, ratio: float, *, scope: str = "global",
     produces. ``max_group_ratio`` caps the share global ranking may take from any one group
     (default :data:`DEFAULT_MAX_GROUP_RATIO`; 1.0 lifts it, and a ranking that would then empty
     a group is an error). ``partitions`` (and ``granularity``) prune for gating: ``round_to``
-    defaults to :func:`dyngate.convert.gatable_width_multiple`, the widths ``convert`` with the
+    defaults to :func:`dyngate.gating.convert.gatable_width_multiple`, the widths ``convert`` with the
     same settings gates and the fused CPU kernel runs; a given ``round_to`` must be a multiple
     of it. Data-driven criteria (hrank, ezcrop, taylor) read up to ``max_batches`` batches of
     ``data``. ``example_input`` gives the shapes and, with ``fold_shift``, the batch over which
     each removed channel's mean activation is measured and folded into its consumers (see
-    :mod:`dyngate.surgery`): pass a real batch, not zeros. The input model is never modified.
+    :mod:`dyngate.pruning.surgery`): pass a real batch, not zeros. The input model is never modified.
 
-    With ``latency`` (a :class:`dyngate.latency.LatencyTable` measured for this model, on the
+    With ``latency`` (a :class:`dyngate.pruning.latency.LatencyTable` measured for this model, on the
     machine and thread count it will run on), ``ratio`` is the share of the table's model time to
     remove instead of the share of channels, and the widths are chosen for it (HALP, see
     :func:`select_keep_latency`); ``scope`` must be "global".

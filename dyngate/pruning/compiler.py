@@ -37,7 +37,7 @@ import torch
 import torch.nn as nn
 
 from dyngate.errors import CompileError, ConfigError
-from dyngate.gating import GatedConv2d
+from dyngate.gating.gated_conv import GatedConv2d
 
 
 def _check_shape(x: torch.Tensor, shape: tuple[int, ...]) -> None:

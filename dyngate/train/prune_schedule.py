@@ -1,7 +1,7 @@
 """Pruning during training: soft (SFP), gradually hard (GHFP) and iterative schedules.
 
 The schedules plug into the shared training loop (:class:`ScheduledTrainer` is a
-:class:`~dyngate.loop.TrainLoop` whose epoch ends with the schedule's step) or into plain loops
+:class:`~dyngate.train.loop.TrainLoop` whose epoch ends with the schedule's step) or into plain loops
 (:func:`iterative_prune`); gradient masks and the Network Slimming penalty use tensor gradient hooks, which run between
 ``backward()`` and ``optimizer.step()`` without touching the training loop.
 
@@ -19,15 +19,15 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from dyngate import criteria
+from dyngate.pruning import criteria
 from dyngate.errors import ConfigError, ConversionError
 from dyngate.graph import ChannelGroup, capture
-from dyngate.prune import _check_ratio, prune, select_keep
-from dyngate.surgery import prune_groups, refuse_gated
-from dyngate.loop import TrainLoop
+from dyngate.pruning.prune import _check_ratio, prune, select_keep
+from dyngate.pruning.surgery import prune_groups, refuse_gated
+from dyngate.train.loop import TrainLoop
 
 if TYPE_CHECKING:
-    from dyngate.train import TrainConfig
+    from dyngate.train.trainer import TrainConfig
 
 MODES = ("sfp", "ghfp")
 

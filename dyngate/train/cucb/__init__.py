@@ -7,12 +7,12 @@ backward as smaller dense layers (:mod:`.plan`, :mod:`.sliced`); at the end the 
 rows become a physically smaller model, through the static-pruning surgery, that is
 fine-tuned (:mod:`.extract`, :mod:`.trainer`); ``dyngate.load`` reads it back.
 """
-from dyngate.cucb.bandit import ChannelBandits, GroupBandit, keep_count, keep_fraction, normalise
-from dyngate.cucb.extract import extract
-from dyngate.cucb.plan import SlicePlan, full_selection, make_plan
-from dyngate.cucb.reward import row_scores, taylor_scores
-from dyngate.cucb.sliced import SlicedExecutor, sliced_sgd_step
-from dyngate.cucb.trainer import CUCBTrainer
+from dyngate.train.cucb.bandit import ChannelBandits, GroupBandit, keep_count, keep_fraction, normalise
+from dyngate.train.cucb.extract import extract
+from dyngate.train.cucb.plan import SlicePlan, full_selection, make_plan
+from dyngate.train.cucb.reward import row_scores, taylor_scores
+from dyngate.train.cucb.sliced import SlicedExecutor, sliced_sgd_step
+from dyngate.train.cucb.trainer import CUCBTrainer
 
 __all__ = ["ChannelBandits", "GroupBandit", "keep_count", "keep_fraction", "normalise", "extract",
            "SlicePlan", "full_selection", "make_plan",

@@ -1,5 +1,5 @@
 """Dense and gated training on real data (SGD, cosine/step schedule, CGNet threshold loss, KD):
-the run's options (:class:`TrainConfig`) and the gated step on the shared loop (:mod:`dyngate.loop`).
+the run's options (:class:`TrainConfig`) and the gated step on the shared loop (:mod:`dyngate.train.loop`).
 
 Deterministic for a seed: the data order comes from a generator whose state is checkpointed,
 so a resumed run continues bit-identically at epoch boundaries.
@@ -14,20 +14,14 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-import dyngate
 import models
 from dyngate.errors import CheckpointError, ConfigError
-from dyngate.convert import RULES, GateOptions
-from dyngate.loop import TrainLoop, build_dense_model, evaluate
+from dyngate.gating.convert import RULES, GateOptions, convert
+from dyngate.gating.gated_conv import gate_loss, gates_open
+from dyngate.train.loop import TrainLoop, build_dense_model, evaluate
 from dyngate.options import option
 from models.data import DATASETS
-
-# moved to dyngate.loop / dyngate.optim; kept importable from here
-from dyngate.loop import (RESUME_NEUTRAL, check_finite_loss, check_resume_config,  # noqa: F401
-                          kd_loss, write_metrics)
-from dyngate.optim import param_groups  # noqa: F401
-from dyngate.optim import SCHEDULES
-from models.data import load_dataset  # noqa: F401
+from dyngate.train.optim import SCHEDULES
 
 
 @dataclass
@@ -59,7 +53,7 @@ class TrainConfig(GateOptions):
     test_limit: int | None = option(None, "evaluate on only the first N test images", allowed=">= 1", kind=int)
     threads: int | None = option(None, "torch CPU threads (none: torch's default)", allowed=">= 1", kind=int)
     out: str = option("runs/train", "output folder for checkpoints and metrics", allowed="a writable folder")
-    cucb: bool = option(False, "CUCB dynamic channel execution (dyngate.cucb)")
+    cucb: bool = option(False, "CUCB dynamic channel execution (dyngate.train.cucb)")
     keep: float = option(0.5, "CUCB target fraction of each group's channels", allowed="(0, 1]")
     ucb_c: float = option(1.5, "CUCB exploration constant c (3/2: Chen et al. 2013)", allowed=">= 0")
     cucb_warmup: int = option(1, "epochs over which keep anneals from 1.0 to --keep", allowed=">= 0")
@@ -139,10 +133,10 @@ def _check_types(cfg: TrainConfig) -> None:
 
 
 def build_model(cfg: TrainConfig) -> nn.Module:
-    """The dense model of :func:`~dyngate.loop.build_dense_model`, converted when ``cfg.gated``."""
+    """The dense model of :func:`~dyngate.train.loop.build_dense_model`, converted when ``cfg.gated``."""
     model = build_dense_model(cfg)
     if cfg.gated:
-        model = dyngate.convert(model, cfg.partitions, cfg.grouped, **cfg.convert_kwargs())
+        model = convert(model, cfg.partitions, cfg.grouped, **cfg.convert_kwargs())
     return model
 
 
@@ -155,14 +149,14 @@ class Trainer(TrainLoop):
 
     def measure_dense_accuracy(self) -> None:
         if self.cfg.gated and self.cfg.init and self.dense_accuracy is None and self.world.main:
-            with dyngate.gates_open(self.model):
+            with gates_open(self.model):
                 self.dense_accuracy = evaluate(self.model, self.test_set)[0]
 
     def training_loss(self, out: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The loop's loss plus ``gate_lambda`` times the CGNet threshold loss when gated."""
         loss = super().training_loss(out, x, y)
         if self.cfg.gated:
-            loss = loss + self.cfg.gate_lambda * dyngate.gate_loss(self.model, self.cfg.target)
+            loss = loss + self.cfg.gate_lambda * gate_loss(self.model, self.cfg.target)
         return loss
 
     def fit(self, stop_after: int | None = None) -> list[dict[str, Any]]:

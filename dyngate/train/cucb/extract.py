@@ -1,6 +1,6 @@
 """The compact model: a physically smaller copy that keeps the chosen rows of every group.
 
-Extraction is static pruning: :func:`dyngate.surgery.prune_groups` with ``fold_shift=False``,
+Extraction is static pruning: :func:`dyngate.pruning.surgery.prune_groups` with ``fold_shift=False``,
 so a dropped channel is *absent* (its consumers lose its contribution), exactly as in the
 sliced training steps, and the result carries a pruning history. A compact model is therefore
 an ordinary pruned dyngate model: ``dyngate.save`` writes it, ``dyngate.load`` and
@@ -13,7 +13,7 @@ from typing import Mapping, Sequence
 import torch
 import torch.nn as nn
 
-from dyngate.surgery import prune_groups
+from dyngate.pruning.surgery import prune_groups
 
 
 def extract(model: nn.Module, example_input: torch.Tensor,

@@ -14,7 +14,7 @@ sliced backward, and the sum is one elementwise product per measured tensor.
 
 A row of a group spans several layers (a residual stream is produced by the stem and every
 block's last conv); its score is the sum over those layers. Scores are normalised per group by
-the round's largest score (:func:`dyngate.cucb.bandit.normalise`), so layers with different
+the round's largest score (:func:`dyngate.train.cucb.bandit.normalise`), so layers with different
 activation scales share one exploration constant.
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from dyngate.cucb.plan import SlicePlan
+from dyngate.train.cucb.plan import SlicePlan
 from dyngate.graph import GraphView
 
 

@@ -1,8 +1,8 @@
 """The one training loop: data order, augmentation, progress bar, loss/accuracy bookkeeping,
 epoch-end evaluation, checkpoints, resume and the metrics files.
 
-Dense and gated training (:mod:`dyngate.train`), CUCB (:mod:`dyngate.cucb.trainer`) and the
-soft-pruning schedules (:mod:`dyngate.prune_schedule`) subclass :class:`TrainLoop` and override
+Dense and gated training (:mod:`dyngate.train.trainer`), CUCB (:mod:`dyngate.train.cucb.trainer`) and the
+soft-pruning schedules (:mod:`dyngate.train.prune_schedule`) subclass :class:`TrainLoop` and override
 only what differs: the SGD step (:meth:`TrainLoop.train_step`, :meth:`TrainLoop.training_loss`)
 and, where they really differ, the epoch-end hooks.
 
@@ -24,18 +24,19 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm import tqdm
 
-import dyngate
 import models
-from dyngate import distributed
+from dyngate.checkpoint import _load_strict, load, save
 from dyngate.checkpoint import read as read_checkpoint
+from dyngate.profile import SparsityProfile, profile
+from dyngate.train import distributed
 from dyngate.errors import CheckpointError, TrainingError
-from dyngate.gating import GatedConv2d
-from dyngate.optim import sgd_with_schedule
+from dyngate.gating.gated_conv import GatedConv2d
+from dyngate.train.optim import sgd_with_schedule
 from fsio import atomic_write
 from models.data import dataset_geometry, load_dataset
 
 if TYPE_CHECKING:
-    from dyngate.train import TrainConfig
+    from dyngate.train.trainer import TrainConfig
 
 # options that may differ on resume: they change how fast or where a run writes, not its numbers
 RESUME_NEUTRAL = frozenset({"threads", "out"})
@@ -48,7 +49,7 @@ def build_dense_model(cfg: TrainConfig) -> nn.Module:
     if cfg.init:
         if read_checkpoint(cfg.init).get("conversion"):
             raise CheckpointError(f"--init {cfg.init}: expected a dense checkpoint, this one is gated")
-        model = dyngate.load(cfg.init, model=model).train()
+        model = load(cfg.init, model=model).train()
     return model
 
 
@@ -82,7 +83,7 @@ def check_finite_loss(loss: torch.Tensor, epoch: int, step: int) -> None:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data: TensorDataset, batch_size: int = 500,
-             progress: bool = False) -> tuple[float, dyngate.SparsityProfile]:
+             progress: bool = False) -> tuple[float, SparsityProfile]:
     """Accuracy and the measured sparsity profile on ``data`` in one pass."""
     correct = [0]
     loader = DataLoader(data, batch_size=batch_size, shuffle=False)
@@ -93,7 +94,7 @@ def evaluate(model: nn.Module, data: TensorDataset, batch_size: int = 500,
                                 "or inputs); accuracy and MAC reduction would be meaningless")
         correct[0] += int((out.argmax(1) == batch[1]).sum())
 
-    prof = dyngate.profile(model, loader, progress=progress, on_batch=count)
+    prof = profile(model, loader, progress=progress, on_batch=count)
     return correct[0] / len(data), prof
 
 
@@ -132,7 +133,7 @@ def check_resume_config(saved: dict[str, Any], cfg: TrainConfig, path: str) -> N
 
 def load_teacher(path: str) -> nn.Module:
     """The dense KD teacher saved at ``path``, in eval mode."""
-    teacher = dyngate.load(path).eval().to(memory_format=torch.channels_last)
+    teacher = load(path).eval().to(memory_format=torch.channels_last)
     if any(isinstance(m, GatedConv2d) for m in teacher.modules()):
         raise CheckpointError(f"--teacher {path}: the teacher must be a dense model")
     return teacher
@@ -193,7 +194,7 @@ class TrainLoop:
         self.world.barrier()
 
     def _write_checkpoint(self, path: str) -> None:
-        dyngate.save(self.model, path, extra={"trainer": self.state(),
+        save(self.model, path, extra={"trainer": self.state(),
                                               "metrics": self.history[-1] if self.history else {}})
 
     def resume(self, path: str) -> None:
@@ -203,7 +204,7 @@ class TrainLoop:
             raise CheckpointError(f"{path}: no trainer state to resume from (a shipped checkpoint "
                                   "keeps only its weights and config; start from it with --init)")
         check_resume_config(st.get("config", {}), self.cfg, path)
-        dyngate.checkpoint._load_strict(self.model, payload["state_dict"], path)
+        _load_strict(self.model, payload["state_dict"], path)
         self.opt.load_state_dict(st["optimizer"])
         self.sched.load_state_dict(st["scheduler"])
         self.gen.set_state(st["generator"])

@@ -42,7 +42,7 @@ import torch
 import torch.nn as nn
 
 from dyngate.errors import PruningError
-from dyngate.gating import GatedConv2d
+from dyngate.gating.gated_conv import GatedConv2d
 from dyngate.graph import GraphView, capture, channel_op, is_depthwise
 
 HISTORY_VERSION = 1

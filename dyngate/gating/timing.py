@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from dyngate.errors import ConfigError
-from dyngate.gating import GatedConv2d
+from dyngate.gating.gated_conv import GatedConv2d
 
 CL = torch.channels_last
 

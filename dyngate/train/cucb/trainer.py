@@ -8,10 +8,10 @@ Phases (all epochs of ``cfg.epochs`` are bandit epochs):
    the kept blocks; the played arms get their Taylor rewards. Each epoch logs the training MACs
    actually executed against those of a dense step on the same images, and evaluates the
    exploitation sub-network (top-k by empirical mean) on the test set. Resumable like every
-   run of the shared loop :class:`~dyngate.loop.TrainLoop` (the bandit statistics travel in the
+   run of the shared loop :class:`~dyngate.train.loop.TrainLoop` (the bandit statistics travel in the
    checkpoint).
 2. Extraction. The top-k rows by empirical mean at the target keep fraction become a physically
-   smaller model (:func:`dyngate.cucb.extract.extract`); with ``cfg.cucb_bn_batches`` its BN
+   smaller model (:func:`dyngate.train.cucb.extract.extract`); with ``cfg.cucb_bn_batches`` its BN
    statistics are then recomputed on that many training batches (:meth:`recalibrate_bn`).
 3. Fine-tune. ``cfg.cucb_finetune`` epochs of plain SGD on the compact model at
    ``cfg.cucb_finetune_lr`` (cosine), then the final evaluation with ``dyngate.profile``.
@@ -33,16 +33,16 @@ import numpy as np
 import torch
 
 from dyngate.checkpoint import read as read_checkpoint
-from dyngate.cucb.bandit import ChannelBandits, keep_fraction
-from dyngate.cucb.extract import count_params, extract
-from dyngate.cucb.plan import full_selection, make_plan
-from dyngate.cucb.reward import row_scores, taylor_scores
-from dyngate.cucb.sliced import SlicedExecutor, sliced_sgd_step
+from dyngate.train.cucb.bandit import ChannelBandits, keep_fraction
+from dyngate.train.cucb.extract import count_params, extract
+from dyngate.train.cucb.plan import full_selection, make_plan
+from dyngate.train.cucb.reward import row_scores, taylor_scores
+from dyngate.train.cucb.sliced import SlicedExecutor, sliced_sgd_step
 from dyngate.errors import CheckpointError, ConfigError
 from dyngate.graph import capture
-from dyngate.loop import TrainLoop, check_finite_loss, evaluate
-from dyngate.optim import sgd_with_schedule
-from dyngate.train import TrainConfig
+from dyngate.train.loop import TrainLoop, check_finite_loss, evaluate
+from dyngate.train.optim import sgd_with_schedule
+from dyngate.train.trainer import TrainConfig
 from models.data import dataset_geometry
 
 TRAIN_MACS_PER_FORWARD = 3
@@ -50,7 +50,7 @@ TRAIN_MACS_PER_FORWARD = 3
 
 class CUCBTrainer(TrainLoop):
     """The shared training loop with CUCB channel selection in the step; same data, logging
-    and checkpoint options as :class:`~dyngate.train.Trainer`. ``self.model`` is the dense
+    and checkpoint options as :class:`~dyngate.train.trainer.Trainer`. ``self.model`` is the dense
     model during the bandit phase and the compact model after :meth:`finish`."""
 
     def __init__(self, cfg: TrainConfig, progress: bool = True) -> None:

@@ -20,7 +20,7 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dyngate.cucb.plan import SlicePlan
+from dyngate.train.cucb.plan import SlicePlan
 from dyngate.errors import ConfigError, GraphError
 from dyngate.graph import GraphView, channel_op, is_depthwise
 
