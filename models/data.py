@@ -27,6 +27,10 @@ CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 DATASETS = ("fashion-mnist", "cifar10", "synthetic")
 
 
+class DataArgError(ValueError):
+    """A bad split, dataset name or batch format given to a loader."""
+
+
 class DataError(RuntimeError):
     """A data folder or file is missing or corrupt."""
 
@@ -84,7 +88,7 @@ def fashion_mnist(split: str, data_dir: str | os.PathLike | None = None,
                   limit: int | None = None) -> TensorDataset:
     """Fashion-MNIST as (N, 1, 28, 28) normalised floats and int64 labels."""
     if split not in FASHION_MNIST_FILES:
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        raise DataArgError(f"split must be 'train' or 'test', got {split!r}")
     root = Path(data_dir) if data_dir is not None else FASHION_MNIST_DIR
     if not root.is_dir():
         raise DataError(
@@ -119,7 +123,7 @@ def cifar10(split: str, data_dir: str | os.PathLike, limit: int | None = None) -
             with open(path, "rb") as f:
                 batch = _CifarUnpickler(f, encoding="bytes").load()
             if not isinstance(batch, dict):
-                raise ValueError(f"expected a dict, found {type(batch).__name__}")
+                raise DataArgError(f"expected a dict, found {type(batch).__name__}")
             xs.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
             ys.append(np.asarray(batch[b"labels"], dtype=np.int64))
         except (pickle.UnpicklingError, KeyError, ValueError, TypeError, EOFError) as e:
@@ -155,7 +159,7 @@ def load_dataset(name: str, split: str, data_dir: str | None = None,
         return cifar10(split, data_dir, limit)
     if name == "synthetic":
         return synthetic(n=limit or (1024 if split == "train" else 256), seed=0 if split == "train" else 1)
-    raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+    raise DataArgError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
 
 
 def dataset_geometry(name: str) -> tuple[int, int, int]:

@@ -85,11 +85,11 @@ class PadShortcut(nn.Module):
         super().__init__()
         if pad_low is None:
             if (out_planes - in_planes) % 2:
-                raise ValueError(f"PadShortcut needs an even channel increase for symmetric "
+                raise ArchError(f"PadShortcut needs an even channel increase for symmetric "
                                  f"padding, got {in_planes}->{out_planes} (pass pad_low)")
             pad_low = (out_planes - in_planes) // 2
         if not 0 <= pad_low <= out_planes - in_planes:
-            raise ValueError(f"PadShortcut {in_planes}->{out_planes}: pad_low={pad_low} outside "
+            raise ArchError(f"PadShortcut {in_planes}->{out_planes}: pad_low={pad_low} outside "
                              f"[0, {out_planes - in_planes}]")
         self.in_planes, self.out_planes, self.stride = in_planes, out_planes, stride
         self.pad = pad_low

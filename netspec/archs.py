@@ -97,5 +97,5 @@ def rule_gates(rule: str, *, reads_input: bool, feeds_activation: bool) -> bool:
     activation (after an optional BN): one feeding a residual add or a linear projection stays
     dense, so the sum stays exact. ``"all"`` gates every other conv too."""
     if rule not in GATE_RULES:
-        raise ValueError(f"rule must be one of {', '.join(GATE_RULES)}, got {rule!r}")
+        raise ArchError(f"rule must be one of {', '.join(GATE_RULES)}, got {rule!r}")
     return not reads_input and (rule == "all" or feeds_activation)

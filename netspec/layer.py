@@ -11,11 +11,16 @@ from dataclasses import dataclass
 KINDS = ("conv2d", "linear")
 
 
+class ShapeError(ValueError):
+    """A layer shape that cannot exist (a kernel larger than its padded input, groups that do
+    not divide the channels), or a count that needs a spatial size nobody measured."""
+
+
 def conv_out(size: int, kernel: int, stride: int, pad: int, dilation: int = 1) -> int:
     """PyTorch output size: ``floor((H + 2p - d(k-1) - 1)/s) + 1``."""
     out = (size + 2 * pad - dilation * (kernel - 1) - 1) // stride + 1
     if out < 1:
-        raise ValueError(f"kernel {kernel} (dilation {dilation}) does not fit input {size} with padding {pad}")
+        raise ShapeError(f"kernel {kernel} (dilation {dilation}) does not fit input {size} with padding {pad}")
     return out
 
 
@@ -57,9 +62,9 @@ class LayerShape:
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
-            raise ValueError(f"layer {self.name}: kind must be conv2d or linear, got {self.kind!r}")
+            raise ShapeError(f"layer {self.name}: kind must be conv2d or linear, got {self.kind!r}")
         if self.in_channels % self.groups or self.out_channels % self.groups:
-            raise ValueError(f"layer {self.name}: groups={self.groups} must divide in/out channels "
+            raise ShapeError(f"layer {self.name}: groups={self.groups} must divide in/out channels "
                              f"({self.in_channels}/{self.out_channels})")
         if self.input_hw is None:
             object.__setattr__(self, "output_hw", None)
@@ -76,7 +81,7 @@ class LayerShape:
     def macs(self) -> int:
         """MACs per image."""
         if self.output_hw is None:
-            raise ValueError(f"layer {self.name}: spatial size unknown, so MACs cannot be counted")
+            raise ShapeError(f"layer {self.name}: spatial size unknown, so MACs cannot be counted")
         return mac_count(self.kind, self.in_channels, self.out_channels, self.kernel_size, self.groups,
                          self.output_hw)
 

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from dyngate.errors import ConfigError
+
 
 class GroupBandit:
     """Arm statistics and the top-k oracle of one channel group.
@@ -23,9 +25,9 @@ class GroupBandit:
 
     def __init__(self, n_arms: int, c: float = 1.5) -> None:
         if n_arms < 1:
-            raise ValueError(f"a group bandit needs at least one arm, got {n_arms}")
+            raise ConfigError(f"a group bandit needs at least one arm, got {n_arms}")
         if c < 0:
-            raise ValueError(f"exploration constant c must be >= 0, got {c}")
+            raise ConfigError(f"exploration constant c must be >= 0, got {c}")
         self.n, self.c = n_arms, float(c)
         self.counts = np.zeros(n_arms, dtype=np.int64)   # T_i
         self.means = np.zeros(n_arms, dtype=np.float64)  # mu_hat_i
@@ -42,7 +44,7 @@ class GroupBandit:
     def select(self, k: int) -> np.ndarray:
         """The ``k`` arms with the largest index, as sorted row numbers (the super-arm)."""
         if not 1 <= k <= self.n:
-            raise ValueError(f"k must be in [1, {self.n}], got {k}")
+            raise ConfigError(f"k must be in [1, {self.n}], got {k}")
         idx = self.index()
         order = np.lexsort((np.arange(self.n), -idx))  # by index desc, then by row asc
         return np.sort(order[:k])
@@ -50,7 +52,7 @@ class GroupBandit:
     def best(self, k: int) -> np.ndarray:
         """The ``k`` arms with the highest empirical mean (exploitation only), sorted."""
         if not 1 <= k <= self.n:
-            raise ValueError(f"k must be in [1, {self.n}], got {k}")
+            raise ConfigError(f"k must be in [1, {self.n}], got {k}")
         order = np.lexsort((np.arange(self.n), -self.means))
         return np.sort(order[:k])
 
@@ -59,11 +61,11 @@ class GroupBandit:
         played = np.asarray(played, dtype=np.int64)
         rewards = np.asarray(rewards, dtype=np.float64)
         if played.shape != rewards.shape:
-            raise ValueError(f"{len(played)} played arms but {len(rewards)} rewards")
+            raise ConfigError(f"{len(played)} played arms but {len(rewards)} rewards")
         if len(np.unique(played)) != len(played):
-            raise ValueError("an arm was reported twice in one round")
+            raise ConfigError("an arm was reported twice in one round")
         if not np.all(np.isfinite(rewards)) or rewards.min(initial=0) < 0 or rewards.max(initial=0) > 1:
-            raise ValueError(f"rewards must be finite and in [0, 1], got {rewards}")
+            raise ConfigError(f"rewards must be finite and in [0, 1], got {rewards}")
         self.t += 1
         self.counts[played] += 1
         self.means[played] += (rewards - self.means[played]) / self.counts[played]
@@ -74,7 +76,7 @@ class GroupBandit:
 
     def load_state_dict(self, st: dict[str, Any]) -> None:
         if st["n"] != self.n:
-            raise ValueError(f"bandit state has {st['n']} arms, this group has {self.n}")
+            raise ConfigError(f"bandit state has {st['n']} arms, this group has {self.n}")
         self.c, self.t = float(st["c"]), int(st["t"])
         self.counts = np.asarray(st["counts"], dtype=np.int64)
         self.means = np.asarray(st["means"], dtype=np.float64)
@@ -95,7 +97,7 @@ def normalise(scores: np.ndarray) -> np.ndarray:
 def keep_count(size: int, keep: float) -> int:
     """How many of a group's ``size`` arms a keep fraction plays (at least one)."""
     if not 0 < keep <= 1:
-        raise ValueError(f"keep fraction must be in (0, 1], got {keep}")
+        raise ConfigError(f"keep fraction must be in (0, 1], got {keep}")
     return max(1, min(size, int(round(keep * size))))
 
 
@@ -137,7 +139,7 @@ class ChannelBandits:
 
     def load_state_dict(self, st: dict[str, Any]) -> None:
         if set(st) != {str(g) for g in self.bandits}:
-            raise ValueError(f"bandit state covers groups {sorted(st)}, the model has "
+            raise ConfigError(f"bandit state covers groups {sorted(st)}, the model has "
                              f"{sorted(self.bandits)}")
         for gid, b in self.bandits.items():
             b.load_state_dict(st[str(gid)])
