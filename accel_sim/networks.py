@@ -138,6 +138,7 @@ def build(name: str, input_chw: tuple[int, int, int] | None = None,
 
 
 _RESNET_CONV = re.compile(r"^(layer\d+\.\d+)\.conv(\d+)$")
+_MBV2_PROJECTION = re.compile(r"^features\.\d+\.conv\.\d+$")  # the linear 1x1 of an inverted residual
 
 
 def cgnet_gated(layers: list[Layer]) -> set[str]:
@@ -159,8 +160,10 @@ def cgnet_gated(layers: list[Layer]) -> set[str]:
 
 def _feeds_activation(name: str, last_in_block: dict[str, int]) -> bool:
     """What a layer name tells of its output: a shortcut conv (``downsample``/``shortcut``) and
-    the last conv of a ResNet block (``layerX.Y.convN``) feed the residual add, others an activation."""
-    if "downsample" in name or "shortcut" in name:
+    the last conv of a ResNet block (``layerX.Y.convN``) feed the residual add, MobileNetV2's
+    projection (``features.N.conv.K``, a bare conv where the others are ``conv.K.0``) only a
+    BN; the others an activation."""
+    if "downsample" in name or "shortcut" in name or _MBV2_PROJECTION.match(name):
         return False
     m = _RESNET_CONV.match(name)
     return not (m and int(m.group(2)) == last_in_block[m.group(1)])

@@ -104,7 +104,7 @@ def test_gated_model_trains_end_to_end():
     assert all(m.threshold.grad is not None for m in gated.modules() if isinstance(m, GatedConv2d))
 
 
-@pytest.mark.parametrize("name", ["resnet18", "resnet20", "resnet56", "vgg16"])
+@pytest.mark.parametrize("name", ["resnet18", "resnet20", "resnet50", "resnet56", "vgg16", "mobilenetv2"])
 def test_convert_gates_what_accel_sim_gates(name):
     """One rule (netspec.archs.rule_gates): the graph-based and the name-based facts agree."""
     from accel_sim import build_network, cgnet_gated
