@@ -273,21 +273,38 @@ def _rows_pick(v: _Writer, bits: str, size: int, mw: int, xw: int, rows: int, na
         v.wire(f"{name}_{r}", mw + 1, f"{{{' | '.join(hits)}, {pix or f'{mw}' + chr(39) + 'd0'}}}")
 
 
-def emit(design: Design) -> str:
-    """Verilog source of ``design``: PE modules, buffer modules and the ``cg_top`` module."""
-    d = design
-    R, C, mw, nw, kw, pq, xw, tw, rw = d.rows, d.cols, d.mw, d.nw, d.kw, d.pq, d.xw, d.tw, d.rw
-    mm, nm, pm, nt = d.m_max, d.n_max, d.p_max, d.tiles
-    os_, is_, gated = d.dataflow == "os", d.dataflow == "is", d.gated
-    v = _Writer()
-    bufA = _Buf("a", OPERAND_BITS, mw + kw)
-    bufB = _Buf("b", OPERAND_BITS, kw + nw)
-    bufP = _Buf("p", ACC_BITS, mw + nw)
-    bufT = _Buf("t", ACC_BITS, nw)
-    rc = [(r, c) for r in range(R) for c in range(C)]
-    last_pe = (R - 1, C - 1)
+@dataclass(frozen=True)
+class _Plan:
+    """What the sections of :func:`emit` read: the design, its bit widths and its buffers."""
 
-    # ------------------------------------------------------------------ sequencer state
+    d: Design
+    R: int
+    C: int
+    mw: int
+    nw: int
+    kw: int
+    pq: int
+    xw: int
+    tw: int
+    rw: int
+    mm: int
+    nm: int
+    pm: int
+    nt: int
+    os_: bool
+    is_: bool
+    gated: bool
+    bufA: _Buf
+    bufB: _Buf
+    bufP: _Buf
+    bufT: _Buf
+    rc: list[tuple[int, int]]
+    last_pe: tuple[int, int]
+
+
+def _sequencer_state(v: _Writer, p: _Plan) -> None:
+    """Sequencer registers and the per-tile validity vectors."""
+    xw, tw, rw, mm, nm, pm, nt, gated = p.xw, p.tw, p.rw, p.mm, p.nm, p.pm, p.nt, p.gated
     v.reg("state", 3)
     v.reg("tj", tw)
     v.reg("i0", xw)
@@ -315,7 +332,11 @@ def emit(design: Design) -> str:
     v.wire("bany", nt)
     v.wire("cany", nt)
 
-    # ------------------------------------------------------------------ columns of the tile
+
+def _tile_columns(v: _Writer, p: _Plan) -> None:
+    """Which columns (filters or pixels) the current tile covers, and the next live tile of each pass."""
+    C, mw, nw, pq, xw, tw, mm, nm, pm, nt, os_, is_, gated = (
+        p.C, p.mw, p.nw, p.pq, p.xw, p.tw, p.mm, p.nm, p.pm, p.nt, p.os_, p.is_, p.gated)
     if is_:
         v.wire("m0", xw + 1, f"tj * {C}")
         for c in range(C):
@@ -376,7 +397,10 @@ def emit(design: Design) -> str:
     end
   end""")
 
-    # ------------------------------------------------------------------ slot tags
+
+def _slot_tags(v: _Writer, p: _Plan) -> None:
+    """Slot valid/id tags travelling through the array with the stream skew."""
+    xw, os_, rc, last_pe = p.xw, p.os_, p.rc, p.last_pe
     # sv/sid: slot valid / id.  WS, IS: enters at PE(0,0), moves down column 0 and right
     # along the rows.  OS: moves right along row 0 and down every column.  Both put slot t at
     # PE(r, c) at stream cycle r + c + t, the skew of the pe_array model.
@@ -408,165 +432,10 @@ def emit(design: Design) -> str:
         v.line(f"    sid_{r}_{c} <= sidn_{r}_{c};")
     v.line("  end")
 
-    writes = []   # (column, we, pixel, filter expr, psum expr) of the output unit
 
-    if not os_:
-        # ============================================================== WS / IS datapath
-        v.wire("jpre", xw + 1, f"i0 + {R - 1} - pc")
-        for c in range(C):  # preload feeders: row R-1-pc of the stationary tile
-            if is_:
-                addr = f"{{m0[{mw - 1}:0] + {mw}'d{c}, jpre[{kw - 1}:0]}}"
-                _feed(v, f"wfeed_{c}", f"colv_{c} && jpre < cfg_k", bufA, addr)
-            else:
-                v.wire(f"kp_{c}", kw + pq + 2, f"kidx(cm ? pm_{c} : pmt, jpre, cfg_kb)")
-                own = "1'b1" if not gated else f"(cm || pm_{c}[kp_{c}[{kw + pq}:{kw + 1}]])"
-                addr = f"{{kp_{c}[{kw - 1}:0], flt_{c}[{nw - 1}:0]}}"
-                _feed(v, f"wfeed_{c}", f"kp_{c}[{kw + pq + 1}] && {own} && colv_{c}", bufB, addr)
-        if not is_:
-            for r in range(R):  # shared stream: reduction row of array row r
-                v.wire(f"kr_{r}", kw + pq + 2, f"kidx(pmt, i0 + {r}, cfg_kb)")
-            for r, c in rc:  # pixel tag of the shared stream, carried with the slot
-                v.reg(f"spix_{r}_{c}", mw)
-                v.wire(f"spixn_{r}_{c}", mw)
-            _pick(v, "U", mm, mw, "gsel", "x")
-            v.line(f"  assign spixn_0_0 = gsel[{mw - 1}:0];")
-            for r, c in rc:
-                if (r, c) != (0, 0):
-                    s = (r - 1, c) if c == 0 else (r, c - 1)
-                    v.line(f"  assign spixn_{r}_{c} = spix_{s[0]}_{s[1]};")
-            v.line("  always @(posedge clk) if (run) begin")
-            for r, c in rc:
-                v.line(f"    spix_{r}_{c} <= spixn_{r}_{c};")
-            v.line("  end")
-        # left-edge feeders of the shared stream
-        for r in range(R):
-            if is_:
-                addr = f"{{i0[{kw - 1}:0] + {kw}'d{r}, sidn_{r}_0[{nw - 1}:0]}}"
-                _feed(v, f"afeed_{r}", f"svn_{r}_0 && i0 + {r} < cfg_k", bufB, addr)
-            else:
-                addr = f"{{spixn_{r}_0, kr_{r}[{kw - 1}:0]}}"
-                _feed(v, f"afeed_{r}", f"svn_{r}_0 && kr_{r}[{kw + pq + 1}]", bufA, addr)
-        if gated:
-            # column mode: each column's compacted list, a gather port per PE
-            for r, c in rc:
-                v.reg(f"cpix_{r}_{c}", mw)
-                v.reg(f"clive_{r}_{c}", 1)
-                v.wire(f"cpixn_{r}_{c}", mw)
-                v.wire(f"cliven_{r}_{c}", 1)
-            for c in range(C):
-                _pick(v, f"nb_{c}", mm, mw, f"csel_{c}", f"sidn_0_{c}")
-                v.line(f"  assign cpixn_0_{c} = csel_{c}[{mw - 1}:0];")
-                v.line(f"  assign cliven_0_{c} = svn_0_{c} & csel_{c}[{mw}];")
-            for r, c in rc:
-                if r:
-                    v.line(f"  assign cpixn_{r}_{c} = cpix_{r - 1}_{c};")
-                    v.line(f"  assign cliven_{r}_{c} = clive_{r - 1}_{c};")
-            v.line("  always @(posedge clk) begin")
-            for r, c in rc:
-                v.line(f"    cpix_{r}_{c} <= cpixn_{r}_{c};")
-                v.line(f"    clive_{r}_{c} <= run && !last ? cliven_{r}_{c} : 1'b0;")
-            v.line("  end")
-            for r, c in rc:
-                v.wire(f"kc_{r}_{c}", kw + pq + 2, f"kidx(pm_{c}, i0 + {r}, cfg_kb)")
-                addr = f"{{cpixn_{r}_{c}, kc_{r}_{c}[{kw - 1}:0]}}"
-                _feed(v, f"gath_{r}_{c}", f"cliven_{r}_{c} && kc_{r}_{c}[{kw + pq + 1}]", bufA, addr)
-            for c in range(C):  # does the chunk hold any row of column c's own set?
-                v.wire(f"own_{c}", 1, " | ".join(f"(kr_{r}[{kw + pq + 1}] && pm_{c}[kr_{r}[{kw + pq}:{kw + 1}]])"
-                                                 for r in range(R)))
-        for r, c in rc:
-            for n, wdt in (("w", 8), ("a", 8), ("p", 32), ("pn", 32), ("win", 8), ("ain", 8), ("pin", 32)):
-                v.wire(f"{n}_{r}_{c}", wdt, signed=True)
-            v.line(f"  assign win_{r}_{c} = " + (f"wfeed_{c}" if r == 0 else f"w_{r - 1}_{c}") + ";")
-            shared = f"afeed_{r}" if c == 0 else f"a_{r}_{c - 1}"
-            v.line(f"  assign ain_{r}_{c} = " + (f"cm ? gath_{r}_{c} : {shared}" if gated else shared) + ";")
-            v.line(f"  assign pin_{r}_{c} = " + ("32'sd0" if r == 0 else f"p_{r - 1}_{c}") + ";")
-            v.line(f"  cg_pe_ws pe_{r}_{c} (.clk(clk), .load_w(state == S_PRE), .run(run), .w_in(win_{r}_{c}), "
-                   f".a_in(ain_{r}_{c}), .p_in(pin_{r}_{c}), .w(w_{r}_{c}), .a(a_{r}_{c}), .p(p_{r}_{c}), "
-                   f".p_next(pn_{r}_{c}));")
-        b = R - 1
-        for c in range(C):
-            if is_:
-                writes.append((c, f"run && svn_{b}_{c} && colv_{c}", f"m0[{mw - 1}:0] + {c}",
-                               f"sidn_{b}_{c}[{nw - 1}:0]", f"pn_{b}_{c}"))
-            elif gated:
-                pix = f"(cm ? cpixn_{b}_{c} : spixn_{b}_{c})"
-                v.wire(f"opix_{c}", mw, pix)
-                need = f"(cm ? cliven_{b}_{c} : nb_{c}[opix_{c}] && own_{c})"
-                writes.append((c, f"run && svn_{b}_{c} && colv_{c} && {need}", f"opix_{c}",
-                               f"flt_{c}[{nw - 1}:0]", f"pn_{b}_{c}"))
-            else:
-                writes.append((c, f"run && svn_{b}_{c} && colv_{c}", f"spixn_{b}_{c}", f"flt_{c}[{nw - 1}:0]",
-                               f"pn_{b}_{c}"))
-    else:
-        # ============================================================== OS datapath
-        if gated:
-            _rows_pick(v, "U", mm, mw, xw, R, "rsel")
-            for c in range(C):
-                _rows_pick(v, f"nb_{c}", mm, mw, xw, R, f"psel{c}")
-        for r in range(R):  # pixel held by array row r this fold
-            if not gated:
-                v.wire(f"rsel_{r}", mw + 1, f"{{i0 + {r} < cfg_m, i0[{mw - 1}:0] + {mw}'d{r}}}")
-            v.wire(f"ka_{r}", kw + pq + 2, f"kidx(pmt, sidn_{r}_0, cfg_kb)")
-            addr = f"{{rsel_{r}[{mw - 1}:0], ka_{r}[{kw - 1}:0]}}"
-            _feed(v, f"afeed_{r}", f"svn_{r}_0 && rsel_{r}[{mw}] && ka_{r}[{kw + pq + 1}]", bufA, addr)
-        for c in range(C):
-            v.wire(f"kb_{c}", kw + pq + 2, f"kidx(cm ? pm_{c} : pmt, sidn_0_{c}, cfg_kb)")
-            own = "1'b1" if not gated else f"(cm || pm_{c}[kb_{c}[{kw + pq}:{kw + 1}]])"
-            addr = f"{{kb_{c}[{kw - 1}:0], flt_{c}[{nw - 1}:0]}}"
-            _feed(v, f"bfeed_{c}", f"svn_0_{c} && kb_{c}[{kw + pq + 1}] && {own} && colv_{c}", bufB, addr)
-        if gated:
-            # column mode: PE(r, c) holds entry i0 + r of column c's compacted list and gathers
-            # its own operand; the reduction row travels down the column with the filter operand
-            for r, c in rc:
-                v.reg(f"bk_{r}_{c}", kw)
-                v.wire(f"bkn_{r}_{c}", kw, f"kb_{c}[{kw - 1}:0]" if r == 0 else f"bk_{r - 1}_{c}")
-                v.wire(f"psel_{r}_{c}", mw + 1, f"psel{c}_{r}")
-                addr = f"{{psel_{r}_{c}[{mw - 1}:0], bkn_{r}_{c}}}"
-                _feed(v, f"gath_{r}_{c}", f"svn_{r}_{c} && psel_{r}_{c}[{mw}]", bufA, addr)
-            v.line("  always @(posedge clk) begin")
-            for r, c in rc:
-                v.line(f"    bk_{r}_{c} <= bkn_{r}_{c};")
-            v.line("  end")
-        v.wire("shift", 1, "(run && !last) || state == S_DRAIN")
-        v.reg("chn0", xw + 1)
-        for r, c in rc:
-            v.reg(f"chw_{r}_{c}", 1)
-            v.reg(f"chp_{r}_{c}", mw)
-            for n, wdt in (("a", 8), ("b", 8), ("ch", 32), ("ain", 8), ("bin", 8), ("chin", 32)):
-                v.wire(f"{n}_{r}_{c}", wdt, signed=True)
-            shared = f"afeed_{r}" if c == 0 else f"a_{r}_{c - 1}"
-            v.line(f"  assign ain_{r}_{c} = " + (f"cm ? gath_{r}_{c} : {shared}" if gated else shared) + ";")
-            v.line(f"  assign bin_{r}_{c} = " + (f"bfeed_{c}" if r == 0 else f"b_{r - 1}_{c}") + ";")
-            v.line(f"  assign chin_{r}_{c} = " + ("32'sd0" if r == 0 else f"ch_{r - 1}_{c}") + ";")
-            v.line(f"  cg_pe_os pe_{r}_{c} (.clk(clk), .clr(state == S_IDLE || state == S_DONE), .run(run), "
-                   f".en(svn_{r}_{c}), .last(last), .shift(shift), .a_in(ain_{r}_{c}), .b_in(bin_{r}_{c}), "
-                   f".ch_in(chin_{r}_{c}), .a(a_{r}_{c}), .b(b_{r}_{c}), .ch(ch_{r}_{c}));")
-            # which chain entries are real outputs, and their pixel
-            if gated:
-                need = f"nb_{c}[rsel_{r}[{mw - 1}:0]]"   # base pass: every valid pixel; cond: gate bit
-                v.wire(f"chwn_{r}_{c}", 1, f"cm ? psel_{r}_{c}[{mw}] : rsel_{r}[{mw}] && {need}")
-                v.wire(f"chpn_{r}_{c}", mw, f"cm ? psel_{r}_{c}[{mw - 1}:0] : rsel_{r}[{mw - 1}:0]")
-            else:
-                v.wire(f"chwn_{r}_{c}", 1, f"rsel_{r}[{mw}] && colv_{c}")
-                v.wire(f"chpn_{r}_{c}", mw, f"rsel_{r}[{mw - 1}:0]")
-        v.line("  always @(posedge clk) begin")
-        v.line("    if (run && last) chn0 <= n0;")
-        for r, c in rc:
-            up_w = "1'b0" if r == 0 else f"chw_{r - 1}_{c}"
-            up_p = f"{mw}'d0" if r == 0 else f"chp_{r - 1}_{c}"
-            v.line(f"    if (rst) chw_{r}_{c} <= 1'b0;")
-            v.line(f"    else if (run && last) begin chw_{r}_{c} <= chwn_{r}_{c}; chp_{r}_{c} <= chpn_{r}_{c}; end")
-            v.line(f"    else if (shift) begin chw_{r}_{c} <= {up_w}; chp_{r}_{c} <= {up_p}; end")
-        v.line("  end")
-        above = [f"chw_{r}_{c}" for r in range(R - 1) for c in range(C)]
-        v.wire("dlast", 1, "state == S_DRAIN && !(" + (" | ".join(above) if above else "1'b0") + ")")
-        b = R - 1
-        for c in range(C):
-            v.wire(f"flto_{c}", xw + 1, f"chn0 + {c}")
-            writes.append((c, f"(run || state == S_DRAIN) && chw_{b}_{c}", f"chp_{b}_{c}",
-                           f"flto_{c}[{nw - 1}:0]", f"ch_{b}_{c}"))
-
-    # ------------------------------------------------------------------ output unit + gate
+def _output_unit(v: _Writer, p: _Plan, writes: list[tuple[int, str, str, str, str]]) -> None:
+    """Output unit: accumulate each column's write into the psum buffer and, in the base pass, set its gate bit."""
+    mw, nw, mm, gated, bufP, bufT = p.mw, p.nw, p.mm, p.gated, p.bufP, p.bufT
     for c, we, pix, flt, val in writes:
         v.wire(f"owe_{c}", 1, we)
         v.wire(f"opx_{c}", mw, pix)
@@ -587,8 +456,10 @@ def emit(design: Design) -> str:
         v.line("  end")
         v.line("  always @(posedge clk) G <= (state != S_RUN && state != S_DRAIN && start) ? 0 : gnext;")
 
-    # ------------------------------------------------------------------ host ports
-    lw = d.ld_width
+
+def _host_ports(v: _Writer, p: _Plan) -> None:
+    """Host load/dump ports and the status outputs."""
+    mw, nw, mm, gated, bufA, bufB, bufP, bufT = p.mw, p.nw, p.mm, p.gated, p.bufA, p.bufB, p.bufP, p.bufT
     for buf, sel_ in ((bufA, 0), (bufB, 1), (bufP, 2), (bufT, 3)):
         if buf is bufT and not gated:
             continue
@@ -600,7 +471,10 @@ def emit(design: Design) -> str:
     v.line("  assign done = state == S_DONE;")
     v.line("  assign cycles = cyc;")
 
-    # ------------------------------------------------------------------ fold sequencer
+
+def _fold_sequencer(v: _Writer, p: _Plan) -> None:
+    """The fold sequencer: idle, preload, run, drain and gate-latency states."""
+    R, os_, gated = p.R, p.os_, p.gated
     first = "S_RUN" if os_ else "S_PRE"
     start_cond = f"begin pass <= 1'b1; tj <= fc_j; i0 <= 0; pc <= 0; x <= 0; state <= {first}; end"
     gate_state = f"""
@@ -644,6 +518,201 @@ def emit(design: Design) -> str:
     if not os_:
         v.wire("dlast", 1, "1'b0")
 
+
+def _ws_column_mode(v: _Writer, p: _Plan) -> None:
+    """WS gated column mode: each column's compacted list of active pixels, a gather port per
+    PE, and whether a chunk holds any row of a column's own conditional set."""
+    R, C, mw, kw, pq, mm, bufA, rc = p.R, p.C, p.mw, p.kw, p.pq, p.mm, p.bufA, p.rc
+    for r, c in rc:
+        v.reg(f"cpix_{r}_{c}", mw)
+        v.reg(f"clive_{r}_{c}", 1)
+        v.wire(f"cpixn_{r}_{c}", mw)
+        v.wire(f"cliven_{r}_{c}", 1)
+    for c in range(C):
+        _pick(v, f"nb_{c}", mm, mw, f"csel_{c}", f"sidn_0_{c}")
+        v.line(f"  assign cpixn_0_{c} = csel_{c}[{mw - 1}:0];")
+        v.line(f"  assign cliven_0_{c} = svn_0_{c} & csel_{c}[{mw}];")
+    for r, c in rc:
+        if r:
+            v.line(f"  assign cpixn_{r}_{c} = cpix_{r - 1}_{c};")
+            v.line(f"  assign cliven_{r}_{c} = clive_{r - 1}_{c};")
+    v.line("  always @(posedge clk) begin")
+    for r, c in rc:
+        v.line(f"    cpix_{r}_{c} <= cpixn_{r}_{c};")
+        v.line(f"    clive_{r}_{c} <= run && !last ? cliven_{r}_{c} : 1'b0;")
+    v.line("  end")
+    for r, c in rc:
+        v.wire(f"kc_{r}_{c}", kw + pq + 2, f"kidx(pm_{c}, i0 + {r}, cfg_kb)")
+        addr = f"{{cpixn_{r}_{c}, kc_{r}_{c}[{kw - 1}:0]}}"
+        _feed(v, f"gath_{r}_{c}", f"cliven_{r}_{c} && kc_{r}_{c}[{kw + pq + 1}]", bufA, addr)
+    for c in range(C):  # does the chunk hold any row of column c's own set?
+        v.wire(f"own_{c}", 1, " | ".join(f"(kr_{r}[{kw + pq + 1}] && pm_{c}[kr_{r}[{kw + pq}:{kw + 1}]])"
+                                         for r in range(R)))
+
+
+def _ws_is_datapath(v: _Writer, p: _Plan) -> list[tuple[int, str, str, str, str]]:
+    """WS / IS datapath: feeders, PEs and the writes each column sends to the output unit."""
+    R, C, mw, nw, kw, pq, xw, mm, is_, gated, bufA, bufB, rc = (
+        p.R, p.C, p.mw, p.nw, p.kw, p.pq, p.xw, p.mm, p.is_, p.gated, p.bufA, p.bufB, p.rc)
+    writes = []   # (column, we, pixel, filter expr, psum expr) of the output unit
+    v.wire("jpre", xw + 1, f"i0 + {R - 1} - pc")
+    for c in range(C):  # preload feeders: row R-1-pc of the stationary tile
+        if is_:
+            addr = f"{{m0[{mw - 1}:0] + {mw}'d{c}, jpre[{kw - 1}:0]}}"
+            _feed(v, f"wfeed_{c}", f"colv_{c} && jpre < cfg_k", bufA, addr)
+        else:
+            v.wire(f"kp_{c}", kw + pq + 2, f"kidx(cm ? pm_{c} : pmt, jpre, cfg_kb)")
+            own = "1'b1" if not gated else f"(cm || pm_{c}[kp_{c}[{kw + pq}:{kw + 1}]])"
+            addr = f"{{kp_{c}[{kw - 1}:0], flt_{c}[{nw - 1}:0]}}"
+            _feed(v, f"wfeed_{c}", f"kp_{c}[{kw + pq + 1}] && {own} && colv_{c}", bufB, addr)
+    if not is_:
+        for r in range(R):  # shared stream: reduction row of array row r
+            v.wire(f"kr_{r}", kw + pq + 2, f"kidx(pmt, i0 + {r}, cfg_kb)")
+        for r, c in rc:  # pixel tag of the shared stream, carried with the slot
+            v.reg(f"spix_{r}_{c}", mw)
+            v.wire(f"spixn_{r}_{c}", mw)
+        _pick(v, "U", mm, mw, "gsel", "x")
+        v.line(f"  assign spixn_0_0 = gsel[{mw - 1}:0];")
+        for r, c in rc:
+            if (r, c) != (0, 0):
+                s = (r - 1, c) if c == 0 else (r, c - 1)
+                v.line(f"  assign spixn_{r}_{c} = spix_{s[0]}_{s[1]};")
+        v.line("  always @(posedge clk) if (run) begin")
+        for r, c in rc:
+            v.line(f"    spix_{r}_{c} <= spixn_{r}_{c};")
+        v.line("  end")
+    # left-edge feeders of the shared stream
+    for r in range(R):
+        if is_:
+            addr = f"{{i0[{kw - 1}:0] + {kw}'d{r}, sidn_{r}_0[{nw - 1}:0]}}"
+            _feed(v, f"afeed_{r}", f"svn_{r}_0 && i0 + {r} < cfg_k", bufB, addr)
+        else:
+            addr = f"{{spixn_{r}_0, kr_{r}[{kw - 1}:0]}}"
+            _feed(v, f"afeed_{r}", f"svn_{r}_0 && kr_{r}[{kw + pq + 1}]", bufA, addr)
+    if gated:
+        _ws_column_mode(v, p)
+    for r, c in rc:
+        for n, wdt in (("w", 8), ("a", 8), ("p", 32), ("pn", 32), ("win", 8), ("ain", 8), ("pin", 32)):
+            v.wire(f"{n}_{r}_{c}", wdt, signed=True)
+        v.line(f"  assign win_{r}_{c} = " + (f"wfeed_{c}" if r == 0 else f"w_{r - 1}_{c}") + ";")
+        shared = f"afeed_{r}" if c == 0 else f"a_{r}_{c - 1}"
+        v.line(f"  assign ain_{r}_{c} = " + (f"cm ? gath_{r}_{c} : {shared}" if gated else shared) + ";")
+        v.line(f"  assign pin_{r}_{c} = " + ("32'sd0" if r == 0 else f"p_{r - 1}_{c}") + ";")
+        v.line(f"  cg_pe_ws pe_{r}_{c} (.clk(clk), .load_w(state == S_PRE), .run(run), .w_in(win_{r}_{c}), "
+               f".a_in(ain_{r}_{c}), .p_in(pin_{r}_{c}), .w(w_{r}_{c}), .a(a_{r}_{c}), .p(p_{r}_{c}), "
+               f".p_next(pn_{r}_{c}));")
+    b = R - 1
+    for c in range(C):
+        if is_:
+            writes.append((c, f"run && svn_{b}_{c} && colv_{c}", f"m0[{mw - 1}:0] + {c}",
+                           f"sidn_{b}_{c}[{nw - 1}:0]", f"pn_{b}_{c}"))
+        elif gated:
+            pix = f"(cm ? cpixn_{b}_{c} : spixn_{b}_{c})"
+            v.wire(f"opix_{c}", mw, pix)
+            need = f"(cm ? cliven_{b}_{c} : nb_{c}[opix_{c}] && own_{c})"
+            writes.append((c, f"run && svn_{b}_{c} && colv_{c} && {need}", f"opix_{c}",
+                           f"flt_{c}[{nw - 1}:0]", f"pn_{b}_{c}"))
+        else:
+            writes.append((c, f"run && svn_{b}_{c} && colv_{c}", f"spixn_{b}_{c}", f"flt_{c}[{nw - 1}:0]",
+                           f"pn_{b}_{c}"))
+    return writes
+
+
+def _os_datapath(v: _Writer, p: _Plan) -> list[tuple[int, str, str, str, str]]:
+    """OS datapath: feeders, PEs and the writes each column sends to the output unit."""
+    R, C, mw, nw, kw, pq, xw, mm, gated, bufA, bufB, rc = (
+        p.R, p.C, p.mw, p.nw, p.kw, p.pq, p.xw, p.mm, p.gated, p.bufA, p.bufB, p.rc)
+    writes = []   # (column, we, pixel, filter expr, psum expr) of the output unit
+    if gated:
+        _rows_pick(v, "U", mm, mw, xw, R, "rsel")
+        for c in range(C):
+            _rows_pick(v, f"nb_{c}", mm, mw, xw, R, f"psel{c}")
+    for r in range(R):  # pixel held by array row r this fold
+        if not gated:
+            v.wire(f"rsel_{r}", mw + 1, f"{{i0 + {r} < cfg_m, i0[{mw - 1}:0] + {mw}'d{r}}}")
+        v.wire(f"ka_{r}", kw + pq + 2, f"kidx(pmt, sidn_{r}_0, cfg_kb)")
+        addr = f"{{rsel_{r}[{mw - 1}:0], ka_{r}[{kw - 1}:0]}}"
+        _feed(v, f"afeed_{r}", f"svn_{r}_0 && rsel_{r}[{mw}] && ka_{r}[{kw + pq + 1}]", bufA, addr)
+    for c in range(C):
+        v.wire(f"kb_{c}", kw + pq + 2, f"kidx(cm ? pm_{c} : pmt, sidn_0_{c}, cfg_kb)")
+        own = "1'b1" if not gated else f"(cm || pm_{c}[kb_{c}[{kw + pq}:{kw + 1}]])"
+        addr = f"{{kb_{c}[{kw - 1}:0], flt_{c}[{nw - 1}:0]}}"
+        _feed(v, f"bfeed_{c}", f"svn_0_{c} && kb_{c}[{kw + pq + 1}] && {own} && colv_{c}", bufB, addr)
+    if gated:
+        # column mode: PE(r, c) holds entry i0 + r of column c's compacted list and gathers
+        # its own operand; the reduction row travels down the column with the filter operand
+        for r, c in rc:
+            v.reg(f"bk_{r}_{c}", kw)
+            v.wire(f"bkn_{r}_{c}", kw, f"kb_{c}[{kw - 1}:0]" if r == 0 else f"bk_{r - 1}_{c}")
+            v.wire(f"psel_{r}_{c}", mw + 1, f"psel{c}_{r}")
+            addr = f"{{psel_{r}_{c}[{mw - 1}:0], bkn_{r}_{c}}}"
+            _feed(v, f"gath_{r}_{c}", f"svn_{r}_{c} && psel_{r}_{c}[{mw}]", bufA, addr)
+        v.line("  always @(posedge clk) begin")
+        for r, c in rc:
+            v.line(f"    bk_{r}_{c} <= bkn_{r}_{c};")
+        v.line("  end")
+    v.wire("shift", 1, "(run && !last) || state == S_DRAIN")
+    v.reg("chn0", xw + 1)
+    for r, c in rc:
+        v.reg(f"chw_{r}_{c}", 1)
+        v.reg(f"chp_{r}_{c}", mw)
+        for n, wdt in (("a", 8), ("b", 8), ("ch", 32), ("ain", 8), ("bin", 8), ("chin", 32)):
+            v.wire(f"{n}_{r}_{c}", wdt, signed=True)
+        shared = f"afeed_{r}" if c == 0 else f"a_{r}_{c - 1}"
+        v.line(f"  assign ain_{r}_{c} = " + (f"cm ? gath_{r}_{c} : {shared}" if gated else shared) + ";")
+        v.line(f"  assign bin_{r}_{c} = " + (f"bfeed_{c}" if r == 0 else f"b_{r - 1}_{c}") + ";")
+        v.line(f"  assign chin_{r}_{c} = " + ("32'sd0" if r == 0 else f"ch_{r - 1}_{c}") + ";")
+        v.line(f"  cg_pe_os pe_{r}_{c} (.clk(clk), .clr(state == S_IDLE || state == S_DONE), .run(run), "
+               f".en(svn_{r}_{c}), .last(last), .shift(shift), .a_in(ain_{r}_{c}), .b_in(bin_{r}_{c}), "
+               f".ch_in(chin_{r}_{c}), .a(a_{r}_{c}), .b(b_{r}_{c}), .ch(ch_{r}_{c}));")
+        # which chain entries are real outputs, and their pixel
+        if gated:
+            need = f"nb_{c}[rsel_{r}[{mw - 1}:0]]"   # base pass: every valid pixel; cond: gate bit
+            v.wire(f"chwn_{r}_{c}", 1, f"cm ? psel_{r}_{c}[{mw}] : rsel_{r}[{mw}] && {need}")
+            v.wire(f"chpn_{r}_{c}", mw, f"cm ? psel_{r}_{c}[{mw - 1}:0] : rsel_{r}[{mw - 1}:0]")
+        else:
+            v.wire(f"chwn_{r}_{c}", 1, f"rsel_{r}[{mw}] && colv_{c}")
+            v.wire(f"chpn_{r}_{c}", mw, f"rsel_{r}[{mw - 1}:0]")
+    v.line("  always @(posedge clk) begin")
+    v.line("    if (run && last) chn0 <= n0;")
+    for r, c in rc:
+        up_w = "1'b0" if r == 0 else f"chw_{r - 1}_{c}"
+        up_p = f"{mw}'d0" if r == 0 else f"chp_{r - 1}_{c}"
+        v.line(f"    if (rst) chw_{r}_{c} <= 1'b0;")
+        v.line(f"    else if (run && last) begin chw_{r}_{c} <= chwn_{r}_{c}; chp_{r}_{c} <= chpn_{r}_{c}; end")
+        v.line(f"    else if (shift) begin chw_{r}_{c} <= {up_w}; chp_{r}_{c} <= {up_p}; end")
+    v.line("  end")
+    above = [f"chw_{r}_{c}" for r in range(R - 1) for c in range(C)]
+    v.wire("dlast", 1, "state == S_DRAIN && !(" + (" | ".join(above) if above else "1'b0") + ")")
+    b = R - 1
+    for c in range(C):
+        v.wire(f"flto_{c}", xw + 1, f"chn0 + {c}")
+        writes.append((c, f"(run || state == S_DRAIN) && chw_{b}_{c}", f"chp_{b}_{c}",
+                       f"flto_{c}[{nw - 1}:0]", f"ch_{b}_{c}"))
+    return writes
+
+
+def emit(design: Design) -> str:
+    """Verilog source of ``design``: PE modules, buffer modules and the ``cg_top`` module."""
+    d = design
+    R, C, mw, nw, kw, pq, xw, tw, rw = d.rows, d.cols, d.mw, d.nw, d.kw, d.pq, d.xw, d.tw, d.rw
+    mm, nm, pm, nt = d.m_max, d.n_max, d.p_max, d.tiles
+    os_, is_, gated = d.dataflow == "os", d.dataflow == "is", d.gated
+    v = _Writer()
+    bufA = _Buf("a", OPERAND_BITS, mw + kw)
+    bufB = _Buf("b", OPERAND_BITS, kw + nw)
+    bufP = _Buf("p", ACC_BITS, mw + nw)
+    bufT = _Buf("t", ACC_BITS, nw)
+    rc = [(r, c) for r in range(R) for c in range(C)]
+    last_pe = (R - 1, C - 1)
+    p = _Plan(d, R, C, mw, nw, kw, pq, xw, tw, rw, mm, nm, pm, nt, os_, is_, gated,
+              bufA, bufB, bufP, bufT, rc, last_pe)
+    _sequencer_state(v, p)
+    _tile_columns(v, p)
+    _slot_tags(v, p)
+    _output_unit(v, p, _os_datapath(v, p) if os_ else _ws_is_datapath(v, p))
+    _host_ports(v, p)
+    _fold_sequencer(v, p)
     for buf in (bufA, bufB, bufP) + ((bufT,) if gated else ()):
         buf.instance(v)
 
@@ -651,7 +720,7 @@ def emit(design: Design) -> str:
     input clk, input rst, input start, output done, output [31:0] cycles,
     input [{mw}:0] cfg_m, input [{nw}:0] cfg_n, input [{kw}:0] cfg_k, input [3:0] cfg_p, input [{kw}:0] cfg_kb,
     input [{nw}:0] cfg_npg, input cfg_grouped, input cfg_gated, input cfg_colmode, input [7:0] cfg_glat,
-    input ld_we, input [1:0] ld_sel, input [{lw - 1}:0] ld_addr, input [31:0] ld_data,
+    input ld_we, input [1:0] ld_sel, input [{d.ld_width - 1}:0] ld_addr, input [31:0] ld_data,
     input [{mw + nw - 1}:0] dump_addr, output [31:0] dump_p, output dump_g);
   localparam S_IDLE = 3'd0, S_PRE = 3'd1, S_RUN = 3'd2, S_DRAIN = 3'd3, S_GATE = 3'd4, S_DONE = 3'd5;"""
     head = f"// generated by accel_sim.rtl.verilog: {d.name}\n"
