@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from dyngate.errors import DyngateError
+from dyngate.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ def init(batch_size: int) -> World:
     if size <= 1:
         return World()
     if batch_size % size:
-        raise DyngateError(f"--batch-size {batch_size} must be a multiple of the world size {size} "
+        raise ConfigError(f"--batch-size {batch_size} must be a multiple of the world size {size} "
                            "(each rank trains on an equal share of every batch)")
     if not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
