@@ -8,7 +8,7 @@ compare (one per output element) is reported separately, not as a MAC.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable, Iterable
 
 import torch
@@ -24,20 +24,15 @@ from netspec.profile_schema import READABLE, SCHEMA, VERSION  # noqa: F401 - REA
 from netspec.profile_schema import gate_block_problem, header_problem
 
 
-@dataclass
-class LayerProfile:
-    name: str
-    kind: str                      # conv2d | linear
+_SHAPE_LISTS = ("kernel_size", "stride", "padding", "dilation", "input_hw", "output_hw")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LayerProfile(LayerShape):
+    """A layer's shape record (:class:`netspec.LayerShape`, which counts its MACs) with what
+    profiling measured on it. The file keeps the shape fields as lists, in the order below."""
+
     gated: bool
-    in_channels: int
-    out_channels: int
-    kernel_size: list[int]
-    stride: list[int]
-    padding: list[int]
-    dilation: list[int]
-    groups: int
-    input_hw: list[int]
-    output_hw: list[int]
     dense_macs: int
     executed_macs: float
     density: float = 1.0
@@ -55,8 +50,17 @@ class LayerProfile:
     tile: list[int] | None = None
     block_density: float | None = None
 
+    @classmethod
+    def from_file(cls, raw: dict[str, Any]) -> "LayerProfile":
+        """From a profile file's entry (shape fields as lists)."""
+        return cls(**{k: tuple(v) if k in _SHAPE_LISTS else v for k, v in raw.items()})
+
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        d = {"name": self.name, "kind": self.kind, "gated": self.gated}
+        for f in fields(self):
+            if f.name not in d:
+                v = getattr(self, f.name)
+                d[f.name] = list(v) if f.name in _SHAPE_LISTS else v
         if not self.gated:
             for k in ("partitions", "grouped", "granularity", "base_fraction", "base_macs",
                       "gate_compares", "channel_density", "tile", "block_density"):
@@ -155,7 +159,7 @@ class SparsityProfile:
                 want = {"kind": "linear", "in_channels": m.in_features, "out_channels": m.out_features}
             else:
                 want = {"kind": "conv2d", "in_channels": m.in_channels, "out_channels": m.out_channels,
-                        "kernel_size": list(m.kernel_size), "stride": list(m.stride),
+                        "kernel_size": tuple(m.kernel_size), "stride": tuple(m.stride),
                         "gated": isinstance(m, GatedConv2d)}
             for k, v in want.items():
                 if getattr(l, k) != v:
@@ -249,10 +253,7 @@ def _layer_profile(name: str, m: nn.Module, seen: dict[str, Any], forwards: int)
         raise ProfileError(f"layer '{name}' ran {calls_per_forward:g} times per forward; "
                            "shared layers are not supported by the profile")
     shape = _layer_shape(name, m, seen)
-    common = dict(name=name, kind=shape.kind, in_channels=shape.in_channels, out_channels=shape.out_channels,
-                  kernel_size=list(shape.kernel_size), stride=list(shape.stride), padding=list(shape.padding),
-                  dilation=list(shape.dilation), groups=shape.groups, input_hw=list(shape.input_hw),
-                  output_hw=list(shape.output_hw), dense_macs=shape.macs)
+    common = dict(asdict(shape), dense_macs=shape.macs)
     if isinstance(m, GatedConv2d):
         return LayerProfile(**common, gated=True, **_gated_fields(m, shape))
     return LayerProfile(**common, gated=False, executed_macs=float(shape.macs))
@@ -283,7 +284,6 @@ def _len(x) -> int | None:
         return None
 
 
-_INT_LIST2 = ("kernel_size", "stride", "padding", "dilation", "input_hw", "output_hw")
 _REQUIRED = {"name": str, "kind": str, "gated": bool, "in_channels": int, "out_channels": int,
              "groups": int, "dense_macs": int, "executed_macs": (int, float), "density": (int, float)}
 _GATED = {"partitions": int, "grouped": bool, "granularity": int, "base_fraction": (int, float),
@@ -325,7 +325,7 @@ def _read_layer(raw: Any, where: str, names: set[str]) -> LayerProfile:
         v = raw[key]
         if not isinstance(v, typ) or (isinstance(v, bool) and typ is not bool):
             raise ProfileError(f"{where}: field '{key}' must be {getattr(typ, '__name__', 'a number')}, got {v!r}")
-    for key in _INT_LIST2:
+    for key in _SHAPE_LISTS:
         v = raw.get(key)
         if not (isinstance(v, list) and len(v) == 2 and all(isinstance(a, int) for a in v)):
             raise ProfileError(f"{where}: field '{key}' must be a list of two integers, got {v!r}")
@@ -348,4 +348,7 @@ def _read_layer(raw: Any, where: str, names: set[str]) -> LayerProfile:
     extra = set(raw) - set(LayerProfile.__dataclass_fields__)
     if extra:
         raise ProfileError(f"{where}: unknown field(s) {sorted(extra)}")
-    return LayerProfile(**raw)
+    try:
+        return LayerProfile.from_file(raw)
+    except ValueError as e:   # netspec.ShapeError: a shape that cannot exist
+        raise ProfileError(f"{where}: {e}") from None
