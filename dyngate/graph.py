@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch.fx.passes.shape_prop import ShapeProp
 
 from dyngate.errors import ConfigError, GraphError
-from netspec.layer import LayerShape
+from netspec.layer import LayerShape, is_depthwise
 
 _ACT_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.SiLU, nn.GELU, nn.Sigmoid, nn.Hardswish,
                 nn.Hardsigmoid, nn.Tanh, nn.ELU, nn.Mish)
@@ -135,11 +135,6 @@ def register_channel_op(module_type: type[nn.Module], spec: ChannelOp) -> None:
 def channel_op(m: nn.Module) -> ChannelOp | None:
     """The registered spec of ``m``'s type (or of a base class), None for ordinary modules."""
     return next((_CHANNEL_OPS[t] for t in type(m).__mro__ if t in _CHANNEL_OPS), None)
-
-
-def is_depthwise(layer) -> bool:
-    """A depthwise conv (``groups == in_channels == out_channels > 1``): a LayerInfo or a module."""
-    return layer.groups > 1 and layer.groups == layer.in_channels == layer.out_channels
 
 
 def features_of(channels: np.ndarray, factor: int) -> np.ndarray:

@@ -39,6 +39,12 @@ def mac_count(kind: str, in_channels: int, out_channels: int, kernel_size: tuple
     return weights if kind == "linear" else output_hw[0] * output_hw[1] * weights
 
 
+def is_depthwise(layer) -> bool:
+    """A depthwise conv (``groups == in_channels == out_channels > 1``): any record or module
+    with those three attributes (a LayerShape, a graph LayerInfo, an ``nn.Conv2d``)."""
+    return layer.groups > 1 and layer.groups == layer.in_channels == layer.out_channels
+
+
 @dataclass(frozen=True)
 class LayerShape:
     """One conv or linear layer's shape; ``output_hw`` (0, 0) is computed from the input, and
@@ -88,6 +94,6 @@ class LayerShape:
     def with_channels(self, in_channels: int, out_channels: int) -> "LayerShape":
         """This layer with other channel counts, as pruning leaves it: a depthwise conv
         (groups == in == out channels) stays depthwise, other layers keep their groups."""
-        depthwise = self.groups > 1 and self.groups == self.in_channels == self.out_channels
+        depthwise = is_depthwise(self)
         return dataclasses.replace(self, in_channels=in_channels, out_channels=out_channels,
                                    groups=in_channels if depthwise else self.groups)
