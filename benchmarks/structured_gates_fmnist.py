@@ -80,7 +80,7 @@ def main() -> None:
         rows.append({"label": name, "checkpoint": path, "accuracy": first["accuracy"],
                      "delta_pt": 100 * (first["accuracy"] - control["accuracy"]),
                      "mac_reduction": first["mac_reduction"], "gated_mac_reduction": first["gated_mac_reduction"],
-                     "block_density": sum(l["block_density"] for l in gated) / len(gated),
+                     "block_density": (sum(l["block_density"] for l in gated) / len(gated)) if gated else 1.0,
                      "gated_layers": len(gated), "dense_accuracy_at_training": first.get("dense_accuracy"),
                      **{f"{isa}_{k}": res[isa][k] for isa in args.isa
                         for k in ("dense_ms", "gated_ms", "real_speedup")}})
