@@ -142,7 +142,7 @@ def step_timing(model: str, keep: float, reps: int, batch: int = 128) -> dict:
 
     import dyngate  # noqa: PLC0415
     from dyngate.train.cucb import (ChannelBandits, SlicedExecutor, make_plan, row_scores,  # noqa: PLC0415
-                              sliced_sgd_step, taylor_scores)
+                                    sliced_sgd_step, taylor_scores)
     from dyngate.train import param_groups  # noqa: PLC0415
     cin, size, _ = dataset_geometry("fashion-mnist")
     m = _build(model).to(memory_format=torch.channels_last).train()

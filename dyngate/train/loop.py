@@ -195,7 +195,7 @@ class TrainLoop:
 
     def _write_checkpoint(self, path: str) -> None:
         save(self.model, path, extra={"trainer": self.state(),
-                                              "metrics": self.history[-1] if self.history else {}})
+                                      "metrics": self.history[-1] if self.history else {}})
 
     def resume(self, path: str) -> None:
         payload = read_checkpoint(path)

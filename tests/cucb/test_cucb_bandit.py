@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 import dyngate
 from dyngate.train.cucb import (ChannelBandits, GroupBandit, SlicedExecutor, keep_count, keep_fraction,
-                          make_plan, normalise, row_scores, taylor_scores)
+                                make_plan, normalise, row_scores, taylor_scores)
 
 
 def test_index_and_topk_by_hand():

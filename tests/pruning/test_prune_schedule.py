@@ -6,7 +6,7 @@ import torch.nn as nn
 import dyngate
 from dyngate import ConversionError
 from dyngate.train.prune_schedule import (ScheduledTrainer, SoftPruningSchedule, add_slimming_penalty,
-                                    iterative_prune)
+                                          iterative_prune)
 from dyngate.train import TrainConfig
 
 SMALL = dict(model="resnet20", dataset="synthetic", batch_size=64, train_limit=128, test_limit=64,
