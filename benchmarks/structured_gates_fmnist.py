@@ -25,20 +25,20 @@ import tempfile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # run from a checkout without reinstalling
 from fsio import save_figure_atomic, write_text_atomic  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # sibling benchmark modules
+from cpu_info import cpu_model  # noqa: E402
+
 ISA_ENV = {"avx2": {"DYNGATE_ISA": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"},
            "native": {}}
 
 
 def cpu_header() -> str:
-    model, flags = "?", ""
+    """lscpu's model (the shared :func:`cpu_info.cpu_model`) and the SIMD flags, without torch."""
     with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name") and model == "?":
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("flags") and not flags:
-                flags = " ".join(sorted(x for x in line.split(":", 1)[1].split()
-                                        if x.startswith(("avx", "fma", "amx"))))
-    return f"CPU: {model}; ISA flags: {flags}; cores visible: {os.cpu_count()}"
+        line = next((ln for ln in f if ln.startswith("flags")), "flags:")
+        flags = " ".join(sorted(x for x in line.split(":", 1)[1].split() if x.startswith(("avx", "fma", "amx"))))
+    return f"CPU: {cpu_model() or '?'}; ISA flags: {flags}; cores visible: {os.cpu_count()}"
 
 
 def evaluate(ckpt: str, isa: str, threads: int, batch: int, batches: int, limit: int | None) -> dict:
