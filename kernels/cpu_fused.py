@@ -98,9 +98,35 @@ def isa() -> str:
 
 
 def _max_tile(nbt: int = 1) -> int:
-    """Positions per tile for ``nbt`` vectors per tile on the current target."""
+    """Most positions per tile for ``nbt`` vectors per tile on the current target."""
     one, two = _ISA_TILE[isa()]
     return one if nbt == 1 else two
+
+
+def tile_shape(rows: int, cols: int, nbt: int = 1) -> tuple[int, int]:
+    """(RH, RW): the output tile, at most :func:`_max_tile` positions, that covers a rows x
+    cols area (the map, or one gate block) at the least cost: tiles x (positions, but at least
+    the ~10 FMA chains per vector that keep the FMA units busy, + 3 for the tile's window copy
+    and stores). 28 wide -> 1 x 14, 14 -> 1 x 14, 7 -> 2 x 7 on AVX-512."""
+    rmax = _max_tile(nbt)
+    best = None
+    for rw in range(1, min(cols, rmax) + 1):
+        for rh in range(1, min(rows, rmax // rw) + 1):
+            n = -(-rows // rh) * -(-cols // rw)
+            cost = (n * (max(rh * rw, 10 / nbt) + 3), -rh * rw, rh)   # ties: wide tiles
+            if best is None or cost < best[0]:
+                best = (cost, (rh, rw))
+    return best[1]
+
+
+# The window buffer of a tile lives on the thread's stack (csrc/gated_conv.c, fill_window).
+WINDOW_MAX_BYTES = 256 * 1024
+
+
+def _window_bytes(geo: ConvGeometry, rh: int, rw: int) -> int:
+    br = (rh - 1) * geo.stride[0] + (geo.kh - 1) * geo.dilation[0] + 1
+    bc = (rw - 1) * geo.stride[1] + (geo.kw - 1) * geo.dilation[1] + 1
+    return 4 * br * bc * geo.c_in
 
 
 def available() -> bool:
@@ -135,6 +161,9 @@ def unsupported_reason(geo: ConvGeometry, partitions: int, grouped: bool, granul
     """Why the fused kernel cannot run this layer (None when it can)."""
     if not available():
         return "no C compiler found (set $CC or install gcc)"
+    if _window_bytes(geo, *tile_shape(geo.ho, geo.wo)) > WINDOW_MAX_BYTES:
+        return (f"an input window of {_window_bytes(geo, *tile_shape(geo.ho, geo.wo)) // 1024} KiB "
+                f"per output tile exceeds the kernel's {WINDOW_MAX_BYTES // 1024} KiB stack buffer")
     if layout(geo, partitions, grouped, granularity) is None:
         return (f"output chunk of {geo.c_out // partitions if grouped else geo.c_out} channels with "
                 f"gate granularity {granularity}: needs a multiple of 4 channels per chunk (or "
@@ -168,17 +197,19 @@ def _weight_bytes(geo: ConvGeometry, spanning: bool) -> int:
     return 4 * geo.c_out * geo.c_in * geo.kh * geo.kw * (2 if spanning else 1)
 
 
-def _defines(geo: ConvGeometry, partitions: int, grouped: bool, granularity: int) -> dict[str, int]:
+def _defines(geo: ConvGeometry, partitions: int, grouped: bool, granularity: int,
+             area: tuple[int, int] | None = None) -> dict[str, int]:
     """The kernel's -D constants. EXACT_BASE (shuffled-input base pass, csrc/gated_conv.c) only on
     AVX-512: 16 channels @32x32, batch 64, 2 threads, interleaved medians: 3.9 vs 5.5 ms at
     density 1 and 2.8 vs 4.1 ms at density 0.2; under AVX2 it was slower (10.8 vs 8.2 ms)."""
     vw, spanning = layout(geo, partitions, grouped, granularity)
     nbt = _blocks_per_tile(geo, partitions, grouped, vw, spanning)
+    rh, rw = tile_shape(*(area or (geo.ho, geo.wo)), nbt)
     return dict(C_IN=geo.c_in, C_OUT=geo.c_out, KH=geo.kh, KW=geo.kw, SH=geo.stride[0],
                 SW=geo.stride[1], PH=geo.padding[0], PW=geo.padding[1], DH=geo.dilation[0],
                 DW=geo.dilation[1], H=geo.h, W=geo.w,
                 HO=geo.ho, WO=geo.wo, P=partitions, GROUPED=int(grouped and partitions > 1), VW=vw,
-                NBT=nbt, G=granularity, R=_max_tile(nbt), SPAN=int(spanning),
+                NBT=nbt, G=granularity, R=rh * rw, RH=rh, SPAN=int(spanning),
                 POS_MAJOR=int(_weight_bytes(geo, spanning) <= POS_MAJOR_MAX_BYTES),
                 EXACT_BASE=int(spanning and geo.c_in == geo.c_out and isa() == "avx512"))
 
@@ -216,16 +247,21 @@ def _load(defines: tuple[tuple[str, int], ...], target: str, retry: bool = True)
         if not retry:
             raise NativeBuildError(f"{out}: built but cannot be loaded: {e}") from None
         return _load.__wrapped__(defines, target, False)
-    fn = lib.gated_conv
-    fn.restype = ctypes.c_longlong
-    fn.argtypes = [ctypes.c_void_p] * 9 + [ctypes.c_int, ctypes.c_int]
+    if "BH" not in dict(defines):     # per-element build: gated_conv only
+        fn = lib.gated_conv
+        fn.restype = ctypes.c_longlong
+        fn.argtypes = [ctypes.c_void_p] * 9 + [ctypes.c_int, ctypes.c_int]
+        return fn, None, None, None
     blocks = lib.block_rest
     blocks.restype = None
     blocks.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_longlong, ctypes.c_int]
     decide = lib.block_decide
     decide.restype = ctypes.c_longlong
     decide.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int, ctypes.c_int]
-    return fn, blocks, decide
+    block_conv = lib.block_conv
+    block_conv.restype = ctypes.c_longlong
+    block_conv.argtypes = [ctypes.c_void_p] * 8 + [ctypes.c_int, ctypes.c_int]
+    return None, blocks, decide, block_conv
 
 
 def _pack(w: torch.Tensor, tw: int) -> torch.Tensor:
@@ -321,11 +357,13 @@ def _block_defines(geo: ConvGeometry, partitions: int, grouped: bool, granularit
         return None
     if _block_row_bytes(geo, gate_tile) > BLOCK_ROW_MAX_BYTES:
         return None
-    d = _defines(geo, partitions, grouped, 1)
+    area = min(gate_tile[0], geo.ho), min(gate_tile[1], geo.wo)   # tiles cover one block
+    d = _defines(geo, partitions, grouped, 1, area)
     if granularity % (d["VW"] * d["NBT"]):
         if granularity % d["VW"] and d["VW"] % granularity:
             return None
-        d.update(NBT=1, R=_max_tile(1))
+        rh, rw = tile_shape(*area, 1)
+        d.update(NBT=1, R=rh * rw, RH=rh)
     d.update(BH=gate_tile[0], BW=gate_tile[1], BG=granularity)
     return d
 
@@ -366,32 +404,33 @@ def run_blocks(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     d = _block_defines(geo, partitions, grouped, granularity, gate_tile)
     if d is None:
         raise KernelArgError(blocks_unsupported_reason(geo, partitions, grouped, granularity, gate_tile))
-    conv, rest, decide = _load(tuple(sorted(d.items())), isa())
+    _, rest, decide, fused = _load(tuple(sorted(d.items())), isa())
     w, w_rest = _kernel_weights(weight, d, partitions, grouped)
     t, s, xr = _per_channel(tau), _per_channel(inv_sigma), _nhwc(x)
     threads = torch.get_num_threads()
-    if yp is None:
+    hb, wb = -(-geo.ho // gate_tile[0]), -(-geo.wo // gate_tile[1])
+    on = torch.empty((geo.n, hb, wb, geo.c_out // granularity), dtype=torch.uint8)
+    if yp is None:      # one pass per block: Yp, decisions and remaining sums (block_conv)
         out = torch.empty((geo.n, geo.c_out, geo.ho, geo.wo), dtype=torch.float32,
                           memory_format=torch.channels_last)
-        off = torch.full_like(t, float("inf"))      # every gate off: the kernel writes Yp
-        args = [xr, w, w_rest, _per_channel(bias), off, s, out, None, None]  # alive through the call
-        conv(*map(_ptr, args), geo.n, threads)
+        args = [xr, w, w_rest, _per_channel(bias), t, s, out, on]  # alive through the call
+        n_on = fused(*map(_ptr, args), geo.n, threads)
     else:
         out = yp
-    hb, wb = -(-geo.ho // gate_tile[0]), -(-geo.wo // gate_tile[1])
-    slots = geo.n * hb * wb * (geo.c_out // (d["VW"] * d["NBT"]))
-    on = torch.empty((geo.n, hb, wb, geo.c_out // granularity), dtype=torch.uint8)
-    bits = torch.empty(slots, dtype=torch.int32)
-    items = torch.empty((slots, 5), dtype=torch.int32)
-    k = decide(_ptr(out), _ptr(t), _ptr(s), _ptr(on), _ptr(bits), _ptr(items), geo.n, threads)
-    if k:
-        rest(_ptr(xr), _ptr(w), _ptr(w_rest), _ptr(out), _ptr(items), k, threads)
+        slots = geo.n * hb * wb * (geo.c_out // (d["VW"] * d["NBT"]))
+        bits = torch.empty(slots, dtype=torch.int32)
+        items = torch.empty((slots, 5), dtype=torch.int32)
+        k = decide(_ptr(out), _ptr(t), _ptr(s), _ptr(on), _ptr(bits), _ptr(items), geo.n, threads)
+        if k:
+            rest(_ptr(xr), _ptr(w), _ptr(w_rest), _ptr(out), _ptr(items), k, threads)
+        n_on = int(on.sum())
     gate = (expand_blocks(on.bool().permute(0, 3, 1, 2), granularity, gate_tile, geo.ho, geo.wo)
             if return_gate else None)
-    return out, gate, int(on.sum())
+    return out, gate, int(n_on)
 
 
 def tiles(geo: ConvGeometry, partitions: int, grouped: bool, granularity: int) -> int:
     """Number of (position tile, channel tile) pairs of a layer: the denominator of ``ran``."""
     d = _defines(geo, partitions, grouped, granularity)
-    return -(-geo.positions // d["R"]) * (geo.c_out // (d["VW"] * d["NBT"]))
+    rh, rw = d["RH"], d["R"] // d["RH"]
+    return geo.n * -(-geo.ho // rh) * -(-geo.wo // rw) * (geo.c_out // (d["VW"] * d["NBT"]))

@@ -76,12 +76,13 @@ def test_work_counter_counts_skipped_tiles():
     ran, total = _work((x, w, b, b + 1e-3, isg))
     geo = validate(x, w, b, b, isg, 1, 1, 1, 4, True, 1)
     d = cpu_fused._defines(geo, 4, True, 1)
-    # a tile is R consecutive output positions in (n, row, column) order, rows and images
-    # crossed, times one channel tile; it runs when one of its positions is in columns 0..13
-    on_col = (torch.arange(geo.positions) % geo.wo) <= 13
-    per_ch = sum(bool(on_col[t:t + d["R"]].any()) for t in range(0, geo.positions, d["R"]))
+    # a tile is RH x RW output positions (clipped at the map's edge) times one channel tile;
+    # it runs when one of its columns is in 0..13
+    rh, rw = d["RH"], d["R"] // d["RH"]
+    col_tiles = -(-geo.wo // rw)
+    per_ch = 2 * -(-geo.ho // rh) * sum(t * rw <= 13 for t in range(col_tiles))
     ch_tiles = 64 // (d["VW"] * d["NBT"])
-    assert total == -(-geo.positions // d["R"]) * ch_tiles
+    assert total == 2 * -(-geo.ho // rh) * col_tiles * ch_tiles
     assert 0 < ran == per_ch * ch_tiles < total
 
 
@@ -197,3 +198,14 @@ def test_truncated_cached_kernel_is_rebuilt(tmp_path, monkeypatch):
         assert so.stat().st_size > 100
     finally:
         cpu_fused._load.cache_clear()
+
+
+@pytest.mark.parametrize("rows,cols", [(28, 28), (14, 14), (7, 7), (32, 32), (16, 16), (8, 8), (3, 31), (1, 5)])
+def test_tile_shape_fits_registers_and_covers_with_little_waste(rows, cols):
+    """Tiles never exceed the ISA's register budget and the slots they compute beyond the area
+    stay under a quarter (a 7-wide map gets 2 x 7 tiles, not 1 x 7 tiles with idle FMA units)."""
+    for nbt in (1, 2):
+        rh, rw = cpu_fused.tile_shape(rows, cols, nbt)
+        assert 1 <= rh <= rows and 1 <= rw <= cols and rh * rw <= cpu_fused._max_tile(nbt)
+        slots = -(-rows // rh) * rh * -(-cols // rw) * rw
+        assert slots <= 1.25 * rows * cols or rh * rw == min(rows * cols, cpu_fused._max_tile(nbt))
