@@ -9,9 +9,9 @@ batch, the threads, the gate pattern and the CPU, so ``auto`` measures them at f
 * ``select``: oneDNN computes the whole conv, the compiled loop only Yp and the gate, and
   selects between them (dense MACs plus the base pass: the floor where nothing can be skipped,
   well below ``dense`` on narrow layers, whose oneDNN grouped base conv is slow);
-* ``fused_blocks`` / ``onednn_blocks`` (block gates): the base pass (compiled, or oneDNN's,
-  which is faster on some narrow layers), the block means, then the compiled remaining sum of
-  exactly the blocks that are on;
+* ``fused_blocks`` / ``onednn_blocks`` (block gates): ``fused_blocks`` runs one compiled pass
+  per block (Yp, the block means, the remaining sum of exactly the blocks that are on);
+  ``onednn_blocks`` takes Yp from oneDNN, then a compiled decision pass and remaining sums;
 * ``tiles`` / ``chunk_tiles`` / ``block_tiles``: oneDNN base pass, then the active output
   tiles (of all channels, per output chunk, or per gate group of a block gate) are gathered
   with their halo and the remaining sum runs as one oneDNN conv on them

@@ -2,11 +2,14 @@
 
 The torch-op pipeline in :mod:`kernels.cpu` pays for a separate base conv, elementwise gate
 passes and gathered GEMMs; on this CPU that left the gated model slower than dense even at
-density 0.3. ``csrc/gated_conv.c`` instead walks output tiles (R consecutive output positions x VW
-output channels) once: base sum, compare, and the remaining-channel sum only when a gate of
-the tile is on, all in registers. Work is skipped per tile, so the saving follows the
-spatial structure of the gates: clustered gates (what trained CGNet gates look like) skip
-tiles, per-element random gates at density >= 0.1 leave nearly every tile active.
+density 0.3. ``csrc/gated_conv.c`` instead walks output tiles (RH x RW output positions, see
+:func:`tile_shape`, x VW output channels) once, each reading a contiguous copy of its input
+window: base sum, compare, and the remaining-channel sum only when a gate of the tile is on,
+all in registers. Work is skipped per tile, so the saving follows the spatial structure of the
+gates: clustered gates (what trained CGNet gates look like) skip tiles, per-element random
+gates at density >= 0.1 leave nearly every tile active. Block gates (:func:`run_blocks`) run
+one pass per gate block: Yp of its tiles, the block's decision, the remaining sums of the
+blocks that are on.
 
 The C source is compiled per layer geometry with every size a compile-time constant (gcc,
 ``-O3 -march=native -fopenmp``), cached on disk under ``$DYNGATE_KERNEL_CACHE`` (default
@@ -394,8 +397,10 @@ def run_blocks(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     """Block-gated conv: Yp for every position, the block means, then the compiled remaining
     sum of exactly the blocks whose mean score is > 0.
 
-    Yp comes from ``yp`` when given (a channels-last fp32 base pass the caller computed, e.g.
-    with oneDNN; it is updated in place) or else from the per-tile kernel with every gate off.
+    Without ``yp`` all three run in one compiled pass per block (``block_conv``). With ``yp``
+    (a channels-last fp32 base pass the caller computed, e.g. with oneDNN; it is updated in
+    place) a decision pass over it lists the blocks that are on and a second pass adds their
+    remaining sums.
     The block score is ``mean over the block of (Yp - tau) * inv_sigma`` (reference.py's
     ``block_scores``), taken as ``(block mean of Yp - tau) * inv_sigma`` averaged over the G
     channels: the same mean in another summation order, so decisions can differ from the

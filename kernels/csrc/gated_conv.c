@@ -1,12 +1,13 @@
 /* Fused conditional partial-sum convolution for the CPU (CGNet inference).
  *
  * One pass over output tiles does base partial sum -> gate compare -> conditional pass:
- * the remaining-channel sum of a tile (R output positions x TW output channels) is computed
- * only when at least one of its gates is on, while its input windows are still in L1. A direct
- * convolution on the NHWC (channels-last) input as it is, padding handled in the kernel (taps
- * outside the map read a zero vector), so no padded copy of the input is made: each FMA
- * multiplies one broadcast input value with a VW-wide vector of output-channel weights; the
- * NBT*R accumulators stay in registers, and each broadcast feeds NBT FMAs.
+ * the remaining-channel sum of a tile (RH x RW output positions x TW output channels) is
+ * computed only when at least one of its gates is on, while its input window is still in L1. A
+ * direct convolution on the NHWC (channels-last) input: each tile first copies the input
+ * window it reads (zeros in the padding, see fill_area), so no padded copy of the whole input
+ * is made; each FMA multiplies one broadcast input value with a VW-wide vector of
+ * output-channel weights; the NBT*R accumulators stay in registers, and each broadcast feeds
+ * NBT FMAs.
  *
  * Compiled per layer geometry (kernels/cpu_fused.py passes every size as -D constants), so all
  * strides are compile-time constants and the loops over positions unroll into registers.
