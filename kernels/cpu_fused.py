@@ -361,6 +361,8 @@ def _block_defines(geo: ConvGeometry, partitions: int, grouped: bool, granularit
     if _block_row_bytes(geo, gate_tile) > BLOCK_ROW_MAX_BYTES:
         return None
     area = min(gate_tile[0], geo.ho), min(gate_tile[1], geo.wo)   # tiles cover one block
+    if _window_bytes(geo, *tile_shape(*area)) > WINDOW_MAX_BYTES:
+        return None
     d = _defines(geo, partitions, grouped, 1, area)
     if granularity % (d["VW"] * d["NBT"]):
         if granularity % d["VW"] and d["VW"] % granularity:
@@ -381,6 +383,10 @@ def blocks_unsupported_reason(geo: ConvGeometry, partitions: int, grouped: bool,
     if _block_defines(geo, partitions, grouped, granularity, gate_tile) is None:
         lay = layout(geo, partitions, grouped, 1)
         vw = None if lay is None else lay[0]   # output channels per SIMD vector
+        area = min(gate_tile[0], geo.ho), min(gate_tile[1], geo.wo)
+        if _window_bytes(geo, *tile_shape(*area)) > WINDOW_MAX_BYTES:
+            return (f"an input window of {_window_bytes(geo, *tile_shape(*area)) // 1024} KiB per "
+                    f"output tile exceeds the kernel's {WINDOW_MAX_BYTES // 1024} KiB stack buffer")
         if partitions > 1 and vw and _block_row_bytes(geo, gate_tile) > BLOCK_ROW_MAX_BYTES:
             return (f"a row of {-(-geo.wo // gate_tile[1])} blocks x {geo.c_out} channels exceeds "
                     f"the decision pass's {BLOCK_ROW_MAX_BYTES // 1024} KiB row buffer")

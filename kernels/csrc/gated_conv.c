@@ -84,13 +84,13 @@ static inline void fill_area(const float *x, float *buf, long long img, int oh0,
             memset(dst, 0, sizeof(float) * cols * C_IN);
             continue;
         }
-        const float *src = x + ((img * H + ih) * W + iw0) * (long long)C_IN;
+        const float *src = x + ((img * H + ih) * W + iw0 + lo) * (long long)C_IN;  /* column lo */
         if (lo == 0 && hi == cols) {        /* interior: a fixed-size copy the compiler inlines */
             memcpy(dst, src, sizeof(float) * cols * C_IN);
             continue;
         }
         if (lo) memset(dst, 0, sizeof(float) * lo * C_IN);
-        memcpy(dst + lo * C_IN, src + lo * C_IN, sizeof(float) * (hi - lo) * C_IN);
+        memcpy(dst + lo * C_IN, src, sizeof(float) * (hi - lo) * C_IN);
         if (hi < cols) memset(dst + hi * C_IN, 0, sizeof(float) * (cols - hi) * C_IN);
     }
 }
