@@ -126,10 +126,22 @@ def tile_shape(rows: int, cols: int, nbt: int = 1) -> tuple[int, int]:
 WINDOW_MAX_BYTES = 256 * 1024
 
 
-def _window_bytes(geo: ConvGeometry, rh: int, rw: int) -> int:
+def _window_reason(geo: ConvGeometry, area: tuple[int, int]) -> str | None:
+    """Why the input window of one tile covering ``area`` (the map, or a gate block) does not
+    fit the kernel's stack buffer; None when it fits."""
+    rh, rw = tile_shape(*area)
     br = (rh - 1) * geo.stride[0] + (geo.kh - 1) * geo.dilation[0] + 1
     bc = (rw - 1) * geo.stride[1] + (geo.kw - 1) * geo.dilation[1] + 1
-    return 4 * br * bc * geo.c_in
+    size = 4 * br * bc * geo.c_in
+    if size <= WINDOW_MAX_BYTES:
+        return None
+    return (f"an input window of {size // 1024} KiB per output tile exceeds the kernel's "
+            f"{WINDOW_MAX_BYTES // 1024} KiB stack buffer")
+
+
+def _block_area(geo: ConvGeometry, gate_tile: tuple[int, int]) -> tuple[int, int]:
+    """The output area one gate block covers (clipped to the map): block kernels tile it."""
+    return min(gate_tile[0], geo.ho), min(gate_tile[1], geo.wo)
 
 
 def available() -> bool:
@@ -164,9 +176,9 @@ def unsupported_reason(geo: ConvGeometry, partitions: int, grouped: bool, granul
     """Why the fused kernel cannot run this layer (None when it can)."""
     if not available():
         return "no C compiler found (set $CC or install gcc)"
-    if _window_bytes(geo, *tile_shape(geo.ho, geo.wo)) > WINDOW_MAX_BYTES:
-        return (f"an input window of {_window_bytes(geo, *tile_shape(geo.ho, geo.wo)) // 1024} KiB "
-                f"per output tile exceeds the kernel's {WINDOW_MAX_BYTES // 1024} KiB stack buffer")
+    reason = _window_reason(geo, (geo.ho, geo.wo))
+    if reason is not None:
+        return reason
     if layout(geo, partitions, grouped, granularity) is None:
         return (f"output chunk of {geo.c_out // partitions if grouped else geo.c_out} channels with "
                 f"gate granularity {granularity}: needs a multiple of 4 channels per chunk (or "
@@ -360,8 +372,8 @@ def _block_defines(geo: ConvGeometry, partitions: int, grouped: bool, granularit
         return None
     if _block_row_bytes(geo, gate_tile) > BLOCK_ROW_MAX_BYTES:
         return None
-    area = min(gate_tile[0], geo.ho), min(gate_tile[1], geo.wo)   # tiles cover one block
-    if _window_bytes(geo, *tile_shape(*area)) > WINDOW_MAX_BYTES:
+    area = _block_area(geo, gate_tile)
+    if _window_reason(geo, area) is not None:
         return None
     d = _defines(geo, partitions, grouped, 1, area)
     if granularity % (d["VW"] * d["NBT"]):
@@ -383,10 +395,9 @@ def blocks_unsupported_reason(geo: ConvGeometry, partitions: int, grouped: bool,
     if _block_defines(geo, partitions, grouped, granularity, gate_tile) is None:
         lay = layout(geo, partitions, grouped, 1)
         vw = None if lay is None else lay[0]   # output channels per SIMD vector
-        area = min(gate_tile[0], geo.ho), min(gate_tile[1], geo.wo)
-        if _window_bytes(geo, *tile_shape(*area)) > WINDOW_MAX_BYTES:
-            return (f"an input window of {_window_bytes(geo, *tile_shape(*area)) // 1024} KiB per "
-                    f"output tile exceeds the kernel's {WINDOW_MAX_BYTES // 1024} KiB stack buffer")
+        reason = _window_reason(geo, _block_area(geo, gate_tile))
+        if reason is not None:
+            return reason
         if partitions > 1 and vw and _block_row_bytes(geo, gate_tile) > BLOCK_ROW_MAX_BYTES:
             return (f"a row of {-(-geo.wo // gate_tile[1])} blocks x {geo.c_out} channels exceeds "
                     f"the decision pass's {BLOCK_ROW_MAX_BYTES // 1024} KiB row buffer")
@@ -437,7 +448,7 @@ def run_blocks(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
         n_on = int(on.sum())
     gate = (expand_blocks(on.bool().permute(0, 3, 1, 2), granularity, gate_tile, geo.ho, geo.wo)
             if return_gate else None)
-    return out, gate, int(n_on)
+    return out, gate, n_on
 
 
 def tiles(geo: ConvGeometry, partitions: int, grouped: bool, granularity: int) -> int:

@@ -4,7 +4,7 @@
  * the remaining-channel sum of a tile (RH x RW output positions x TW output channels) is
  * computed only when at least one of its gates is on, while its input window is still in L1. A
  * direct convolution on the NHWC (channels-last) input: each tile first copies the input
- * window it reads (zeros in the padding, see fill_area), so no padded copy of the whole input
+ * window it reads (zeros in the padding, see fill_window), so no padded copy of the whole input
  * is made; each FMA multiplies one broadcast input value with a VW-wide vector of
  * output-channel weights; the NBT*R accumulators stay in registers, and each broadcast feeds
  * NBT FMAs.
@@ -70,40 +70,34 @@ typedef struct {
     float buf[BR * BC * C_IN] __attribute__((aligned(64)));
 } window;
 
-/* Copy the input window (rows x cols input positions x C_IN) read by the output area whose
- * first position is (img, oh0, ow0) into buf; rows and cols are compile-time at every call. */
-static inline void fill_area(const float *x, float *buf, long long img, int oh0, int ow0,
-                             const int rows, const int cols) {
+/* Copy the input window (BR x BC input positions x C_IN) read by the tile whose first output
+ * position is (img, oh0, ow0) into wn. */
+static inline void fill_window(const float *x, window *wn, long long img, int oh0, int ow0) {
     const int ih0 = oh0 * SH - PH, iw0 = ow0 * SW - PW;
-    const int lo = iw0 < 0 ? (-iw0 < cols ? -iw0 : cols) : 0;   /* buffer columns before the map */
-    const int hi = W - iw0 < cols ? (W - iw0 > lo ? W - iw0 : lo) : cols;   /* ... and from here on after it */
-    for (int r = 0; r < rows; r++) {
-        float *dst = buf + r * cols * C_IN;
+    const int lo = iw0 < 0 ? (-iw0 < BC ? -iw0 : BC) : 0;   /* buffer columns before the map */
+    const int hi = W - iw0 < BC ? (W - iw0 > lo ? W - iw0 : lo) : BC;   /* ... and from here on after it */
+    for (int r = 0; r < BR; r++) {
+        float *dst = wn->buf + r * BC * C_IN;
         const int ih = ih0 + r;
         if ((unsigned)ih >= (unsigned)H || hi == lo) {
-            memset(dst, 0, sizeof(float) * cols * C_IN);
+            memset(dst, 0, sizeof(float) * BC * C_IN);
             continue;
         }
         const float *src = x + ((img * H + ih) * W + iw0 + lo) * (long long)C_IN;  /* column lo */
-        if (lo == 0 && hi == cols) {        /* interior: a fixed-size copy the compiler inlines */
-            memcpy(dst, src, sizeof(float) * cols * C_IN);
+        if (lo == 0 && hi == BC) {          /* interior: a fixed-size copy the compiler inlines */
+            memcpy(dst, src, sizeof(float) * BC * C_IN);
             continue;
         }
         if (lo) memset(dst, 0, sizeof(float) * lo * C_IN);
         memcpy(dst + lo * C_IN, src, sizeof(float) * (hi - lo) * C_IN);
-        if (hi < cols) memset(dst + hi * C_IN, 0, sizeof(float) * (cols - hi) * C_IN);
+        if (hi < BC) memset(dst + hi * C_IN, 0, sizeof(float) * (BC - hi) * C_IN);
     }
 }
 
-static inline void fill_window(const float *x, window *wn, long long img, int oh0, int ow0) {
-    fill_area(x, wn->buf, img, oh0, ow0, BR, BC);
-}
-
-/* Per position j of a tile whose window starts at org (rows of bc input positions) the input
- * vector of tap (kh, kw). */
-static inline void tap_rows(const float *org, const int bc, int kh, int kw, const float *xp[R]) {
+/* Per position j of the tile the input vector of tap (kh, kw) in its window. */
+static inline void tap_rows(const window *wn, int kh, int kw, const float *xp[R]) {
     for (int j = 0; j < R; j++)
-        xp[j] = org + (((j / RW) * SH + kh * DH) * bc + (j % RW) * SW + kw * DW) * C_IN;
+        xp[j] = wn->buf + (((j / RW) * SH + kh * DH) * BC + (j % RW) * SW + kw * DW) * C_IN;
 }
 
 /* Flat output index (n, HO, WO order) of each position of the tile at (img, oh0, ow0), or -1
@@ -115,6 +109,13 @@ static inline void positions(long long img, int oh0, int ow0, int lh, int lw, lo
         pos[j] = (jh < lh && jw < lw && oh0 + jh < HO && ow0 + jw < WO)
                      ? (img * HO + oh0 + jh) * WO + ow0 + jw : -1;
     }
+}
+
+/* A tile ready to run: its window filled and its positions (limits lh, lw as in positions). */
+static inline void load_tile_at(const float *x, long long img, int oh0, int ow0, int lh, int lw,
+                                window *wn, long long pos[R]) {
+    fill_window(x, wn, img, oh0, ow0);
+    positions(img, oh0, ow0, lh, lw, pos);
 }
 
 /* Input-channel ranges of output tile ot's base and remaining sums. */
@@ -144,12 +145,12 @@ static inline ivec gate_of(vec y, vec tv, vec iv) {
 /* acc[b][j] += sum over taps and channels c0..c1 of x[position j] * w[block b]: per channel NBT
  * weight vectors, then per position one broadcast feeding NBT FMAs (R*NBT accumulators + NBT
  * weights + 1 broadcast fit the 16 ymm of AVX2 at 6x2). */
-static inline void accum(vec acc[NBT][R], const float *org, const int bc, const float *wt,
+static inline void accum(vec acc[NBT][R], const window *wn, const float *wt,
                          int c0, int c1) {
     for (int kh = 0; kh < KH; kh++)
         for (int kw = 0; kw < KW; kw++) {
             const float *xp[R];
-            tap_rows(org, bc, kh, kw, xp);
+            tap_rows(wn, kh, kw, xp);
             const float *wp = wt + (kh * KW + kw) * C_IN * TW;
             for (int c = c0; c < c1; c++) {
                 vec w[NBT];
@@ -165,12 +166,12 @@ static inline void accum(vec acc[NBT][R], const float *org, const int bc, const 
         }
 }
 
-static inline void accum_base(vec acc[NBT][R], const float *org, const int bc, const float *wb,
+static inline void accum_base(vec acc[NBT][R], const window *wn, const float *wb,
                               int ot) {
     for (int kh = 0; kh < KH; kh++)
         for (int kw = 0; kw < KW; kw++) {
             const float *xp[R];
-            tap_rows(org, bc, kh, kw, xp);
+            tap_rows(wn, kh, kw, xp);
             const float *wp = wb + (kh * KW + kw) * CI * TW;
             for (int b = 0; b < NBT; b++)
                 _Pragma("GCC unroll 16")
@@ -189,12 +190,12 @@ static inline void accum_base(vec acc[NBT][R], const float *org, const int bc, c
 }
 
 /* r = the remaining partial sum of the tile: its two input-channel ranges (channel_ranges). */
-static inline void rest_sum(vec r[NBT][R], const float *org, const int bc, const float *wr,
+static inline void rest_sum(vec r[NBT][R], const window *wn, const float *wr,
                             const int rest[4]) {
     for (int b = 0; b < NBT; b++)
         for (int j = 0; j < R; j++) r[b][j] = (vec){0};
-    accum(r, org, bc, wr, rest[0], rest[1]);
-    accum(r, org, bc, wr, rest[2], rest[3]);
+    accum(r, wn, wr, rest[0], rest[1]);
+    accum(r, wn, wr, rest[2], rest[3]);
 }
 
 /* SPAN base sum without EXACT_BASE: a vector holds VW/CO whole output chunks, whose base inputs
@@ -203,14 +204,14 @@ static inline void rest_sum(vec r[NBT][R], const float *org, const int bc, const
  * of 16-channel layers at p = 4. The vectors of a tile read different channels, so each
  * position's broadcast feeds one FMA. */
 #define SL ((VW / (CO < VW ? CO : VW)) * CI)
-static inline void accum_span_base(vec acc[NBT][R], const float *org, const int bc,
+static inline void accum_span_base(vec acc[NBT][R], const window *wn,
                                    const float *wt, int ot) {
     int c0[NBT];
     for (int b = 0; b < NBT; b++) c0[b] = ((ot * TW + b * VW) / CO) * CI;
     for (int kh = 0; kh < KH; kh++)
         for (int kw = 0; kw < KW; kw++) {
             const float *xp[R];
-            tap_rows(org, bc, kh, kw, xp);
+            tap_rows(wn, kh, kw, xp);
             const float *wp = wt + (kh * KW + kw) * C_IN * TW;
             for (int q = 0; q < SL; q++) {
                 vec w[NBT];
@@ -228,8 +229,8 @@ static inline void accum_span_base(vec acc[NBT][R], const float *org, const int 
  * channels starting at channel ot*TW. With full (the whole conv, computed elsewhere, e.g. by
  * oneDNN) the output selects full where the gate is on and Yp elsewhere, and no remaining sum
  * is computed. Returns 1 when its conditional pass ran. */
-/* acc = Yp (bias + base partial sum) of the tile at org (window rows of bc) for channel tile ot. */
-static inline void base_sum(vec acc[NBT][R], const float *org, const int bc, const float *wt, int ot,
+/* acc = Yp (bias + base partial sum) of the tile (window wn) for channel tile ot. */
+static inline void base_sum(vec acc[NBT][R], const window *wn, const float *wt, int ot,
                             const float *bias) {
     int base[2], rest[4];
     channel_ranges(ot, base, rest);
@@ -238,12 +239,12 @@ static inline void base_sum(vec acc[NBT][R], const float *org, const int bc, con
         if (bias) memcpy(&bv, bias + ot * TW + b * VW, sizeof bv);
         for (int j = 0; j < R; j++) acc[b][j] = bv;
     }
-    if (EXACT_BASE) accum_base(acc, org, bc, wt, ot);
-    else if (SPAN) accum_span_base(acc, org, bc, wt, ot);
-    else accum(acc, org, bc, wt, base[0], base[1]);
+    if (EXACT_BASE) accum_base(acc, wn, wt, ot);
+    else if (SPAN) accum_span_base(acc, wn, wt, ot);
+    else accum(acc, wn, wt, base[0], base[1]);
 }
 
-static inline int tile(const float *org, const int bc, const long long pos[R], const float *wt,
+static inline int tile(const window *wn, const long long pos[R], const float *wt,
                        const float *wr, int ot, const float *bias, const float *tau, const float *isg,
                        float *out, uint8_t *gate, const float *full) {
     int base[2], rest[4];
@@ -251,7 +252,7 @@ static inline int tile(const float *org, const int bc, const long long pos[R], c
     const int c0 = ot * TW;
     vec acc[NBT][R];
     ivec any = {0};
-    base_sum(acc, org, bc, wt, ot, bias);
+    base_sum(acc, wn, wt, ot, bias);
     /* Yp goes to out now and the gate is recomputed from it after the conditional pass, so
      * neither Yp nor the masks hold registers while the remaining sum accumulates. */
     for (int b = 0; b < NBT; b++) {
@@ -279,7 +280,7 @@ static inline int tile(const float *org, const int bc, const long long pos[R], c
     for (int l = 0; l < VW; l++) active |= any[l];
     if (full || !active || P == 1) return 0;
     vec r[NBT][R];
-    rest_sum(r, org, bc, wr, rest);
+    rest_sum(r, wn, wr, rest);
     for (int b = 0; b < NBT; b++) {
         vec tv, iv;
         memcpy(&tv, tau + c0 + b * VW, sizeof tv);
@@ -311,8 +312,7 @@ static inline void load_tile(const float *x, long long t, window *wn, long long 
     const long long img = t / (THN * TWN);
     const int rt = (int)(t - img * (THN * TWN));
     const int oh0 = (rt / TWN) * RH, ow0 = (rt % TWN) * RW;
-    fill_window(x, wn, img, oh0, ow0);
-    positions(img, oh0, ow0, RH, RW, pos);
+    load_tile_at(x, img, oh0, ow0, RH, RW, wn, pos);
 }
 
 /* x: NHWC (n, H, W, C_IN); w (and wrest when SPAN): packed (C_OUT/TW, KH, KW, C_IN, TW); bias,
@@ -335,7 +335,7 @@ long long gated_conv(const float *x, const float *w, const float *wrest, const f
             long long pos[R];
             load_tile(x, t, &wn, pos);
             for (int ot = 0; ot < NT; ot++)
-                ran += tile(wn.buf, BC, pos, base_weights(w, ot), rest_weights(w, wrest, ot), ot, bias, tau,
+                ran += tile(&wn, pos, base_weights(w, ot), rest_weights(w, wrest, ot), ot, bias, tau,
                             isg, out, gate, full);
         }
     } else {
@@ -345,7 +345,7 @@ long long gated_conv(const float *x, const float *w, const float *wrest, const f
             window wn;
             long long pos[R];
             load_tile(x, u % tiles, &wn, pos);
-            ran += tile(wn.buf, BC, pos, base_weights(w, ot), rest_weights(w, wrest, ot), ot, bias, tau,
+            ran += tile(&wn, pos, base_weights(w, ot), rest_weights(w, wrest, ot), ot, bias, tau,
                         isg, out, gate, full);
         }
     }
@@ -378,12 +378,11 @@ static inline void block_rest_sum(const float *x, const float *wr, int ot, long 
     channel_ranges(ot, base, rest);
     for (int sh = 0; sh < bh; sh += RH)
         for (int sw = 0; sw < bw; sw += RW) {
-            long long pos[R];
-            positions(img, oh0 + sh, ow0 + sw, bh - sh, bw - sw, pos);
-            vec r[NBT][R];
             window wn;
-            fill_window(x, &wn, img, oh0 + sh, ow0 + sw);
-            rest_sum(r, wn.buf, BC, wr, rest);
+            long long pos[R];
+            load_tile_at(x, img, oh0 + sh, ow0 + sw, bh - sh, bw - sw, &wn, pos);
+            vec r[NBT][R];
+            rest_sum(r, &wn, wr, rest);
             _Pragma("GCC unroll 16")
             for (int j = 0; j < R; j++) {
                 if (pos[j] < 0) continue;
@@ -443,12 +442,11 @@ long long block_conv(const float *x, const float *w, const float *wrest, const f
             for (int b = 0; b < NBT; b++) s[b] = (vec){0};
             for (int sh = 0; sh < bh; sh += RH)
                 for (int sw = 0; sw < bw; sw += RW) {
-                    long long pos[R];
-                    positions(img, oh0 + sh, ow0 + sw, bh - sh, bw - sw, pos);
-                    vec acc[NBT][R];
                     window wn;
-                    fill_window(x, &wn, img, oh0 + sh, ow0 + sw);
-                    base_sum(acc, wn.buf, BC, base_weights(w, ot), ot, bias);
+                    long long pos[R];
+                    load_tile_at(x, img, oh0 + sh, ow0 + sw, bh - sh, bw - sw, &wn, pos);
+                    vec acc[NBT][R];
+                    base_sum(acc, &wn, base_weights(w, ot), ot, bias);
                     _Pragma("GCC unroll 16")
                     for (int j = 0; j < R; j++) {
                         if (pos[j] < 0) continue;
