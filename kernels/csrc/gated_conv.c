@@ -49,6 +49,13 @@
 
 typedef float vec __attribute__((vector_size(VW * 4), aligned(4)));
 typedef int32_t ivec __attribute__((vector_size(VW * 4), aligned(4)));
+typedef float vec_mem __attribute__((vector_size(VW * 4), aligned(4), may_alias));
+
+/* One unaligned vector load / store. Not memcpy: with GCC's default 256-bit preference on
+ * AVX-512 targets a 64-byte memcpy became two ymm moves through a stack slot, then one zmm
+ * reload (a store-forwarding stall on every output update of the remaining-sum loop). */
+static inline vec vload(const float *p) { return *(const vec_mem *)p; }
+static inline void vstore(float *p, vec v) { *(vec_mem *)p = v; }
 
 /* Output tiles are RH x RW rectangles of output positions (R = RH * RW, in row-major order
  * j = jh * RW + jw). Before a tile's sums run, the input window they read (BR rows x BC columns
@@ -94,10 +101,13 @@ static inline void fill_window(const float *x, window *wn, long long img, int oh
     }
 }
 
-/* Per position j of the tile the input vector of tap (kh, kw) in its window. */
-static inline void tap_rows(const window *wn, int kh, int kw, const float *xp[R]) {
-    for (int j = 0; j < R; j++)
-        xp[j] = wn->buf + (((j / RW) * SH + kh * DH) * BC + (j % RW) * SW + kw * DW) * C_IN;
+/* The input of tap (kh, kw) of position j of the tile is at tap(wn, kh, kw)[POFF(j)]: one
+ * pointer per tap and compile-time offsets per position. (An array of per-position pointers
+ * let GCC keep one induction variable per position in loops over a non-unrolled channel
+ * range: 14 index registers, spilled and reloaded inside the FMA loop.) */
+#define POFF(j) ((((j) / RW) * SH * BC + ((j) % RW) * SW) * C_IN)
+static inline const float *tap(const window *wn, int kh, int kw) {
+    return wn->buf + (kh * DH * BC + kw * DW) * C_IN;
 }
 
 /* Flat output index (n, HO, WO order) of each position of the tile at (img, oh0, ow0), or -1
@@ -149,8 +159,7 @@ static inline void accum(vec acc[NBT][R], const window *wn, const float *wt,
                          int c0, int c1) {
     for (int kh = 0; kh < KH; kh++)
         for (int kw = 0; kw < KW; kw++) {
-            const float *xp[R];
-            tap_rows(wn, kh, kw, xp);
+            const float *xt = tap(wn, kh, kw);
             const float *wp = wt + (kh * KW + kw) * C_IN * TW;
             for (int c = c0; c < c1; c++) {
                 vec w[NBT];
@@ -158,7 +167,7 @@ static inline void accum(vec acc[NBT][R], const window *wn, const float *wt,
                 for (int b = 0; b < NBT; b++) w[b] = *(const vec *)(wp + c * TW + b * VW);
                 _Pragma("GCC unroll 16")
                 for (int j = 0; j < R; j++) {
-                    const float xv = xp[j][c];
+                    const float xv = xt[POFF(j) + c];
                     _Pragma("GCC unroll 4")
                     for (int b = 0; b < NBT; b++) acc[b][j] += xv * w[b];
                 }
@@ -170,14 +179,13 @@ static inline void accum_base(vec acc[NBT][R], const window *wn, const float *wb
                               int ot) {
     for (int kh = 0; kh < KH; kh++)
         for (int kw = 0; kw < KW; kw++) {
-            const float *xp[R];
-            tap_rows(wn, kh, kw, xp);
+            const float *xt = tap(wn, kh, kw);
             const float *wp = wb + (kh * KW + kw) * CI * TW;
             for (int b = 0; b < NBT; b++)
                 _Pragma("GCC unroll 16")
                 for (int j = 0; j < R; j++) {
                     vec xv;
-                    memcpy(&xv, xp[j] + ot * TW + b * VW, sizeof xv);
+                    xv = vload(xt + POFF(j) + ot * TW + b * VW);
                     _Pragma("GCC unroll 16")
                     for (int q = 0; q < CI; q++) {
                         ivec idx;
@@ -210,8 +218,7 @@ static inline void accum_span_base(vec acc[NBT][R], const window *wn,
     for (int b = 0; b < NBT; b++) c0[b] = ((ot * TW + b * VW) / CO) * CI;
     for (int kh = 0; kh < KH; kh++)
         for (int kw = 0; kw < KW; kw++) {
-            const float *xp[R];
-            tap_rows(wn, kh, kw, xp);
+            const float *xt = tap(wn, kh, kw);
             const float *wp = wt + (kh * KW + kw) * C_IN * TW;
             for (int q = 0; q < SL; q++) {
                 vec w[NBT];
@@ -220,7 +227,7 @@ static inline void accum_span_base(vec acc[NBT][R], const window *wn,
                 _Pragma("GCC unroll 16")
                 for (int j = 0; j < R; j++)
                     _Pragma("GCC unroll 4")
-                    for (int b = 0; b < NBT; b++) acc[b][j] += xp[j][c0[b] + q] * w[b];
+                    for (int b = 0; b < NBT; b++) acc[b][j] += xt[POFF(j) + c0[b] + q] * w[b];
             }
         }
 }
@@ -236,7 +243,7 @@ static inline void base_sum(vec acc[NBT][R], const window *wn, const float *wt, 
     channel_ranges(ot, base, rest);
     for (int b = 0; b < NBT; b++) {
         vec bv = {0};
-        if (bias) memcpy(&bv, bias + ot * TW + b * VW, sizeof bv);
+        if (bias) bv = vload(bias + ot * TW + b * VW);
         for (int j = 0; j < R; j++) acc[b][j] = bv;
     }
     if (EXACT_BASE) accum_base(acc, wn, wt, ot);
@@ -256,9 +263,7 @@ static inline int tile(const window *wn, const long long pos[R], const float *wt
     /* Yp goes to out now and the gate is recomputed from it after the conditional pass, so
      * neither Yp nor the masks hold registers while the remaining sum accumulates. */
     for (int b = 0; b < NBT; b++) {
-        vec tv, iv;
-        memcpy(&tv, tau + c0 + b * VW, sizeof tv);
-        memcpy(&iv, isg + c0 + b * VW, sizeof iv);
+        const vec tv = vload(tau + c0 + b * VW), iv = vload(isg + c0 + b * VW);
         _Pragma("GCC unroll 16")
         for (int j = 0; j < R; j++) {
             if (pos[j] < 0) continue;
@@ -267,11 +272,10 @@ static inline int tile(const window *wn, const long long pos[R], const float *wt
             any |= on;
             vec y = acc[b][j];
             if (full) {
-                vec f;
-                memcpy(&f, full + o, sizeof f);
+                const vec f = vload(full + o);
                 y = (vec)(((ivec)f & on) | ((ivec)y & ~on));
             }
-            memcpy(out + o, &y, sizeof y);
+            vstore(out + o, y);
             if (gate)
                 for (int l = 0; l < VW; l++) gate[o + l] = on[l] ? 1 : 0;
         }
@@ -282,17 +286,13 @@ static inline int tile(const window *wn, const long long pos[R], const float *wt
     vec r[NBT][R];
     rest_sum(r, wn, wr, rest);
     for (int b = 0; b < NBT; b++) {
-        vec tv, iv;
-        memcpy(&tv, tau + c0 + b * VW, sizeof tv);
-        memcpy(&iv, isg + c0 + b * VW, sizeof iv);
+        const vec tv = vload(tau + c0 + b * VW), iv = vload(isg + c0 + b * VW);
         _Pragma("GCC unroll 16")
         for (int j = 0; j < R; j++) {
             if (pos[j] < 0) continue;
             float *o = out + pos[j] * C_OUT + c0 + b * VW;
-            vec y;
-            memcpy(&y, o, sizeof y);
-            y += (vec)((ivec)r[b][j] & gate_of(y, tv, iv));
-            memcpy(o, &y, sizeof y);
+            const vec y = vload(o);
+            vstore(o, y + (vec)((ivec)r[b][j] & gate_of(y, tv, iv)));
         }
     }
     return 1;
@@ -388,10 +388,7 @@ static inline void block_rest_sum(const float *x, const float *wr, int ot, long 
                 if (pos[j] < 0) continue;
                 float *o = out + pos[j] * C_OUT + ot * TW;
                 for (int b = 0; b < NBT; b++) {
-                    vec y;
-                    memcpy(&y, o + b * VW, sizeof y);
-                    y += (vec)((ivec)r[b][j] & lanes[b]);
-                    memcpy(o + b * VW, &y, sizeof y);
+                    vstore(o + b * VW, vload(o + b * VW) + (vec)((ivec)r[b][j] & lanes[b]));
                 }
             }
         }
@@ -452,11 +449,11 @@ long long block_conv(const float *x, const float *w, const float *wrest, const f
                         if (pos[j] < 0) continue;
                         for (int b = 0; b < NBT; b++) {
                             s[b] += acc[b][j];
-                            memcpy(out + pos[j] * C_OUT + ot * TW + b * VW, &acc[b][j], sizeof(vec));
+                            vstore(out + pos[j] * C_OUT + ot * TW + b * VW, acc[b][j]);
                         }
                     }
                 }
-            for (int b = 0; b < NBT; b++) memcpy(sums + ot * TW + b * VW, &s[b], sizeof(vec));
+            for (int b = 0; b < NBT; b++) vstore(sums + ot * TW + b * VW, s[b]);
         }
         const float cnt = (float)(bh * bw);
         uint8_t *ob = on + u * (C_OUT / BG);
