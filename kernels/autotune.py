@@ -43,7 +43,9 @@ from kernels.geometry import ConvGeometry
 VERSION = 4
 PATHS = ("fused", "select", "fused_blocks", "onednn_blocks", "tiles", "chunk_tiles", "block_tiles", "dense", "stacked",
          "union", "groups")
-REPEATS = 3  # timed calls per path after one warm-up call; the median is kept
+REPEATS = 3  # timed calls of time_call after one warm-up call; the median is kept
+ROUNDS = 5   # interleaved timed rounds over the paths still in contention (see measure)
+CLOSE = 1.5  # after the first round, a path slower than CLOSE x the fastest is out of contention
 
 _MEMO: dict[str, dict] = {}
 _LOCK = threading.Lock()
@@ -149,20 +151,50 @@ def choose(ms: dict[str, float]) -> str:
     return min(ms, key=lambda p: (ms[p], PATHS.index(p)))
 
 
-def tune(k: str, candidates: dict[str, Callable[[], object]], *, dense_ms: float | None = None,
-         density: float | None = None) -> dict:
-    """Time every candidate, keep and persist the fastest. A candidate that raises is left out
-    (e.g. a kernel that does not build); if all raise, the last error propagates."""
-    ms: dict[str, float] = {}
+def _once(fn: Callable[[], object]) -> float:
+    """Milliseconds of one call of ``fn``."""
+    t0 = time.perf_counter()
+    fn()
+    return 1e3 * (time.perf_counter() - t0)
+
+
+def measure(candidates: dict[str, Callable[[], object]]) -> dict[str, float]:
+    """Milliseconds per candidate: every candidate is called once to warm up (a candidate that
+    raises, e.g. a kernel that does not build, is left out; if all raise, the last error
+    propagates), then timed once; those within ``CLOSE`` of the fastest are timed in
+    ``ROUNDS - 1`` more interleaved rounds (alternating order) and keep their median, the
+    others their one time.
+
+    Interleaving matters: timing one path after another, each after its own warm-up, let the
+    machine's drift decide. At the first forward of a model (cold allocator, threads waking)
+    the earlier paths ran ~2x slow and a path 1.6x slower in isolation was chosen (16->16 @28,
+    block gates, batch 256: onednn_blocks 3.99 ms "beat" fused_blocks 4.12 ms, which runs
+    1.79 ms against 2.81 when each is timed warm)."""
+    live: dict[str, Callable[[], object]] = {}
     error: Exception | None = None
     for name, fn in candidates.items():
         try:
-            ms[name] = time_call(fn)
+            fn()
         except (cpu_fused.NativeBuildError, ValueError) as e:
             error = e
-    if not ms:
+            continue
+        live[name] = fn
+    if not live:
         assert error is not None
         raise error
+    times = {name: [_once(fn)] for name, fn in live.items()}
+    best = min(t[0] for t in times.values())
+    close = [name for name in live if times[name][0] <= CLOSE * best]
+    for r in range(ROUNDS - 1):
+        for name in (close[::-1] if r % 2 == 0 else close):
+            times[name].append(_once(live[name]))
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def tune(k: str, candidates: dict[str, Callable[[], object]], *, dense_ms: float | None = None,
+         density: float | None = None) -> dict:
+    """Time every candidate (:func:`measure`), keep and persist the fastest."""
+    ms = measure(candidates)
     entry = dict(path=choose(ms), ms=ms, dense_conv_ms=dense_ms, density=density,
                  measured=time.strftime("%Y-%m-%dT%H:%M:%S"))
     with _LOCK:

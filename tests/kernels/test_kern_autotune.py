@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from kern_helpers import check_against_reference, make_case
-from kernels import autotune, conditional_conv2d, cpu_tiles
+from kernels import autotune, conditional_conv2d, cpu_fused, cpu_tiles
 from kernels.api import validate
 from kernels.cpu import conditional_conv2d_cpu, last_path
 
@@ -81,7 +81,7 @@ def test_auto_tunes_once_and_persists(monkeypatch):
     assert 0 < entry["density"] < 1 and entry["dense_conv_ms"] > 0
     # a new process (empty memory) reads the choice from disk and measures nothing
     autotune.forget()
-    monkeypatch.setattr(autotune, "time_call", lambda *a, **k: pytest.fail("re-measured"))
+    monkeypatch.setattr(autotune, "_once", lambda *a, **k: pytest.fail("re-measured"))
     _auto(case)
     assert last_path() == chosen
 
@@ -89,14 +89,38 @@ def test_auto_tunes_once_and_persists(monkeypatch):
 def test_choice_is_the_fastest_measured(monkeypatch):
     assert autotune.choose({"dense": 2.0, "tiles": 1.0, "union": 3.0}) == "tiles"
     assert autotune.choose({"dense": 1.0, "tiles": 1.0}) == "tiles"      # tie: PATHS order
-    timings = iter([5.0, 1.0, 3.0])
-    monkeypatch.setattr(autotune, "time_call", lambda fn: fn() or next(timings))
+    # first round dense 5, tiles 1, union 1.4: dense is out of contention (> CLOSE x 1), tiles
+    # and union run ROUNDS - 1 more interleaved rounds; one slow outlier of tiles (a stall)
+    # does not move its median
+    first = {"dense": 5.0, "tiles": 1.0, "union": 1.4}
+    later = {"tiles": iter([9.0, 1.0, 1.1, 1.0]), "union": iter([1.2, 1.3, 1.2, 1.3])}
+    calls = []
+
+    def fake_once(fn):
+        name = fn()
+        calls.append(name)
+        return first.pop(name) if name in first else next(later[name])
+    monkeypatch.setattr(autotune, "_once", fake_once)
+    monkeypatch.setattr(autotune, "ROUNDS", 5)
 
     def broken():
         raise ValueError("cannot run")
-    entry = autotune.tune("k", {"dense": lambda: None, "tiles": lambda: None, "union": lambda: None,
-                                "fused": broken})
+    entry = autotune.tune("k", {"dense": lambda: "dense", "tiles": lambda: "tiles",
+                                "union": lambda: "union", "fused": broken})
     assert entry["path"] == "tiles" and set(entry["ms"]) == {"dense", "tiles", "union"}
+    assert entry["ms"] == {"dense": 5.0, "tiles": 1.0, "union": 1.3}
+    assert calls.count("dense") == 1 and calls.count("tiles") == calls.count("union") == 5
+    # the later rounds alternate their order, so drift does not favour one path
+    rounds = calls[3:]
+    assert rounds[:2] == ["union", "tiles"] and rounds[2:4] == ["tiles", "union"]
+
+
+def test_measure_drops_only_failing_candidates():
+    def broken():
+        raise cpu_fused.NativeBuildError("no compiler")
+    with pytest.raises(cpu_fused.NativeBuildError):
+        autotune.measure({"fused": broken})
+    assert set(autotune.measure({"fused": broken, "dense": lambda: None})) == {"dense"}
 
 
 @pytest.mark.parametrize("damage", [b"{not json", b"\xff\xfe\x00binary", b'{"version": 1, "cpu": 3}',
