@@ -122,20 +122,28 @@ def tile_shape(rows: int, cols: int, nbt: int = 1) -> tuple[int, int]:
     return best[1]
 
 
-# The window buffer of a tile lives on the thread's stack (csrc/gated_conv.c, fill_window).
+# The input window lives on the thread's stack (csrc/gated_conv.c, fill_window): one tile's in
+# per-element builds, one whole gate block's (rounded up to whole tiles) in block builds.
 WINDOW_MAX_BYTES = 256 * 1024
 
 
-def _window_reason(geo: ConvGeometry, area: tuple[int, int]) -> str | None:
-    """Why the input window of one tile covering ``area`` (the map, or a gate block) does not
-    fit the kernel's stack buffer; None when it fits."""
-    rh, rw = tile_shape(*area)
-    br = (rh - 1) * geo.stride[0] + (geo.kh - 1) * geo.dilation[0] + 1
-    bc = (rw - 1) * geo.stride[1] + (geo.kw - 1) * geo.dilation[1] + 1
-    size = 4 * br * bc * geo.c_in
+def _window_reason(geo: ConvGeometry, area: tuple[int, int], block: bool = False) -> str | None:
+    """Why the input window the kernel fills for ``area`` (per-element builds: one tile of the
+    map; ``block``: the whole gate block ``area``) does not fit its stack buffer; None when it
+    fits. Block builds may use the tile shape for one or two vectors per tile: the larger
+    window counts."""
+    size = 0
+    for nbt in ((1, 2) if block else (1,)):
+        rh, rw = tile_shape(*area, nbt)
+        if block:
+            rh, rw = -(-area[0] // rh) * rh, -(-area[1] // rw) * rw
+        br = (rh - 1) * geo.stride[0] + (geo.kh - 1) * geo.dilation[0] + 1
+        bc = (rw - 1) * geo.stride[1] + (geo.kw - 1) * geo.dilation[1] + 1
+        size = max(size, 4 * br * bc * geo.c_in)
     if size <= WINDOW_MAX_BYTES:
         return None
-    return (f"an input window of {size // 1024} KiB per output tile exceeds the kernel's "
+    what = "gate block" if block else "output tile"
+    return (f"an input window of {size // 1024} KiB per {what} exceeds the kernel's "
             f"{WINDOW_MAX_BYTES // 1024} KiB stack buffer")
 
 
@@ -373,7 +381,7 @@ def _block_defines(geo: ConvGeometry, partitions: int, grouped: bool, granularit
     if _block_row_bytes(geo, gate_tile) > BLOCK_ROW_MAX_BYTES:
         return None
     area = _block_area(geo, gate_tile)
-    if _window_reason(geo, area) is not None:
+    if _window_reason(geo, area, block=True) is not None:
         return None
     d = _defines(geo, partitions, grouped, 1, area)
     if granularity % (d["VW"] * d["NBT"]):
@@ -395,7 +403,7 @@ def blocks_unsupported_reason(geo: ConvGeometry, partitions: int, grouped: bool,
     if _block_defines(geo, partitions, grouped, granularity, gate_tile) is None:
         lay = layout(geo, partitions, grouped, 1)
         vw = None if lay is None else lay[0]   # output channels per SIMD vector
-        reason = _window_reason(geo, _block_area(geo, gate_tile))
+        reason = _window_reason(geo, _block_area(geo, gate_tile), block=True)
         if reason is not None:
             return reason
         if partitions > 1 and vw and _block_row_bytes(geo, gate_tile) > BLOCK_ROW_MAX_BYTES:

@@ -68,46 +68,60 @@ static inline void vstore(float *p, vec v) { *(vec_mem *)p = v; }
 #define RH 1
 #endif
 #define RW (R / RH)
-#define BR ((RH - 1) * SH + (KH - 1) * DH + 1)
-#define BC ((RW - 1) * SW + (KW - 1) * DW + 1)
 #define THN ((HO + RH - 1) / RH)
 #define TWN ((WO + RW - 1) / RW)
+/* The window: WR x WC input positions. Per-element builds: one tile's. Block-gate builds: one
+ * whole gate block's (its tile rows and columns rounded up to whole tiles), filled once per
+ * block and read by every tile of it, for the base and the remaining sums: a tile at (sh, sw)
+ * inside the block starts at tile_at(buf, sh, sw). */
+#ifdef BH
+#define WR ((((BH + RH - 1) / RH) * RH - 1) * SH + (KH - 1) * DH + 1)
+#define WC ((((BW + RW - 1) / RW) * RW - 1) * SW + (KW - 1) * DW + 1)
+#else
+#define WR ((RH - 1) * SH + (KH - 1) * DH + 1)
+#define WC ((RW - 1) * SW + (KW - 1) * DW + 1)
+#endif
 
 typedef struct {
-    float buf[BR * BC * C_IN] __attribute__((aligned(64)));
+    float buf[WR * WC * C_IN] __attribute__((aligned(64)));
 } window;
 
-/* Copy the input window (BR x BC input positions x C_IN) read by the tile whose first output
- * position is (img, oh0, ow0) into wn. */
+/* Copy the input window (WR x WC input positions x C_IN) whose first output position is
+ * (img, oh0, ow0) into wn. */
 static inline void fill_window(const float *x, window *wn, long long img, int oh0, int ow0) {
     const int ih0 = oh0 * SH - PH, iw0 = ow0 * SW - PW;
-    const int lo = iw0 < 0 ? (-iw0 < BC ? -iw0 : BC) : 0;   /* buffer columns before the map */
-    const int hi = W - iw0 < BC ? (W - iw0 > lo ? W - iw0 : lo) : BC;   /* ... and from here on after it */
-    for (int r = 0; r < BR; r++) {
-        float *dst = wn->buf + r * BC * C_IN;
+    const int lo = iw0 < 0 ? (-iw0 < WC ? -iw0 : WC) : 0;   /* buffer columns before the map */
+    const int hi = W - iw0 < WC ? (W - iw0 > lo ? W - iw0 : lo) : WC;   /* ... and from here on after it */
+    for (int r = 0; r < WR; r++) {
+        float *dst = wn->buf + r * WC * C_IN;
         const int ih = ih0 + r;
         if ((unsigned)ih >= (unsigned)H || hi == lo) {
-            memset(dst, 0, sizeof(float) * BC * C_IN);
+            memset(dst, 0, sizeof(float) * WC * C_IN);
             continue;
         }
         const float *src = x + ((img * H + ih) * W + iw0 + lo) * (long long)C_IN;  /* column lo */
-        if (lo == 0 && hi == BC) {          /* interior: a fixed-size copy the compiler inlines */
-            memcpy(dst, src, sizeof(float) * BC * C_IN);
+        if (lo == 0 && hi == WC) {          /* interior: a fixed-size copy the compiler inlines */
+            memcpy(dst, src, sizeof(float) * WC * C_IN);
             continue;
         }
         if (lo) memset(dst, 0, sizeof(float) * lo * C_IN);
         memcpy(dst + lo * C_IN, src, sizeof(float) * (hi - lo) * C_IN);
-        if (hi < BC) memset(dst + hi * C_IN, 0, sizeof(float) * (BC - hi) * C_IN);
+        if (hi < WC) memset(dst + hi * C_IN, 0, sizeof(float) * (WC - hi) * C_IN);
     }
 }
 
-/* The input of tap (kh, kw) of position j of the tile is at tap(wn, kh, kw)[POFF(j)]: one
+/* The input of tap (kh, kw) of position j of the tile starting at xw is at
+ * tap(xw, kh, kw)[POFF(j)]: one
  * pointer per tap and compile-time offsets per position. (An array of per-position pointers
  * let GCC keep one induction variable per position in loops over a non-unrolled channel
  * range: 14 index registers, spilled and reloaded inside the FMA loop.) */
-#define POFF(j) ((((j) / RW) * SH * BC + ((j) % RW) * SW) * C_IN)
-static inline const float *tap(const window *wn, int kh, int kw) {
-    return wn->buf + (kh * DH * BC + kw * DW) * C_IN;
+#define POFF(j) ((((j) / RW) * SH * WC + ((j) % RW) * SW) * C_IN)
+static inline const float *tap(const float *xw, int kh, int kw) {
+    return xw + (kh * DH * WC + kw * DW) * C_IN;
+}
+/* The first input of the tile at output offset (sh, sw) from the window's origin. */
+static inline const float *tile_at(const window *wn, int sh, int sw) {
+    return wn->buf + (sh * SH * WC + sw * SW) * C_IN;
 }
 
 /* Flat output index (n, HO, WO order) of each position of the tile at (img, oh0, ow0), or -1
@@ -119,13 +133,6 @@ static inline void positions(long long img, int oh0, int ow0, int lh, int lw, lo
         pos[j] = (jh < lh && jw < lw && oh0 + jh < HO && ow0 + jw < WO)
                      ? (img * HO + oh0 + jh) * WO + ow0 + jw : -1;
     }
-}
-
-/* A tile ready to run: its window filled and its positions (limits lh, lw as in positions). */
-static inline void load_tile_at(const float *x, long long img, int oh0, int ow0, int lh, int lw,
-                                window *wn, long long pos[R]) {
-    fill_window(x, wn, img, oh0, ow0);
-    positions(img, oh0, ow0, lh, lw, pos);
 }
 
 /* Input-channel ranges of output tile ot's base and remaining sums. */
@@ -155,11 +162,11 @@ static inline ivec gate_of(vec y, vec tv, vec iv) {
 /* acc[b][j] += sum over taps and channels c0..c1 of x[position j] * w[block b]: per channel NBT
  * weight vectors, then per position one broadcast feeding NBT FMAs (R*NBT accumulators + NBT
  * weights + 1 broadcast fit the 16 ymm of AVX2 at 6x2). */
-static inline void accum(vec acc[NBT][R], const window *wn, const float *wt,
+static inline void accum(vec acc[NBT][R], const float *xw, const float *wt,
                          int c0, int c1) {
     for (int kh = 0; kh < KH; kh++)
         for (int kw = 0; kw < KW; kw++) {
-            const float *xt = tap(wn, kh, kw);
+            const float *xt = tap(xw, kh, kw);
             const float *wp = wt + (kh * KW + kw) * C_IN * TW;
             for (int c = c0; c < c1; c++) {
                 vec w[NBT];
@@ -175,11 +182,11 @@ static inline void accum(vec acc[NBT][R], const window *wn, const float *wt,
         }
 }
 
-static inline void accum_base(vec acc[NBT][R], const window *wn, const float *wb,
+static inline void accum_base(vec acc[NBT][R], const float *xw, const float *wb,
                               int ot) {
     for (int kh = 0; kh < KH; kh++)
         for (int kw = 0; kw < KW; kw++) {
-            const float *xt = tap(wn, kh, kw);
+            const float *xt = tap(xw, kh, kw);
             const float *wp = wb + (kh * KW + kw) * CI * TW;
             for (int b = 0; b < NBT; b++)
                 _Pragma("GCC unroll 16")
@@ -198,12 +205,12 @@ static inline void accum_base(vec acc[NBT][R], const window *wn, const float *wb
 }
 
 /* r = the remaining partial sum of the tile: its two input-channel ranges (channel_ranges). */
-static inline void rest_sum(vec r[NBT][R], const window *wn, const float *wr,
+static inline void rest_sum(vec r[NBT][R], const float *xw, const float *wr,
                             const int rest[4]) {
     for (int b = 0; b < NBT; b++)
         for (int j = 0; j < R; j++) r[b][j] = (vec){0};
-    accum(r, wn, wr, rest[0], rest[1]);
-    accum(r, wn, wr, rest[2], rest[3]);
+    accum(r, xw, wr, rest[0], rest[1]);
+    accum(r, xw, wr, rest[2], rest[3]);
 }
 
 /* SPAN base sum without EXACT_BASE: a vector holds VW/CO whole output chunks, whose base inputs
@@ -212,13 +219,13 @@ static inline void rest_sum(vec r[NBT][R], const window *wn, const float *wr,
  * of 16-channel layers at p = 4. The vectors of a tile read different channels, so each
  * position's broadcast feeds one FMA. */
 #define SL ((VW / (CO < VW ? CO : VW)) * CI)
-static inline void accum_span_base(vec acc[NBT][R], const window *wn,
+static inline void accum_span_base(vec acc[NBT][R], const float *xw,
                                    const float *wt, int ot) {
     int c0[NBT];
     for (int b = 0; b < NBT; b++) c0[b] = ((ot * TW + b * VW) / CO) * CI;
     for (int kh = 0; kh < KH; kh++)
         for (int kw = 0; kw < KW; kw++) {
-            const float *xt = tap(wn, kh, kw);
+            const float *xt = tap(xw, kh, kw);
             const float *wp = wt + (kh * KW + kw) * C_IN * TW;
             for (int q = 0; q < SL; q++) {
                 vec w[NBT];
@@ -232,12 +239,8 @@ static inline void accum_span_base(vec acc[NBT][R], const window *wn,
         }
 }
 
-/* One tile (window wn, flat output index pos[j] of position j, -1 where it is not stored) x TW
- * channels starting at channel ot*TW. With full (the whole conv, computed elsewhere, e.g. by
- * oneDNN) the output selects full where the gate is on and Yp elsewhere, and no remaining sum
- * is computed. Returns 1 when its conditional pass ran. */
-/* acc = Yp (bias + base partial sum) of the tile (window wn) for channel tile ot. */
-static inline void base_sum(vec acc[NBT][R], const window *wn, const float *wt, int ot,
+/* acc = Yp (bias + base partial sum) of the tile whose input starts at xw, channel tile ot. */
+static inline void base_sum(vec acc[NBT][R], const float *xw, const float *wt, int ot,
                             const float *bias) {
     int base[2], rest[4];
     channel_ranges(ot, base, rest);
@@ -246,12 +249,16 @@ static inline void base_sum(vec acc[NBT][R], const window *wn, const float *wt, 
         if (bias) bv = vload(bias + ot * TW + b * VW);
         for (int j = 0; j < R; j++) acc[b][j] = bv;
     }
-    if (EXACT_BASE) accum_base(acc, wn, wt, ot);
-    else if (SPAN) accum_span_base(acc, wn, wt, ot);
-    else accum(acc, wn, wt, base[0], base[1]);
+    if (EXACT_BASE) accum_base(acc, xw, wt, ot);
+    else if (SPAN) accum_span_base(acc, xw, wt, ot);
+    else accum(acc, xw, wt, base[0], base[1]);
 }
 
-static inline int tile(const window *wn, const long long pos[R], const float *wt,
+/* One tile (input from xw, flat output index pos[j] of position j, -1 where it is not stored)
+ * x TW channels starting at channel ot*TW. With full (the whole conv, computed elsewhere, e.g.
+ * by oneDNN) the output selects full where the gate is on and Yp elsewhere, and no remaining
+ * sum is computed. Returns 1 when its conditional pass ran. */
+static inline int tile(const float *xw, const long long pos[R], const float *wt,
                        const float *wr, int ot, const float *bias, const float *tau, const float *isg,
                        float *out, uint8_t *gate, const float *full) {
     int base[2], rest[4];
@@ -259,7 +266,7 @@ static inline int tile(const window *wn, const long long pos[R], const float *wt
     const int c0 = ot * TW;
     vec acc[NBT][R];
     ivec any = {0};
-    base_sum(acc, wn, wt, ot, bias);
+    base_sum(acc, xw, wt, ot, bias);
     /* Yp goes to out now and the gate is recomputed from it after the conditional pass, so
      * neither Yp nor the masks hold registers while the remaining sum accumulates. */
     for (int b = 0; b < NBT; b++) {
@@ -284,7 +291,7 @@ static inline int tile(const window *wn, const long long pos[R], const float *wt
     for (int l = 0; l < VW; l++) active |= any[l];
     if (full || !active || P == 1) return 0;
     vec r[NBT][R];
-    rest_sum(r, wn, wr, rest);
+    rest_sum(r, xw, wr, rest);
     for (int b = 0; b < NBT; b++) {
         const vec tv = vload(tau + c0 + b * VW), iv = vload(isg + c0 + b * VW);
         _Pragma("GCC unroll 16")
@@ -312,7 +319,8 @@ static inline void load_tile(const float *x, long long t, window *wn, long long 
     const long long img = t / (THN * TWN);
     const int rt = (int)(t - img * (THN * TWN));
     const int oh0 = (rt / TWN) * RH, ow0 = (rt % TWN) * RW;
-    load_tile_at(x, img, oh0, ow0, RH, RW, wn, pos);
+    fill_window(x, wn, img, oh0, ow0);
+    positions(img, oh0, ow0, RH, RW, pos);
 }
 
 /* x: NHWC (n, H, W, C_IN); w (and wrest when SPAN): packed (C_OUT/TW, KH, KW, C_IN, TW); bias,
@@ -335,7 +343,7 @@ long long gated_conv(const float *x, const float *w, const float *wrest, const f
             long long pos[R];
             load_tile(x, t, &wn, pos);
             for (int ot = 0; ot < NT; ot++)
-                ran += tile(&wn, pos, base_weights(w, ot), rest_weights(w, wrest, ot), ot, bias, tau,
+                ran += tile(wn.buf, pos, base_weights(w, ot), rest_weights(w, wrest, ot), ot, bias, tau,
                             isg, out, gate, full);
         }
     } else {
@@ -345,7 +353,7 @@ long long gated_conv(const float *x, const float *w, const float *wrest, const f
             window wn;
             long long pos[R];
             load_tile(x, u % tiles, &wn, pos);
-            ran += tile(&wn, pos, base_weights(w, ot), rest_weights(w, wrest, ot), ot, bias, tau,
+            ran += tile(wn.buf, pos, base_weights(w, ot), rest_weights(w, wrest, ot), ot, bias, tau,
                         isg, out, gate, full);
         }
     }
@@ -369,20 +377,17 @@ long long gated_conv(const float *x, const float *w, const float *wrest, const f
 #endif
 
 /* The remaining sum of channel tile ot over the block at (img, oh0, ow0) (bh x bw outputs,
- * clipped at the map's edge), added to out where lanes are on. Each RH x RW tile fills its own
- * window: tiles reading one shared window of the whole block (filled once) ran 2.5x slower
- * on this CPU (16->16 @28, 7x7 blocks), for a reason not found. */
-static inline void block_rest_sum(const float *x, const float *wr, int ot, long long img,
+ * clipped at the map's edge; its input window wn filled), added to out where lanes are on. */
+static inline void block_rest_sum(const window *wn, const float *wr, int ot, long long img,
                                   int oh0, int ow0, int bh, int bw, const ivec lanes[NBT], float *out) {
     int base[2], rest[4];
     channel_ranges(ot, base, rest);
     for (int sh = 0; sh < bh; sh += RH)
         for (int sw = 0; sw < bw; sw += RW) {
-            window wn;
             long long pos[R];
-            load_tile_at(x, img, oh0 + sh, ow0 + sw, bh - sh, bw - sw, &wn, pos);
+            positions(img, oh0 + sh, ow0 + sw, bh - sh, bw - sw, pos);
             vec r[NBT][R];
-            rest_sum(r, &wn, wr, rest);
+            rest_sum(r, tile_at(wn, sh, sw), wr, rest);
             _Pragma("GCC unroll 16")
             for (int j = 0; j < R; j++) {
                 if (pos[j] < 0) continue;
@@ -408,16 +413,21 @@ void block_rest(const float *x, const float *w, const float *wrest, float *out,
         for (int b = 0; b < NBT; b++)
             for (int l = 0; l < VW; l++) lanes[b][l] = (bits >> (b * VW + l)) & 1u ? -1 : 0;
         const int bh = HO - oh0 < BH ? HO - oh0 : BH, bw = WO - ow0 < BW ? WO - ow0 : BW;
-        block_rest_sum(x, rest_weights(w, wrest, ot), ot, img, oh0, ow0, bh, bw, lanes, out);
+        window wn;
+        fill_window(x, &wn, img, oh0, ow0);
+        block_rest_sum(&wn, rest_weights(w, wrest, ot), ot, img, oh0, ow0, bh, bw, lanes, out);
     }
 }
 
 #define HB ((HO + BH - 1) / BH)
 #define WB ((WO + BW - 1) / BW)
 
-/* Block gates in one pass per block, while its input is in cache: Yp of every tile of the
- * block (written to out), the block's per-channel sums of Yp taken from the registers, the
- * decisions, then the remaining sum of the channel tiles with a block on. Separate passes
+/* Block gates in one pass per block, while its input is in cache: the block's input window is
+ * filled once, then Yp of every tile of the block (written to out), the block's per-channel
+ * sums of Yp taken from the registers, the decisions, then the remaining sum of the channel
+ * tiles with a block on, all reading that window. (Each tile filling its own window, for the
+ * base and again for the remaining sum, copied each input ~4x: 16->16 @28, 7x7 blocks.)
+ * Separate passes
  * (gated_conv with every gate off, block_decide, block_rest) re-read Yp and the input from
  * memory: 16->16 @28, batch 128, 1 thread, every block off: 2.0 ms against 1.6 ms here.
  * on: (n, HB, WB, C_OUT/BG) uint8, decided as block_decide does. Returns the number
@@ -434,16 +444,17 @@ long long block_conv(const float *x, const float *w, const float *wrest, const f
         const int oh0 = (bi / WB) * BH, ow0 = (bi % WB) * BW;
         const int bh = HO - oh0 < BH ? HO - oh0 : BH, bw = WO - ow0 < BW ? WO - ow0 : BW;
         float sums[C_OUT] __attribute__((aligned(64)));
+        window wn;
+        fill_window(x, &wn, img, oh0, ow0);
         for (int ot = 0; ot < NT; ot++) {
             vec s[NBT];
             for (int b = 0; b < NBT; b++) s[b] = (vec){0};
             for (int sh = 0; sh < bh; sh += RH)
                 for (int sw = 0; sw < bw; sw += RW) {
-                    window wn;
                     long long pos[R];
-                    load_tile_at(x, img, oh0 + sh, ow0 + sw, bh - sh, bw - sw, &wn, pos);
+                    positions(img, oh0 + sh, ow0 + sw, bh - sh, bw - sw, pos);
                     vec acc[NBT][R];
-                    base_sum(acc, &wn, base_weights(w, ot), ot, bias);
+                    base_sum(acc, tile_at(&wn, sh, sw), base_weights(w, ot), ot, bias);
                     _Pragma("GCC unroll 16")
                     for (int j = 0; j < R; j++) {
                         if (pos[j] < 0) continue;
@@ -472,7 +483,7 @@ long long block_conv(const float *x, const float *w, const float *wrest, const f
                     any |= lanes[b][l];
                 }
             if (any && P > 1)
-                block_rest_sum(x, rest_weights(w, wrest, ot), ot, img, oh0, ow0, bh, bw, lanes, out);
+                block_rest_sum(&wn, rest_weights(w, wrest, ot), ot, img, oh0, ow0, bh, bw, lanes, out);
         }
     }
     return ran;
