@@ -123,8 +123,9 @@ def _evaluate_checkpoint(args, progress: bool):
 
 
 def _time_checkpoint(args, data) -> dict:
-    """Whole-network wall clock of the gated model against its own dense copy (dyngate.gating.timing)
-    on the first ``--time-batches`` test batches of ``--time-batch-size`` images."""
+    """Whole-network wall clock of the gated model against its own dense copy, both with their
+    BatchNorms folded (dyngate.gating.timing), on the first ``--time-batches`` test batches of
+    ``--time-batch-size`` images."""
     from dyngate.gating.timing import compare  # noqa: PLC0415 (only with --time)
     model = _load_eval_model(args.checkpoint, args.backend)
     x = data.tensors[0]
@@ -166,7 +167,10 @@ def cmd_eval(args) -> int:
         if timing:
             print(f"wall clock, {timing['batches']} batches of {timing['batch_size']}, "
                   f"{timing['threads']} threads (median): dense {timing['dense_ms']:.1f} ms, gated "
-                  f"{timing['gated_ms']:.1f} ms -> real speedup {timing['real_speedup']:.2f}x")
+                  f"{timing['gated_ms']:.1f} ms -> real speedup {timing['real_speedup']:.2f}x "
+                  f"(both with BatchNorm folded: {timing['bn_folded']} in the gated model"
+                  + (f", {len(timing['bn_kept'])} kept: {'; '.join(f'{k}: {v}' for k, v in timing['bn_kept'].items())}"
+                     if timing["bn_kept"] else "") + ")")
         if args.profile_out:
             print(f"wrote sparsity profile {args.profile_out}")
     return 0
@@ -261,8 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--profile-out", help="also write the sparsity profile YAML here (default: none)")
             p.add_argument("--time", action="store_true",
                            help="also time the whole network against its dense copy (same weights, "
-                                "threads and batches, channels-last oneDNN): dense_ms, gated_ms, "
-                                "real_speedup (default: off)")
+                                "threads and batches, channels-last oneDNN, BatchNorm folded into the convs of "
+                                "both): dense_ms, gated_ms, real_speedup (default: off)")
             p.add_argument("--time-batch-size", type=int, default=256,
                            help="images per timed batch (default: 256; >= 1)")
             p.add_argument("--time-batches", type=int, default=8,

@@ -97,11 +97,11 @@ class TorchModel:
 
 def deploy_form(model: nn.Module) -> nn.Module:
     """An eval-mode copy of ``model`` with each BatchNorm folded into the conv before it
-    (``torch.fx.experimental.optimization.fuse``) and its weights channels_last. The input
-    model is not modified."""
-    from torch.fx.experimental.optimization import fuse  # noqa: PLC0415
+    (:func:`dyngate.gating.fold.fold_batchnorm`, which gated models are timed with too) and its
+    weights channels_last. The input model is not modified."""
+    from dyngate.gating.fold import fold_batchnorm  # noqa: PLC0415
     try:
-        folded = fuse(copy.deepcopy(model).eval())
+        folded, _ = fold_batchnorm(model)
     except Exception as e:  # fx tracing errors name the op; keep them, and name the stage
         raise CompileError(f"compile: folding BatchNorm needs a torch.fx-traceable model: "
                            f"{type(e).__name__}: {str(e)[:300]}") from e
