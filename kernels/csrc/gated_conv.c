@@ -163,7 +163,7 @@ static inline ivec gate_of(vec y, vec tv, vec iv) {
  * weight vectors, then per position one broadcast feeding NBT FMAs (R*NBT accumulators + NBT
  * weights + 1 broadcast fit the 16 ymm of AVX2 at 6x2). */
 static inline void accum(vec acc[NBT][R], const float *xw, const float *wt,
-                         int c0, int c1) {
+                         int c0, int c1, int nj) {
     for (int kh = 0; kh < KH; kh++)
         for (int kw = 0; kw < KW; kw++) {
             const float *xt = tap(xw, kh, kw);
@@ -173,7 +173,7 @@ static inline void accum(vec acc[NBT][R], const float *xw, const float *wt,
                 _Pragma("GCC unroll 4")
                 for (int b = 0; b < NBT; b++) w[b] = *(const vec *)(wp + c * TW + b * VW);
                 _Pragma("GCC unroll 16")
-                for (int j = 0; j < R; j++) {
+                for (int j = 0; j < nj; j++) {
                     const float xv = xt[POFF(j) + c];
                     _Pragma("GCC unroll 4")
                     for (int b = 0; b < NBT; b++) acc[b][j] += xv * w[b];
@@ -183,14 +183,14 @@ static inline void accum(vec acc[NBT][R], const float *xw, const float *wt,
 }
 
 static inline void accum_base(vec acc[NBT][R], const float *xw, const float *wb,
-                              int ot) {
+                              int ot, int nj) {
     for (int kh = 0; kh < KH; kh++)
         for (int kw = 0; kw < KW; kw++) {
             const float *xt = tap(xw, kh, kw);
             const float *wp = wb + (kh * KW + kw) * CI * TW;
             for (int b = 0; b < NBT; b++)
                 _Pragma("GCC unroll 16")
-                for (int j = 0; j < R; j++) {
+                for (int j = 0; j < nj; j++) {
                     vec xv;
                     xv = vload(xt + POFF(j) + ot * TW + b * VW);
                     _Pragma("GCC unroll 16")
@@ -206,11 +206,11 @@ static inline void accum_base(vec acc[NBT][R], const float *xw, const float *wb,
 
 /* r = the remaining partial sum of the tile: its two input-channel ranges (channel_ranges). */
 static inline void rest_sum(vec r[NBT][R], const float *xw, const float *wr,
-                            const int rest[4]) {
+                            const int rest[4], int nj) {
     for (int b = 0; b < NBT; b++)
-        for (int j = 0; j < R; j++) r[b][j] = (vec){0};
-    accum(r, xw, wr, rest[0], rest[1]);
-    accum(r, xw, wr, rest[2], rest[3]);
+        for (int j = 0; j < nj; j++) r[b][j] = (vec){0};
+    accum(r, xw, wr, rest[0], rest[1], nj);
+    accum(r, xw, wr, rest[2], rest[3], nj);
 }
 
 /* SPAN base sum without EXACT_BASE: a vector holds VW/CO whole output chunks, whose base inputs
@@ -220,7 +220,7 @@ static inline void rest_sum(vec r[NBT][R], const float *xw, const float *wr,
  * position's broadcast feeds one FMA. */
 #define SL ((VW / (CO < VW ? CO : VW)) * CI)
 static inline void accum_span_base(vec acc[NBT][R], const float *xw,
-                                   const float *wt, int ot) {
+                                   const float *wt, int ot, int nj) {
     int c0[NBT];
     for (int b = 0; b < NBT; b++) c0[b] = ((ot * TW + b * VW) / CO) * CI;
     for (int kh = 0; kh < KH; kh++)
@@ -232,7 +232,7 @@ static inline void accum_span_base(vec acc[NBT][R], const float *xw,
                 _Pragma("GCC unroll 4")
                 for (int b = 0; b < NBT; b++) w[b] = *(const vec *)(wp + (c0[b] + q) * TW + b * VW);
                 _Pragma("GCC unroll 16")
-                for (int j = 0; j < R; j++)
+                for (int j = 0; j < nj; j++)
                     _Pragma("GCC unroll 4")
                     for (int b = 0; b < NBT; b++) acc[b][j] += xt[POFF(j) + c0[b] + q] * w[b];
             }
@@ -241,17 +241,17 @@ static inline void accum_span_base(vec acc[NBT][R], const float *xw,
 
 /* acc = Yp (bias + base partial sum) of the tile whose input starts at xw, channel tile ot. */
 static inline void base_sum(vec acc[NBT][R], const float *xw, const float *wt, int ot,
-                            const float *bias) {
+                            const float *bias, int nj) {
     int base[2], rest[4];
     channel_ranges(ot, base, rest);
     for (int b = 0; b < NBT; b++) {
         vec bv = {0};
         if (bias) bv = vload(bias + ot * TW + b * VW);
-        for (int j = 0; j < R; j++) acc[b][j] = bv;
+        for (int j = 0; j < nj; j++) acc[b][j] = bv;
     }
-    if (EXACT_BASE) accum_base(acc, xw, wt, ot);
-    else if (SPAN) accum_span_base(acc, xw, wt, ot);
-    else accum(acc, xw, wt, base[0], base[1]);
+    if (EXACT_BASE) accum_base(acc, xw, wt, ot, nj);
+    else if (SPAN) accum_span_base(acc, xw, wt, ot, nj);
+    else accum(acc, xw, wt, base[0], base[1], nj);
 }
 
 /* One tile (input from xw, flat output index pos[j] of position j, -1 where it is not stored)
@@ -266,7 +266,7 @@ static inline int tile(const float *xw, const long long pos[R], const float *wt,
     const int c0 = ot * TW;
     vec acc[NBT][R];
     ivec any = {0};
-    base_sum(acc, xw, wt, ot, bias);
+    base_sum(acc, xw, wt, ot, bias, R);
     /* Yp goes to out now and the gate is recomputed from it after the conditional pass, so
      * neither Yp nor the masks hold registers while the remaining sum accumulates. */
     for (int b = 0; b < NBT; b++) {
@@ -291,7 +291,7 @@ static inline int tile(const float *xw, const long long pos[R], const float *wt,
     for (int l = 0; l < VW; l++) active |= any[l];
     if (full || !active || P == 1) return 0;
     vec r[NBT][R];
-    rest_sum(r, xw, wr, rest);
+    rest_sum(r, xw, wr, rest, R);
     for (int b = 0; b < NBT; b++) {
         const vec tv = vload(tau + c0 + b * VW), iv = vload(isg + c0 + b * VW);
         _Pragma("GCC unroll 16")
@@ -375,6 +375,11 @@ long long gated_conv(const float *x, const float *w, const float *wrest, const f
 #ifndef BG
 #define BG 1
 #endif
+/* Rows of the last tile of a whole block when RH does not divide BH (7-row blocks in 2-row
+ * tiles: 1). That tile runs as a LRH-row tile (its own unrolled copy of the loops) instead of
+ * an RH-row tile with the rows past the block computed and dropped: 1/8 of the FMAs of a 7x7
+ * block. Positions past the last row keep pos[j] = -1, so their accumulators are never read. */
+#define LRH (BH % RH)
 
 /* The remaining sum of channel tile ot over the block at (img, oh0, ow0) (bh x bw outputs,
  * clipped at the map's edge; its input window wn filled), added to out where lanes are on. */
@@ -387,7 +392,8 @@ static inline void block_rest_sum(const window *wn, const float *wr, int ot, lon
             long long pos[R];
             positions(img, oh0 + sh, ow0 + sw, bh - sh, bw - sw, pos);
             vec r[NBT][R];
-            rest_sum(r, tile_at(wn, sh, sw), wr, rest);
+            if (LRH && bh - sh == LRH) rest_sum(r, tile_at(wn, sh, sw), wr, rest, LRH * RW);
+            else rest_sum(r, tile_at(wn, sh, sw), wr, rest, R);
             _Pragma("GCC unroll 16")
             for (int j = 0; j < R; j++) {
                 if (pos[j] < 0) continue;
@@ -454,7 +460,10 @@ long long block_conv(const float *x, const float *w, const float *wrest, const f
                     long long pos[R];
                     positions(img, oh0 + sh, ow0 + sw, bh - sh, bw - sw, pos);
                     vec acc[NBT][R];
-                    base_sum(acc, tile_at(&wn, sh, sw), base_weights(w, ot), ot, bias);
+                    if (LRH && bh - sh == LRH)
+                        base_sum(acc, tile_at(&wn, sh, sw), base_weights(w, ot), ot, bias, LRH * RW);
+                    else
+                        base_sum(acc, tile_at(&wn, sh, sw), base_weights(w, ot), ot, bias, R);
                     _Pragma("GCC unroll 16")
                     for (int j = 0; j < R; j++) {
                         if (pos[j] < 0) continue;
