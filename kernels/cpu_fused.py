@@ -78,6 +78,7 @@ MIN_CHUNK = 4   # narrowest exact vector every ISA's layout list has: chunks of 
 _ISA_TILE = {"avx512": (14, 12), "avx2": (12, 6), "generic": (12, 6)}
 
 
+@functools.lru_cache(maxsize=1)
 def cpu_isa() -> str:
     """The widest target this CPU runs: "avx512" (AVX-512F), "avx2" (AVX2+FMA) or "generic"."""
     flags = set(_cpu_flags().split())
@@ -128,6 +129,12 @@ WINDOW_MAX_BYTES = 256 * 1024
 
 
 def _window_reason(geo: ConvGeometry, area: tuple[int, int], block: bool = False) -> str | None:
+    """See :func:`_window_reason_for` (memoised per target: checked on every call)."""
+    return _window_reason_for(isa(), geo, tuple(area), block)
+
+
+@functools.lru_cache(maxsize=4096)
+def _window_reason_for(target: str, geo: ConvGeometry, area: tuple[int, int], block: bool) -> str | None:
     """Why the input window the kernel fills for ``area`` (per-element builds: one tile of the
     map; ``block``: the whole gate block ``area``) does not fit its stack buffer; None when it
     fits. Block builds may use the tile shape for one or two vectors per tile: the larger
@@ -222,7 +229,16 @@ def _weight_bytes(geo: ConvGeometry, spanning: bool) -> int:
 
 def _defines(geo: ConvGeometry, partitions: int, grouped: bool, granularity: int,
              area: tuple[int, int] | None = None) -> dict[str, int]:
-    """The kernel's -D constants. EXACT_BASE (shuffled-input base pass, csrc/gated_conv.c) only on
+    """The kernel's -D constants (a fresh dict: callers may extend it), see :func:`_defines_for`."""
+    return dict(_defines_for(isa(), geo, partitions, grouped, granularity, area))
+
+
+# Memoised per target and layer: the layout and tile-shape searches cost ~50 us in Python,
+# once per call of a gated conv (as much as a small layer's whole base pass) before this.
+@functools.lru_cache(maxsize=4096)
+def _defines_for(target: str, geo: ConvGeometry, partitions: int, grouped: bool, granularity: int,
+                 area: tuple[int, int] | None) -> dict[str, int]:
+    """The kernel's -D constants for ``target`` (the current :func:`isa`). EXACT_BASE (shuffled-input base pass, csrc/gated_conv.c) only on
     AVX-512: 16 channels @32x32, batch 64, 2 threads, interleaved medians: 3.9 vs 5.5 ms at
     density 1 and 2.8 vs 4.1 ms at density 0.2; under AVX2 it was slower (10.8 vs 8.2 ms)."""
     vw, spanning = layout(geo, partitions, grouped, granularity)
@@ -372,6 +388,14 @@ def _block_row_bytes(geo: ConvGeometry, gate_tile: tuple[int, int]) -> int:
 
 def _block_defines(geo: ConvGeometry, partitions: int, grouped: bool, granularity: int,
                    gate_tile: tuple[int, int]) -> dict[str, int] | None:
+    """See :func:`_block_defines_for` (memoised per target; a fresh dict or None)."""
+    d = _block_defines_for(isa(), geo, partitions, grouped, granularity, tuple(gate_tile))
+    return None if d is None else dict(d)
+
+
+@functools.lru_cache(maxsize=4096)
+def _block_defines_for(target: str, geo: ConvGeometry, partitions: int, grouped: bool,
+                       granularity: int, gate_tile: tuple[int, int]) -> dict[str, int] | None:
     """-D constants of the block-gate kernel: the per-element layout, with channel tiles that
     are whole gate groups (G a multiple of the tile) or hold whole groups (G dividing one
     vector; the tile's remaining sum then runs once for all its groups, added under a lane
