@@ -75,7 +75,7 @@ _ISA_LAYOUTS = {"avx512": [(16, False), (8, False), (16, True), (8, True), (4, F
 MIN_CHUNK = 4   # narrowest exact vector every ISA's layout list has: chunks of 4k channels always fit
 # Tiles are R consecutive positions in (n, row, column) order, so every tile but the last is
 # full whatever the output width (7, 14, 28 ...) and keeps R*NBT FMA chains in flight.
-_ISA_TILE = {"avx512": (14, 12), "avx2": (12, 6), "generic": (12, 6)}
+_ISA_TILE = {"avx512": (14, 14), "avx2": (12, 6), "generic": (12, 6)}
 
 
 @functools.lru_cache(maxsize=1)
@@ -109,15 +109,18 @@ def _max_tile(nbt: int = 1) -> int:
 
 def tile_shape(rows: int, cols: int, nbt: int = 1) -> tuple[int, int]:
     """(RH, RW): the output tile, at most :func:`_max_tile` positions, that covers a rows x
-    cols area (the map, or one gate block) at the least cost: tiles x (positions, but at least
-    the ~10 FMA chains per vector that keep the FMA units busy, + 3 for the tile's window copy
-    and stores). 28 wide -> 1 x 14, 14 -> 1 x 14, 7 -> 2 x 7 on AVX-512."""
+    cols area (the map, or one gate block) at the least cost: per tile its positions, but at
+    least the ~10 FMA chains per vector that keep the FMA units busy, + 3 for its window copy
+    and stores; the last tile row of an area whose rows RH does not divide runs with only the
+    remaining rows (csrc/gated_conv.c: MLRH, LRH). Ties go to the tile with the smaller input
+    window (3x3 taps), which copies less: 2 x 7 rather than 1 x 14 on 28- and 14-wide maps."""
     rmax = _max_tile(nbt)
     best = None
     for rw in range(1, min(cols, rmax) + 1):
         for rh in range(1, min(rows, rmax // rw) + 1):
-            n = -(-rows // rh) * -(-cols // rw)
-            cost = (n * (max(rh * rw, 10 / nbt) + 3), -rh * rw, rh)   # ties: wide tiles
+            full, last = divmod(rows, rh)
+            per_col = sum(max(r * rw, 10 / nbt) + 3 for r in [rh] * full + ([last] if last else []))
+            cost = (-(-cols // rw) * per_col, (rh + 2) * (rw + 2), rh)
             if best is None or cost < best[0]:
                 best = (cost, (rh, rw))
     return best[1]
@@ -202,16 +205,18 @@ def unsupported_reason(geo: ConvGeometry, partitions: int, grouped: bool, granul
 
 
 def _blocks_per_tile(geo: ConvGeometry, partitions: int, grouped: bool, vw: int, spanning: bool) -> int:
-    """Vectors per tile: 2 halves the broadcast loads per FMA, which paid off (2 threads, this
-    CPU) for strided layers, whose broadcasts touch more cache lines, and for 512+ inputs;
-    1 keeps more positions per tile and was as fast or faster on the other ResNet-18 shapes."""
+    """Vectors per tile: 2 halves the broadcast loads per FMA. On AVX-512 two vectors x 14
+    positions (31 of the 32 zmm) beat one vector x 14 on every shape whose output chunks hold
+    whole pairs of vectors (1 thread, batch 8, all gates on, 2026-12-05: 128->128 @28 14.7 ->
+    12.1 ms, 256->256 @14 15.0 -> 12.0 ms, dense 10.8 / 10.9 ms); before the kernel's address
+    fix only strided layers and 512+ inputs gained from it."""
     span = geo.c_out if spanning or not (grouped and partitions > 1) else geo.c_out // partitions
     # AVX2/SSE: 6 positions x 2 vectors is the classic 16-register micro-kernel shape
     target = isa()
     if target != "avx512":
         wants_two = vw <= {"avx2": 8, "generic": 4}[target]
     else:
-        wants_two = max(geo.stride) > 1 or geo.c_in >= 512
+        wants_two = True
     return 2 if wants_two and span % (2 * vw) == 0 else 1
 
 

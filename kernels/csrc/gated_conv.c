@@ -254,19 +254,20 @@ static inline void base_sum(vec acc[NBT][R], const float *xw, const float *wt, i
     else accum(acc, xw, wt, base[0], base[1], nj);
 }
 
-/* One tile (input from xw, flat output index pos[j] of position j, -1 where it is not stored)
- * x TW channels starting at channel ot*TW. With full (the whole conv, computed elsewhere, e.g.
- * by oneDNN) the output selects full where the gate is on and Yp elsewhere, and no remaining
- * sum is computed. Returns 1 when its conditional pass ran. */
+/* One tile (input from xw, flat output index pos[j] of position j, -1 where it is not stored;
+ * sums computed for its first nj positions, pos[j] = -1 beyond) x TW channels starting at
+ * channel ot*TW. With full (the whole conv, computed elsewhere, e.g. by oneDNN) the output
+ * selects full where the gate is on and Yp elsewhere, and no remaining sum is computed.
+ * Returns 1 when its conditional pass ran. */
 static inline int tile(const float *xw, const long long pos[R], const float *wt,
                        const float *wr, int ot, const float *bias, const float *tau, const float *isg,
-                       float *out, uint8_t *gate, const float *full) {
+                       float *out, uint8_t *gate, const float *full, int nj) {
     int base[2], rest[4];
     channel_ranges(ot, base, rest);
     const int c0 = ot * TW;
     vec acc[NBT][R];
     ivec any = {0};
-    base_sum(acc, xw, wt, ot, bias, R);
+    base_sum(acc, xw, wt, ot, bias, nj);
     /* Yp goes to out now and the gate is recomputed from it after the conditional pass, so
      * neither Yp nor the masks hold registers while the remaining sum accumulates. */
     for (int b = 0; b < NBT; b++) {
@@ -291,7 +292,7 @@ static inline int tile(const float *xw, const long long pos[R], const float *wt,
     for (int l = 0; l < VW; l++) active |= any[l];
     if (full || !active || P == 1) return 0;
     vec r[NBT][R];
-    rest_sum(r, xw, wr, rest, R);
+    rest_sum(r, xw, wr, rest, nj);
     for (int b = 0; b < NBT; b++) {
         const vec tv = vload(tau + c0 + b * VW), iv = vload(isg + c0 + b * VW);
         _Pragma("GCC unroll 16")
@@ -323,6 +324,23 @@ static inline void load_tile(const float *x, long long t, window *wn, long long 
     positions(img, oh0, ow0, RH, RW, pos);
 }
 
+/* Rows of the last tile row of the map when RH does not divide HO (7-row maps in 2-row tiles:
+ * 1): those tiles run as MLRH-row tiles (their own unrolled copy of the loops) instead of
+ * computing rows past the map and dropping them (1/8 of a 7-row map's FMAs). */
+#define MLRH (HO % RH)
+static inline int last_row_tile(long long t) {
+    return MLRH && (int)((t % (THN * TWN)) / TWN) == THN - 1;
+}
+
+/* tile() for position tile t: at its full size, or as an MLRH-row tile in the last tile row. */
+static inline int run_tile(const float *xw, long long t, const long long pos[R], const float *wt,
+                           const float *wr, int ot, const float *bias, const float *tau,
+                           const float *isg, float *out, uint8_t *gate, const float *full) {
+    if (last_row_tile(t))
+        return tile(xw, pos, wt, wr, ot, bias, tau, isg, out, gate, full, MLRH * RW);
+    return tile(xw, pos, wt, wr, ot, bias, tau, isg, out, gate, full, R);
+}
+
 /* x: NHWC (n, H, W, C_IN); w (and wrest when SPAN): packed (C_OUT/TW, KH, KW, C_IN, TW); bias,
  * tau, isg: (C_OUT); out: NHWC (n, HO, WO, C_OUT); gate: NHWC uint8 or NULL; full: NULL, or the
  * whole conv in out's layout to select from (see tile). Returns the number of tiles (RH x RW
@@ -343,8 +361,8 @@ long long gated_conv(const float *x, const float *w, const float *wrest, const f
             long long pos[R];
             load_tile(x, t, &wn, pos);
             for (int ot = 0; ot < NT; ot++)
-                ran += tile(wn.buf, pos, base_weights(w, ot), rest_weights(w, wrest, ot), ot, bias, tau,
-                            isg, out, gate, full);
+                ran += run_tile(wn.buf, t, pos, base_weights(w, ot), rest_weights(w, wrest, ot), ot,
+                                bias, tau, isg, out, gate, full);
         }
     } else {
         #pragma omp parallel for schedule(static) num_threads(nthreads) reduction(+:ran)
@@ -353,8 +371,8 @@ long long gated_conv(const float *x, const float *w, const float *wrest, const f
             window wn;
             long long pos[R];
             load_tile(x, u % tiles, &wn, pos);
-            ran += tile(wn.buf, pos, base_weights(w, ot), rest_weights(w, wrest, ot), ot, bias, tau,
-                        isg, out, gate, full);
+            ran += run_tile(wn.buf, u % tiles, pos, base_weights(w, ot), rest_weights(w, wrest, ot),
+                            ot, bias, tau, isg, out, gate, full);
         }
     }
     return ran;
