@@ -73,8 +73,9 @@ _ISA_LAYOUTS = {"avx512": [(16, False), (8, False), (16, True), (8, True), (4, F
                 "avx2": [(8, False), (8, True), (4, False), (16, False)],
                 "generic": [(4, False), (8, False), (16, False)]}  # wide last: gate groups of 8/16
 MIN_CHUNK = 4   # narrowest exact vector every ISA's layout list has: chunks of 4k channels always fit
-# Tiles are R consecutive positions in (n, row, column) order, so every tile but the last is
-# full whatever the output width (7, 14, 28 ...) and keeps R*NBT FMA chains in flight.
+# Most positions per tile (RH x RW, see tile_shape) for one and two vectors per tile: R*NBT
+# accumulators + NBT weight vectors + one broadcast fit the register file (AVX-512 two
+# vectors: 28 + 2 + 1 of 32 zmm).
 _ISA_TILE = {"avx512": (14, 14), "avx2": (12, 6), "generic": (12, 6)}
 
 
@@ -140,10 +141,10 @@ def _window_reason(geo: ConvGeometry, area: tuple[int, int], block: bool = False
 def _window_reason_for(target: str, geo: ConvGeometry, area: tuple[int, int], block: bool) -> str | None:
     """Why the input window the kernel fills for ``area`` (per-element builds: one tile of the
     map; ``block``: the whole gate block ``area``) does not fit its stack buffer; None when it
-    fits. Block builds may use the tile shape for one or two vectors per tile: the larger
-    window counts."""
+    fits. A build may use the tile shape for one or two vectors per tile: the larger window
+    counts."""
     size = 0
-    for nbt in ((1, 2) if block else (1,)):
+    for nbt in (1, 2):
         rh, rw = tile_shape(*area, nbt)
         if block:
             rh, rw = -(-area[0] // rh) * rh, -(-area[1] // rw) * rw

@@ -28,11 +28,8 @@
  * vector). Base and remaining sums then run over all input channels with pre-masked weights
  * (w = W*M, wrest = W*(1-M)): twice the dense MACs, but full-width vectors, which beats
  * 4-lane vectors over the exact ranges on this CPU. Otherwise wrest is unused (NULL).
- * An output tile is R consecutive output positions (in N*HO*WO order, so a tile may span
- * rows and images) x TW = NBT*VW channels (NBT vectors of VW lanes). Every tile but the last
- * holds R positions, so every tile keeps R*NBT independent accumulators in flight (row tiles
- * left 3-4 positions at the end of 7- and 14-wide rows: 6-8 FMA chains on AVX2, whose FMA
- * latency needs about 10 to stay busy). */
+ * An output tile is RH x RW output positions (R = RH * RW, see below) x TW = NBT*VW channels
+ * (NBT vectors of VW lanes): R*NBT independent accumulators in flight. */
 #define CI (C_IN / P)
 #define CO (C_OUT / P)
 #define TW (NBT * VW)
@@ -58,7 +55,7 @@ static inline vec vload(const float *p) { return *(const vec_mem *)p; }
 static inline void vstore(float *p, vec v) { *(vec_mem *)p = v; }
 
 /* Output tiles are RH x RW rectangles of output positions (R = RH * RW, in row-major order
- * j = jh * RW + jw). Before a tile's sums run, the input window they read (BR rows x BC columns
+ * j = jh * RW + jw). Before a tile's sums run, the input window they read (WR rows x WC columns
  * x C_IN, zeros where it lies in the padding or past the map) is copied into one contiguous
  * buffer, one memcpy per row: every FMA then reads its input at a compile-time offset from the
  * buffer. Until 2026-12-05 tiles were R consecutive positions whose per-tap addresses were
@@ -111,8 +108,8 @@ static inline void fill_window(const float *x, window *wn, long long img, int oh
 }
 
 /* The input of tap (kh, kw) of position j of the tile starting at xw is at
- * tap(xw, kh, kw)[POFF(j)]: one
- * pointer per tap and compile-time offsets per position. (An array of per-position pointers
+ * tap(xw, kh, kw)[POFF(j)]: one pointer per tap and compile-time offsets per position. (An
+ * array of per-position pointers
  * let GCC keep one induction variable per position in loops over a non-unrolled channel
  * range: 14 index registers, spilled and reloaded inside the FMA loop.) */
 #define POFF(j) ((((j) / RW) * SH * WC + ((j) % RW) * SW) * C_IN)
