@@ -9,6 +9,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "results" / "fashion_mnist_cgnet.json"
+STRUCTURED = ROOT / "results" / "fashion_mnist_structured_s29.json"
 
 pytestmark = pytest.mark.slow
 
@@ -31,9 +32,21 @@ def test_shipped_checkpoints_reproduce_published_table():
     assert gated_res["gated_mac_reduction"] > 1.5
 
 
+@pytest.mark.parametrize("ckpt,label", [
+    ("resnet20_fmnist_tile7.pt", "pre-act, tile 7x7 x 16 ch, rule all, T=0.1, 6 ep"),
+    ("resnet20_postact_fmnist_tile7.pt", "shipped: post-act, tile 7x7 x 16 ch, rule all, T=0.1, 6 ep")])
+def test_shipped_block_checkpoints_reproduce_published_table(ckpt, label):
+    rows = {r["label"]: r for r in json.loads(STRUCTURED.read_text())["runs"]}
+    res = _eval(ROOT / "checkpoints" / ckpt)
+    assert res["accuracy"] == pytest.approx(rows[label]["accuracy"], abs=3e-4)
+    assert res["mac_reduction"] == pytest.approx(rows[label]["mac_reduction"], rel=1e-3)
+    assert all(l["tile"] == [7, 7] for l in res["layers"] if l["gated"])
+
+
 def test_main_job_profile_feeds_accel_sim(tmp_path):
+    """The README's main job: the block-gated checkpoint's profile, tile densities included."""
     prof = tmp_path / "p.yaml"
-    subprocess.run([sys.executable, "-m", "dyngate", "eval", "checkpoints/resnet20_fmnist_cgnet.pt",
+    subprocess.run([sys.executable, "-m", "dyngate", "eval", "checkpoints/resnet20_fmnist_tile7.pt",
                     "--limit", "2000", "--profile-out", str(prof)], check=True, cwd=ROOT,
                    capture_output=True)
     out = subprocess.run([sys.executable, "-m", "accel_sim", "run", "resnet20", "--input", "1x28x28",
