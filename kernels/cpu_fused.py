@@ -102,6 +102,19 @@ def isa() -> str:
     return want
 
 
+def _per_target(fn):
+    """``fn`` memoised per layer and ISA target (the current :func:`isa` is part of the key;
+    dict results are copied, so callers may extend them). Its layout and tile-shape searches
+    ran on every call of a gated conv: ~50 us of Python, as much as a small layer's base pass."""
+    cached = functools.lru_cache(maxsize=4096)(lambda target, *args, **kw: fn(*args, **kw))
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kw):
+        out = cached(isa(), *args, **kw)
+        return dict(out) if isinstance(out, dict) else out
+    return wrapper
+
+
 def _max_tile(nbt: int = 1) -> int:
     """Most positions per tile for ``nbt`` vectors per tile on the current target."""
     one, two = _ISA_TILE[isa()]
@@ -132,13 +145,8 @@ def tile_shape(rows: int, cols: int, nbt: int = 1) -> tuple[int, int]:
 WINDOW_MAX_BYTES = 256 * 1024
 
 
+@_per_target
 def _window_reason(geo: ConvGeometry, area: tuple[int, int], block: bool = False) -> str | None:
-    """See :func:`_window_reason_for` (memoised per target: checked on every call)."""
-    return _window_reason_for(isa(), geo, tuple(area), block)
-
-
-@functools.lru_cache(maxsize=4096)
-def _window_reason_for(target: str, geo: ConvGeometry, area: tuple[int, int], block: bool) -> str | None:
     """Why the input window the kernel fills for ``area`` (per-element builds: one tile of the
     map; ``block``: the whole gate block ``area``) does not fit its stack buffer; None when it
     fits. A build may use the tile shape for one or two vectors per tile: the larger window
@@ -233,18 +241,10 @@ def _weight_bytes(geo: ConvGeometry, spanning: bool) -> int:
     return 4 * geo.c_out * geo.c_in * geo.kh * geo.kw * (2 if spanning else 1)
 
 
+@_per_target
 def _defines(geo: ConvGeometry, partitions: int, grouped: bool, granularity: int,
              area: tuple[int, int] | None = None) -> dict[str, int]:
-    """The kernel's -D constants (a fresh dict: callers may extend it), see :func:`_defines_for`."""
-    return dict(_defines_for(isa(), geo, partitions, grouped, granularity, area))
-
-
-# Memoised per target and layer: the layout and tile-shape searches cost ~50 us in Python,
-# once per call of a gated conv (as much as a small layer's whole base pass) before this.
-@functools.lru_cache(maxsize=4096)
-def _defines_for(target: str, geo: ConvGeometry, partitions: int, grouped: bool, granularity: int,
-                 area: tuple[int, int] | None) -> dict[str, int]:
-    """The kernel's -D constants for ``target`` (the current :func:`isa`). EXACT_BASE (shuffled-input base pass, csrc/gated_conv.c) only on
+    """The kernel's -D constants. EXACT_BASE (shuffled-input base pass, csrc/gated_conv.c) only on
     AVX-512: 16 channels @32x32, batch 64, 2 threads, interleaved medians: 3.9 vs 5.5 ms at
     density 1 and 2.8 vs 4.1 ms at density 0.2; under AVX2 it was slower (10.8 vs 8.2 ms)."""
     vw, spanning = layout(geo, partitions, grouped, granularity)
@@ -392,16 +392,9 @@ def _block_row_bytes(geo: ConvGeometry, gate_tile: tuple[int, int]) -> int:
     return 4 * -(-geo.wo // gate_tile[1]) * geo.c_out
 
 
+@_per_target
 def _block_defines(geo: ConvGeometry, partitions: int, grouped: bool, granularity: int,
                    gate_tile: tuple[int, int]) -> dict[str, int] | None:
-    """See :func:`_block_defines_for` (memoised per target; a fresh dict or None)."""
-    d = _block_defines_for(isa(), geo, partitions, grouped, granularity, tuple(gate_tile))
-    return None if d is None else dict(d)
-
-
-@functools.lru_cache(maxsize=4096)
-def _block_defines_for(target: str, geo: ConvGeometry, partitions: int, grouped: bool,
-                       granularity: int, gate_tile: tuple[int, int]) -> dict[str, int] | None:
     """-D constants of the block-gate kernel: the per-element layout, with channel tiles that
     are whole gate groups (G a multiple of the tile) or hold whole groups (G dividing one
     vector; the tile's remaining sum then runs once for all its groups, added under a lane

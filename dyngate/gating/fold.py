@@ -43,7 +43,7 @@ def fold_batchnorm(model: nn.Module) -> tuple[nn.Module, dict[str, str]]:
         if reason is not None:
             kept[info.bn] = reason
             continue
-        _fold(conv, bn)
+        _fold(conv, *_scale_shift(bn))
         parent, _, child = info.bn.rpartition(".")
         setattr(folded.get_submodule(parent) if parent else folded, child, nn.Identity())
     return folded, kept
@@ -61,29 +61,34 @@ def _scale_shift(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
     return s, t
 
 
+def _gate_statistics(bn0: nn.BatchNorm2d, s: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(running mean, running var) of ``s*Yp + t``, from the gate BN's statistics of Yp."""
+    return (s * bn0.running_mean.double() + t,
+            s * s * (bn0.running_var.double() + bn0.eps) - bn0.eps)
+
+
 def _unfoldable(conv: nn.Module, bn: nn.BatchNorm2d, conv_calls: int, bn_calls: int) -> str | None:
     if conv_calls != 1 or bn_calls != 1:
         return "the conv or the BatchNorm is called more than once"
     if bn.running_mean is None or bn.running_var is None:
         return "the BatchNorm keeps no running statistics"
     if isinstance(conv, GatedConv2d):
-        s, _ = _scale_shift(bn)
+        s, t = _scale_shift(bn)
         if not bool((s > 0).all()):
             return "a channel's BatchNorm scale is <= 0, which would reverse its gate's comparison"
-        var0 = s * s * (conv.bn0.running_var.double() + conv.bn0.eps) - conv.bn0.eps
-        if not bool((var0 > 0).all()):
+        if not bool((_gate_statistics(conv.bn0, s, t)[1] > 0).all()):
             return "the gate's folded variance would not be positive"
     return None
 
 
 @torch.no_grad()
-def _fold(conv: nn.Module, bn: nn.BatchNorm2d) -> None:
-    s, t = _scale_shift(bn)
+def _fold(conv: nn.Module, s: torch.Tensor, t: torch.Tensor) -> None:
+    """Fold the BatchNorm ``y -> s*y + t`` into ``conv`` (checked by :func:`_unfoldable`)."""
     dtype = conv.weight.dtype
     conv.weight.copy_((conv.weight.double() * s.view(-1, 1, 1, 1)).to(dtype))
     b = conv.bias.detach().double() if conv.bias is not None else torch.zeros_like(s)
     conv.bias = nn.Parameter((s * b + t).to(dtype), requires_grad=False)
     if isinstance(conv, GatedConv2d):   # Yp -> s*Yp + t: its statistics follow
-        bn0 = conv.bn0
-        bn0.running_var.copy_((s * s * (bn0.running_var.double() + bn0.eps) - bn0.eps).to(bn0.running_var.dtype))
-        bn0.running_mean.copy_((s * bn0.running_mean.double() + t).to(bn0.running_mean.dtype))
+        mean, var = _gate_statistics(conv.bn0, s, t)
+        conv.bn0.running_mean.copy_(mean)
+        conv.bn0.running_var.copy_(var)
