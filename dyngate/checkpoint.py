@@ -135,6 +135,10 @@ def _reconvert(model: nn.Module, spec: dict[str, Any], path: str) -> nn.Module:
     try:
         kw = {k: spec[k] for k in ("partitions", "grouped", "granularity", "alpha", "sparse_bp")}
         kw["tile"] = tuple(spec.get("tile", (1, 1)))   # spec version 1: per-element gates
+        # recorded, not re-derived: ``include`` fixes the layers, but a re-save must still say
+        # which rule chose them and where the thresholds started
+        kw["rule"] = spec.get("rule", "cgnet")
+        kw["threshold_init"] = spec.get("threshold_init", 0.0)
         return convert(model, include=spec["layers"], **kw)
     except KeyError as e:
         raise CheckpointError(f"{path}: the saved gating spec lacks field {e}") from e

@@ -42,11 +42,12 @@ if TYPE_CHECKING:
 RESUME_NEUTRAL = frozenset({"threads", "out"})
 
 
-def build_dense_model(cfg: TrainConfig) -> nn.Module:
-    """The registry model ``cfg.model`` for the dataset's geometry, with ``cfg.init``'s weights."""
+def build_dense_model(cfg: TrainConfig, load_init: bool = True) -> nn.Module:
+    """The registry model ``cfg.model`` for the dataset's geometry, with ``cfg.init``'s weights
+    (unless ``load_init`` is False: a gated init is loaded after conversion)."""
     cin, _, classes = dataset_geometry(cfg.dataset)
     model = models.build(cfg.model, in_channels=cin, num_classes=classes)
-    if cfg.init:
+    if cfg.init and load_init:
         if read_checkpoint(cfg.init).get("conversion"):
             raise CheckpointError(f"--init {cfg.init}: expected a dense checkpoint, this one is gated")
         model = load(cfg.init, model=model).train()

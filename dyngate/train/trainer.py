@@ -15,6 +15,8 @@ import torch
 import torch.nn as nn
 
 import models
+from dyngate.checkpoint import _load_strict
+from dyngate.checkpoint import read as read_checkpoint
 from dyngate.errors import CheckpointError, ConfigError
 from dyngate.gating.convert import RULES, GateOptions, convert
 from dyngate.gating.gated_conv import gate_loss, gates_open
@@ -47,7 +49,9 @@ class TrainConfig(GateOptions):
                                  allowed="a dyngate checkpoint")
     kd_temperature: float = option(4.0, "distillation temperature", allowed="> 0")
     kd_weight: float = option(0.9, "weight of the KD term; (1 - w) on cross-entropy", allowed="[0, 1]")
-    init: str | None = option(None, "start from a dense checkpoint's weights", allowed="a dyngate checkpoint")
+    init: str | None = option(None, "start from a checkpoint's weights: a dense one, or a gated one "
+                              "converted as this run converts (trains it on under this run's schedule)",
+                              allowed="a dyngate checkpoint")
     seed: int = option(0, "seed of weights, data order and augmentation", allowed="any integer")
     train_limit: int | None = option(None, "use only the first N training images", allowed=">= 1", kind=int)
     test_limit: int | None = option(None, "evaluate on only the first N test images", allowed=">= 1", kind=int)
@@ -132,12 +136,40 @@ def _check_types(cfg: TrainConfig) -> None:
             raise ConfigError(f"training option '{f.name}' must be {want[-1].__name__}, got {v!r}")
 
 
+# what a gated --init must share with the run that trains it on (not threshold_init: its
+# thresholds are loaded, and not rule: the layer list is compared)
+SAME_GATES = ("layers", "partitions", "grouped", "granularity", "tile", "alpha", "sparse_bp")
+
+
+def _gated_init(cfg: TrainConfig) -> bool:
+    return bool(cfg.init) and bool(read_checkpoint(cfg.init).get("conversion"))
+
+
 def build_model(cfg: TrainConfig) -> nn.Module:
-    """The dense model of :func:`~dyngate.train.loop.build_dense_model`, converted when ``cfg.gated``."""
-    model = build_dense_model(cfg)
-    if cfg.gated:
-        model = convert(model, cfg.partitions, cfg.grouped, **cfg.convert_kwargs())
-    return model
+    """The dense model of :func:`~dyngate.train.loop.build_dense_model`, converted when
+    ``cfg.gated``; a gated ``--init`` is loaded into the converted model (weights, thresholds,
+    decision statistics) after checking it was converted the same way."""
+    if not _gated_init(cfg):
+        model = build_dense_model(cfg)
+        return convert(model, cfg.partitions, cfg.grouped, **cfg.convert_kwargs()) if cfg.gated else model
+    if not cfg.gated:
+        raise CheckpointError(f"--init {cfg.init}: this checkpoint is gated; train it on with --gated "
+                              "and its gate options, or start from a dense checkpoint")
+    model = convert(build_dense_model(cfg, load_init=False), cfg.partitions, cfg.grouped,
+                    **cfg.convert_kwargs())
+    payload = read_checkpoint(cfg.init)
+    arch = (payload.get("arch") or {}).get("name")
+    if arch != cfg.model:
+        raise CheckpointError(f"--init {cfg.init}: it holds a {arch or payload.get('class')} model, "
+                              f"this run trains --model {cfg.model}")
+    saved, own = payload["conversion"], model.dyngate_spec
+    for k in SAME_GATES:
+        if saved.get(k) != own[k]:
+            flag = "--rule" if k == "layers" else f"--{_flag(k)}"
+            raise CheckpointError(f"--init {cfg.init}: its gates have {k}={saved.get(k)!r}, "
+                                  f"this run's {own[k]!r} (check {flag})")
+    _load_strict(model, payload["state_dict"], cfg.init)
+    return model.train()
 
 
 class Trainer(TrainLoop):
@@ -148,8 +180,13 @@ class Trainer(TrainLoop):
         return build_model(self.cfg)
 
     def measure_dense_accuracy(self) -> None:
-        if self.cfg.gated and self.cfg.init and self.dense_accuracy is None and self.world.main:
-            with gates_open(self.model):
+        if not (self.cfg.gated and self.cfg.init and self.dense_accuracy is None and self.world.main):
+            return
+        if _gated_init(self.cfg):  # trained on: the dense model is the one its first run started from
+            trainer = (read_checkpoint(self.cfg.init).get("extra") or {}).get("trainer") or {}
+            self.dense_accuracy = trainer.get("dense_accuracy")
+            return
+        with gates_open(self.model):
                 self.dense_accuracy = evaluate(self.model, self.test_set)[0]
 
     def training_loss(self, out: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

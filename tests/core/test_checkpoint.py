@@ -26,6 +26,18 @@ def test_round_trip_gated_model_identical_outputs(tmp_path):
         assert torch.equal(h(x), g(x))
 
 
+def test_resave_keeps_the_recorded_rule_and_threshold_init(tmp_path):
+    """load re-converts with the saved layer list; a re-save must still record the rule that
+    chose those layers and the thresholds' starting value (it once wrote the defaults)."""
+    g = dyngate.convert(models.build("resnet20", in_channels=1, num_classes=10), partitions=2,
+                        rule="all", threshold_init=0.3, grouped=False)
+    dyngate.save(g, tmp_path / "a.pt")
+    dyngate.save(dyngate.load(tmp_path / "a.pt"), tmp_path / "b.pt")
+    spec = dyngate.checkpoint.read(tmp_path / "b.pt")["conversion"]
+    assert (spec["rule"], spec["threshold_init"]) == ("all", 0.3)
+    assert spec["layers"] == g.dyngate_spec["layers"]
+
+
 def test_load_onto_mismatched_architecture_is_an_error(tmp_path):
     path = tmp_path / "d.pt"
     dyngate.save(models.build("resnet20", in_channels=1, num_classes=10), path)

@@ -172,3 +172,34 @@ def test_bad_options_raise_config_error(tmp_path):
         _cfg(tmp_path, momentum=1.0).validate()
     with pytest.raises(ConfigError, match="unknown training option"):
         config_from_dict({"epochz": 3})
+
+
+def test_gated_init_trains_a_gated_checkpoint_on(tmp_path, capsys):
+    """``--init`` of a gated checkpoint continues it: the converted model starts with exactly
+    its weights, thresholds and decision statistics, keeps the dense accuracy its first run
+    recorded, and a checkpoint converted another way is refused with the field at fault."""
+    base = ["train", "--model", "resnet20", "--dataset", "synthetic", "--epochs", "1",
+            "--train-limit", "128", "--test-limit", "64", "--threads", "1"]
+    gate = ["--gated", "--rule", "all", "--tile", "4", "4", "--granularity", "8", "--no-grouped"]
+    assert main(base + ["--out", str(tmp_path / "dense")]) == 0
+    first = tmp_path / "first"
+    assert main(base + gate + ["--init", str(tmp_path / "dense" / "final.pt"), "--out", str(first)]) == 0
+    cfg = dict(SMALL, train_limit=128, test_limit=64, epochs=1, gated=True, rule="all", tile=[4, 4],
+               granularity=8, grouped=False, init=str(first / "final.pt"), out=str(tmp_path / "on"))
+    t = Trainer(TrainConfig(**cfg), progress=False)
+    saved = dyngate.checkpoint.read(first / "final.pt")
+    state = t.model.state_dict()
+    assert set(state) == set(saved["state_dict"])
+    assert all(torch.equal(state[k], v) for k, v in saved["state_dict"].items())
+    t.fit()
+    assert t.dense_accuracy == saved["extra"]["trainer"]["dense_accuracy"] is not None
+    capsys.readouterr()
+    other = {"tile": gate[:4] + ["2", "2"] + gate[6:],                  # 2x2 blocks
+             "layers": gate[:1] + gate[3:],                             # rule cgnet
+             "grouped": gate[:-1] + ["--grouped"]}
+    for field, args in other.items():
+        assert main(base + args + ["--init", str(first / "final.pt"), "--out", str(tmp_path / field)]) == 2
+        err = capsys.readouterr().err
+        assert f"its gates have {field}=" in err and "final.pt" in err and "Traceback" not in err
+    assert main(base + ["--init", str(first / "final.pt"), "--out", str(tmp_path / "dense2")]) == 2
+    assert "this checkpoint is gated" in capsys.readouterr().err
