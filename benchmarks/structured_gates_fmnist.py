@@ -9,7 +9,9 @@ dense baseline is capped too). The tuning cache is fresh per run (a private
 
     python benchmarks/structured_gates_fmnist.py \\
         --control "dense, fine-tuned 3 ep=runs/fmnist13/dense_ft3/final.pt" \\
+        --control "dense, fine-tuned 15 ep=runs/fmnist13/dense_ft15/final.pt" \\
         --run "per-element, rule all, T=0.8=runs/fmnist13/elem_T0.8/final.pt" \\
+        --run "tile 7x7 x 16 ch, 15 ep=runs/fmnist13/tile7_e15/final.pt@2" \\
         --run "tile 7x7 x 16 ch, rule all, T=0.2=runs/fmnist13/tile7_G16_T0.2/final.pt" \\
         --json results/fashion_mnist_structured.json --plot results/fashion_mnist_structured.png
 """
@@ -54,10 +56,12 @@ def evaluate(ckpt: str, isa: str, threads: int, batch: int, batches: int, limit:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--control", required=True, metavar="LABEL=CKPT",
-                    help="the equally fine-tuned dense model (accuracy reference)")
-    ap.add_argument("--run", action="append", default=[], metavar="LABEL=CKPT",
-                    help="a gated checkpoint (repeatable)")
+    ap.add_argument("--control", required=True, action="append", metavar="LABEL=CKPT",
+                    help="an equally fine-tuned dense model, the accuracy reference (repeatable: one "
+                         "per training length; a run names its own with @K)")
+    ap.add_argument("--run", action="append", default=[], metavar="LABEL=CKPT[@K]",
+                    help="a gated checkpoint, its accuracy compared against the K-th --control "
+                         "(default 1) (repeatable)")
     ap.add_argument("--isa", nargs="+", default=["native", "avx2"], choices=sorted(ISA_ENV),
                     help="ISA builds to time (default: native avx2)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (default: 2)")
@@ -69,16 +73,26 @@ def main() -> None:
     args = ap.parse_args()
     print(cpu_header())
     print(f"threads {args.threads}, batch {args.batch}, {args.batches} timed batches (median)\n")
-    label, ckpt = args.control.rsplit("=", 1)
-    control = evaluate(ckpt, "native", args.threads, args.batch, 1, args.limit)
-    rows = []
+    runs = []
     for spec in args.run:
         name, path = spec.rsplit("=", 1)
+        path, _, k = path.partition("@")
+        if not (k or "1").isdigit() or not 1 <= int(k or 1) <= len(args.control):
+            ap.error(f"--run {spec!r}: @K must name one of the {len(args.control)} --control models (1-based)")
+        runs.append((name, path, int(k or 1) - 1))
+    controls = []
+    for spec in args.control:
+        label, ckpt = spec.rsplit("=", 1)
+        controls.append({"label": label, "checkpoint": ckpt,
+                         "accuracy": evaluate(ckpt, "native", args.threads, args.batch, 1, args.limit)["accuracy"]})
+    rows = []
+    for name, path, k in runs:
+        control = controls[k]
         res = {isa: evaluate(path, isa, args.threads, args.batch, args.batches, args.limit) for isa in args.isa}
         first = res[args.isa[0]]
         gated = [l for l in first["layers"] if l["gated"]]
         rows.append({"label": name, "checkpoint": path, "accuracy": first["accuracy"],
-                     "delta_pt": 100 * (first["accuracy"] - control["accuracy"]),
+                     "control": control["label"], "delta_pt": 100 * (first["accuracy"] - control["accuracy"]),
                      "mac_reduction": first["mac_reduction"], "gated_mac_reduction": first["gated_mac_reduction"],
                      "block_density": (sum(l["block_density"] for l in gated) / len(gated)) if gated else 1.0,
                      "gated_layers": len(gated), "dense_accuracy_at_training": first.get("dense_accuracy"),
@@ -88,30 +102,33 @@ def main() -> None:
             "| mean block density | " + " | ".join(f"real speedup {i}" for i in args.isa) + " |")
     print(head)
     print("|" + "---|" * (6 + len(args.isa)))
-    print(f"| {label} | {100 * control['accuracy']:.2f} | +0.00 | 1.00x | 1.00x | 1.00 | "
-          + " | ".join("1.00x" for _ in args.isa) + " |")
-    for r in rows:
-        print(f"| {r['label']} | {100 * r['accuracy']:.2f} | {r['delta_pt']:+.2f} | {r['mac_reduction']:.2f}x "
+    many = len(controls) > 1      # then each control is numbered and each Δ names its control
+    for i, c in enumerate(controls):
+        print(f"| {f'#{i + 1} ' if many else ''}{c['label']} | {100 * c['accuracy']:.2f} | +0.00 | 1.00x "
+              "| 1.00x | 1.00 | " + " | ".join("1.00x" for _ in args.isa) + " |")
+    for (_, _, k), r in zip(runs, rows):
+        print(f"| {r['label']} | {100 * r['accuracy']:.2f} | {r['delta_pt']:+.2f}{f' (vs #{k + 1})' if many else ''} "
+              f"| {r['mac_reduction']:.2f}x "
               f"| {r['gated_mac_reduction']:.2f}x | {r['block_density']:.2f} | "
               + " | ".join(f"{r[f'{i}_real_speedup']:.2f}x ({r[f'{i}_dense_ms']:.0f}/{r[f'{i}_gated_ms']:.0f} ms)"
                            for i in args.isa) + " |")
     if args.json:
         write_text_atomic(args.json, json.dumps({"cpu": cpu_header(), "threads": args.threads, "batch": args.batch,
-                                             "control": {"label": label, "checkpoint": ckpt,
-                                                         "accuracy": control["accuracy"]},
+                                             "control": controls[0], "controls": controls,
                                              "runs": rows}, indent=1))
     if args.plot:
-        _plot(args.plot, label, control, rows, args.isa)
+        _plot(args.plot, controls, rows, args.isa)
 
 
-def _plot(path: str, label: str, control: dict, rows: list[dict], isas: list[str]) -> None:
+def _plot(path: str, controls: list[dict], rows: list[dict], isas: list[str]) -> None:
     import matplotlib  # noqa: PLC0415
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, key, xlabel in ((axes[0], "mac_reduction", "MAC reduction, whole network (x)"),
                             (axes[1], f"{isas[0]}_real_speedup", f"real CPU speedup, whole network ({isas[0]}, x)")):
-        ax.scatter([1.0], [100 * control["accuracy"]], marker="s", color="k", label=label)
+        for c, shade in zip(controls, ("k", "0.45", "0.7")):
+            ax.scatter([1.0], [100 * c["accuracy"]], marker="s", color=shade, label=c["label"])
         for r in rows:
             ax.scatter([r[key]], [100 * r["accuracy"]], label=r["label"])
         ax.axvline(1.0, color="grey", lw=0.6)
