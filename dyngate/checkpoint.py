@@ -139,7 +139,9 @@ def _reconvert(model: nn.Module, spec: dict[str, Any], path: str) -> nn.Module:
         # which rule chose them and where the thresholds started
         kw["rule"] = spec.get("rule", "cgnet")
         kw["threshold_init"] = spec.get("threshold_init", 0.0)
-        return convert(model, include=spec["layers"], **kw)
+        gated = convert(model, include=spec["layers"], **kw)
+        gated.dyngate_spec["skipped"] = dict(spec.get("skipped", {}))   # why the rule left them out
+        return gated
     except KeyError as e:
         raise CheckpointError(f"{path}: the saved gating spec lacks field {e}") from e
     except Exception as e:

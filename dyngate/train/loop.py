@@ -54,6 +54,22 @@ def build_dense_model(cfg: TrainConfig, load_init: bool = True) -> nn.Module:
     return model
 
 
+# what only --resume reads: a shipped checkpoint drops it (a few MB of momentum buffers)
+RESUME_STATE = ("optimizer", "scheduler", "generator", "torch_rng")
+
+
+def ship(src: str, dst: str) -> None:
+    """Write the training checkpoint ``src`` to ``dst`` without its resume state: weights, gate
+    spec, config, history and dense accuracy stay (all that eval, profile and --init read)."""
+    payload = read_checkpoint(src)
+    extra = dict(payload.get("extra") or {})
+    trainer = extra.get("trainer")
+    if not isinstance(trainer, dict):
+        raise CheckpointError(f"{src}: not a training checkpoint (no trainer record)")
+    extra["trainer"] = {k: v for k, v in trainer.items() if k not in RESUME_STATE}
+    save(load(src), dst, extra=extra)
+
+
 def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     """Random crop with 2-pixel zero padding and random horizontal flip, per image."""
     n, _, h, w = x.shape

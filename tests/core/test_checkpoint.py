@@ -36,6 +36,7 @@ def test_resave_keeps_the_recorded_rule_and_threshold_init(tmp_path):
     spec = dyngate.checkpoint.read(tmp_path / "b.pt")["conversion"]
     assert (spec["rule"], spec["threshold_init"]) == ("all", 0.3)
     assert spec["layers"] == g.dyngate_spec["layers"]
+    assert spec["skipped"] == g.dyngate_spec["skipped"] and "conv1" in spec["skipped"]
 
 
 def test_load_onto_mismatched_architecture_is_an_error(tmp_path):

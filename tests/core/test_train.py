@@ -184,8 +184,14 @@ def test_gated_init_trains_a_gated_checkpoint_on(tmp_path, capsys):
     assert main(base + ["--out", str(tmp_path / "dense")]) == 0
     first = tmp_path / "first"
     assert main(base + gate + ["--init", str(tmp_path / "dense" / "final.pt"), "--out", str(first)]) == 0
+    shipped = tmp_path / "shipped.pt"
+    dyngate.train.loop.ship(str(first / "final.pt"), str(shipped))
+    assert not set(dyngate.train.loop.RESUME_STATE) & set(dyngate.checkpoint.read(shipped)["extra"]["trainer"])
+    assert main(base + gate + ["--init", str(tmp_path / "dense" / "final.pt"), "--resume", str(shipped),
+                               "--out", str(tmp_path / "r")]) == 2
+    assert "start from it with --init" in capsys.readouterr().err
     cfg = dict(SMALL, train_limit=128, test_limit=64, epochs=1, gated=True, rule="all", tile=[4, 4],
-               granularity=8, grouped=False, init=str(first / "final.pt"), out=str(tmp_path / "on"))
+               granularity=8, grouped=False, init=str(shipped), out=str(tmp_path / "on"))
     t = Trainer(TrainConfig(**cfg), progress=False)
     saved = dyngate.checkpoint.read(first / "final.pt")
     state = t.model.state_dict()
