@@ -9,6 +9,11 @@ batch, the threads, the gate pattern and the CPU, so ``auto`` measures them at f
 * ``select``: oneDNN computes the whole conv, the compiled loop only Yp and the gate, and
   selects between them (dense MACs plus the base pass: the floor where nothing can be skipped,
   well below ``dense`` on narrow layers, whose oneDNN grouped base conv is slow);
+* ``prefix`` (grouped layers whose output chunks are narrower than a vector, e.g. 16
+  channels at p=4): the compiled loop computes the whole conv at dense MACs, summing the input
+  chunks in order and taking each output chunk's Yp as the difference of the partial sums
+  around its own input chunk, then selects. Skips nothing; ``fused`` there pays masked base and
+  remaining sums (1.25-2x the dense FMAs) to be able to skip all-off tiles;
 * ``fused_blocks`` / ``onednn_blocks`` (block gates): ``fused_blocks`` runs one compiled pass
   per block (Yp, the block means, the remaining sum of exactly the blocks that are on);
   ``onednn_blocks`` takes Yp from oneDNN, then a compiled decision pass and remaining sums;
@@ -70,7 +75,7 @@ from kernels.reference import block_scores, expand_blocks
 from kernels.workspace import derived, scratch
 
 CL = torch.channels_last
-STRATEGIES = ("auto", "fused", "select", "fused_blocks", "onednn_blocks", "pipeline", "tiles",
+STRATEGIES = ("auto", "fused", "select", "prefix", "fused_blocks", "onednn_blocks", "pipeline", "tiles",
               "chunk_tiles", "block_tiles", "groups", "union", "dense", "stacked")
 _LAST = threading.local()
 
@@ -287,7 +292,7 @@ def conditional_conv2d_cpu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Te
         tuned = cdt == torch.float32 and autotune.enabled()
         strategy = _tuned_path(xc, weight, bias, tau, inv_sigma, geo, partitions, grouped,
                                granularity, tile, gate_tile) if tuned else "pipeline"
-    if strategy in ("fused", "select", "fused_blocks", "onednn_blocks"):
+    if strategy in ("fused", "select", "prefix", "fused_blocks", "onednn_blocks"):
         out, gate = _native(strategy, xc, weight, bias, tau, inv_sigma, geo, partitions, grouped,
                             granularity, gate_tile, return_gate)
     elif strategy == "stacked":
@@ -325,7 +330,8 @@ def _native(strategy: str, xc: torch.Tensor, weight: torch.Tensor, bias: torch.T
     if xc.dtype != torch.float32:
         raise KernelArgError(f"strategy {strategy!r} computes in float32, got {xc.dtype}")
     blocks = strategy in ("fused_blocks", "onednn_blocks")
-    unsupported = cpu_fused.blocks_unsupported_reason if blocks else _fused_reason
+    unsupported = (cpu_fused.blocks_unsupported_reason if blocks
+                   else _prefix_reason if strategy == "prefix" else _fused_reason)
     reason = unsupported(geo, partitions, grouped, granularity, gate_tile)
     if reason is not None:
         raise KernelArgError(f"strategy {strategy!r} cannot run this layer: {reason}")
@@ -340,7 +346,8 @@ def _native(strategy: str, xc: torch.Tensor, weight: torch.Tensor, bias: torch.T
         full = F.conv2d(xc, weight.detach().to(xc.dtype), None if bias is None else bias.detach().to(xc.dtype),
                         geo.stride, geo.padding, geo.dilation)
     out, gate, _ = cpu_fused.run(xc, weight, bias, tau, inv_sigma, geo, partitions=partitions,
-                                 grouped=grouped, granularity=granularity, return_gate=return_gate, full=full)
+                                 grouped=grouped, granularity=granularity, return_gate=return_gate,
+                                 full=full, prefix=strategy == "prefix")
     return out, gate
 
 
@@ -348,6 +355,11 @@ def _fused_reason(geo, partitions, grouped, granularity, gate_tile) -> str | Non
     if gate_tile != (1, 1):   # its decision is per row segment; a block spans rows
         return f"gate tile {gate_tile[0]}x{gate_tile[1]}: the fused kernel decides per element"
     return cpu_fused.unsupported_reason(geo, partitions, grouped, granularity)
+
+
+def _prefix_reason(geo, partitions, grouped, granularity, gate_tile) -> str | None:
+    return (_fused_reason(geo, partitions, grouped, granularity, gate_tile)
+            or cpu_fused.prefix_unsupported_reason(geo, partitions, grouped, granularity))
 
 
 def _block_chunks(geo: ConvGeometry, partitions: int, grouped: bool, granularity: int):
@@ -371,8 +383,10 @@ def _runnable(geo: ConvGeometry, partitions: int, grouped: bool, granularity: in
     block = gate_tile != (1, 1) and _block_chunks(geo, partitions, grouped, granularity) is not None
     compiled_blocks = cpu_fused.blocks_unsupported_reason(geo, partitions, grouped, granularity,
                                                           gate_tile) is None
+    prefix = reason is None and _prefix_reason(geo, partitions, grouped, granularity, gate_tile) is None
     return tuple(p for p in autotune.PATHS
-                 if (p not in ("fused", "select") or reason is None) and (p != "block_tiles" or block)
+                 if (p not in ("fused", "select") or reason is None) and (p != "prefix" or prefix)
+                 and (p != "block_tiles" or block)
                  and (p not in ("fused_blocks", "onednn_blocks") or compiled_blocks))
 
 

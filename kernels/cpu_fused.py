@@ -241,14 +241,26 @@ def _weight_bytes(geo: ConvGeometry, spanning: bool) -> int:
     return 4 * geo.c_out * geo.c_in * geo.kh * geo.kw * (2 if spanning else 1)
 
 
+def _prefix_width(geo: ConvGeometry, granularity: int) -> int | None:
+    """VW of the prefix build: the widest vector of this target that tiles C_out in whole gate
+    groups. Its lanes may belong to different output chunks: each takes its own chunk's Yp."""
+    return next((vw for vw, _ in _ISA_LAYOUTS[isa()] if vw % granularity == 0 and geo.c_out % vw == 0),
+                None)
+
+
 @_per_target
 def _defines(geo: ConvGeometry, partitions: int, grouped: bool, granularity: int,
-             area: tuple[int, int] | None = None) -> dict[str, int]:
-    """The kernel's -D constants. EXACT_BASE (shuffled-input base pass, csrc/gated_conv.c) only on
-    AVX-512: 16 channels @32x32, batch 64, 2 threads, interleaved medians: 3.9 vs 5.5 ms at
-    density 1 and 2.8 vs 4.1 ms at density 0.2; under AVX2 it was slower (10.8 vs 8.2 ms)."""
-    vw, spanning = layout(geo, partitions, grouped, granularity)
-    nbt = _blocks_per_tile(geo, partitions, grouped, vw, spanning)
+             area: tuple[int, int] | None = None, prefix: bool = False) -> dict[str, int]:
+    """The kernel's -D constants (``prefix``: the PREFIX build, see csrc/gated_conv.c). EXACT_BASE
+    (shuffled-input base pass) only on AVX-512: 16 channels @32x32, batch 64, 2 threads,
+    interleaved medians: 3.9 vs 5.5 ms at density 1 and 2.8 vs 4.1 ms at density 0.2; under AVX2
+    it was slower (10.8 vs 8.2 ms)."""
+    if prefix:   # plain weights, vectors across chunks
+        vw, spanning = _prefix_width(geo, granularity), False
+        nbt = _blocks_per_tile(geo, partitions, grouped, vw, True)
+    else:
+        vw, spanning = layout(geo, partitions, grouped, granularity)
+        nbt = _blocks_per_tile(geo, partitions, grouped, vw, spanning)
     rh, rw = tile_shape(*(area or (geo.ho, geo.wo)), nbt)
     return dict(C_IN=geo.c_in, C_OUT=geo.c_out, KH=geo.kh, KW=geo.kw, SH=geo.stride[0],
                 SW=geo.stride[1], PH=geo.padding[0], PW=geo.padding[1], DH=geo.dilation[0],
@@ -256,7 +268,8 @@ def _defines(geo: ConvGeometry, partitions: int, grouped: bool, granularity: int
                 HO=geo.ho, WO=geo.wo, P=partitions, GROUPED=int(grouped and partitions > 1), VW=vw,
                 NBT=nbt, G=granularity, R=rh * rw, RH=rh, SPAN=int(spanning),
                 POS_MAJOR=int(_weight_bytes(geo, spanning) <= POS_MAJOR_MAX_BYTES),
-                EXACT_BASE=int(spanning and geo.c_in == geo.c_out and isa() == "avx512"))
+                EXACT_BASE=int(spanning and geo.c_in == geo.c_out and isa() == "avx512"),
+                PREFIX=int(prefix))
 
 
 def _build_plan(defines: tuple[tuple[str, int], ...], target: str):
@@ -358,21 +371,40 @@ def _kernel_weights(weight: torch.Tensor, d: dict[str, int], partitions: int, gr
                            bool(d["EXACT_BASE"]))
 
 
+def prefix_unsupported_reason(geo: ConvGeometry, partitions: int, grouped: bool,
+                              granularity: int) -> str | None:
+    """Why the ``prefix`` build (PREFIX in csrc/gated_conv.c) cannot run this layer, or None:
+    it is offered where the fused kernel's vectors are narrower than the target's widest (grouped
+    output chunks of 8 channels on AVX-512) or span chunks with masked weights (SPAN: 4-channel
+    chunks), whose base and remaining sums cost more than the dense conv's FMAs."""
+    reason = unsupported_reason(geo, partitions, grouped, granularity)
+    if reason is None:
+        vw, spanning = layout(geo, partitions, grouped, granularity)
+        if not spanning and vw == _prefix_width(geo, granularity):
+            reason = "the fused kernel's exact sums already use the widest vectors"
+    return reason
+
+
 def run(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, tau: torch.Tensor,
         inv_sigma: torch.Tensor, geo: ConvGeometry, *, partitions: int, grouped: bool,
-        granularity: int, return_gate: bool,
-        full: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+        granularity: int, return_gate: bool, full: torch.Tensor | None = None,
+        prefix: bool = False) -> tuple[torch.Tensor, torch.Tensor | None, int]:
     """Run the fused kernel on the input ``(N, C_in, H, W)`` (read in channels-last memory,
     padding applied in the kernel, so no padded copy is made). With ``full`` (the whole conv,
     channels-last fp32, e.g. from oneDNN) the kernel computes only Yp and the gate and selects
     ``full`` where the gate is on: the dense-MAC path for gates that leave nothing to skip.
+    With ``prefix`` (SPAN layouts only, see :func:`prefix_unsupported_reason`) it computes the
+    whole conv itself at dense MACs, taking Yp from its partial sums on the way, and selects.
 
     Returns the channels-last fp32 output, the bool gate (or None) and the number of tiles
     whose conditional pass ran (a work counter for benchmarks and tests).
     """
-    defines = _defines(geo, partitions, grouped, granularity)
+    defines = _defines(geo, partitions, grouped, granularity, prefix=prefix)
     fn = _load(tuple(sorted(defines.items())), isa())[0]
-    w, w_rest = _kernel_weights(weight, defines, partitions, grouped)
+    if prefix:   # the plain packing of W serves every chunk's sum
+        w = w_rest = _packed_weights(weight, defines["VW"] * defines["NBT"], None)[0]
+    else:
+        w, w_rest = _kernel_weights(weight, defines, partitions, grouped)
     out = torch.empty((geo.n, geo.c_out, geo.ho, geo.wo), dtype=torch.float32,
                       memory_format=torch.channels_last)
     gate = (torch.empty((geo.n, geo.c_out, geo.ho, geo.wo), dtype=torch.uint8,

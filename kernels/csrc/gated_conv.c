@@ -38,6 +38,20 @@
 #ifndef EXACT_BASE
 #define EXACT_BASE 0
 #endif
+#ifndef PREFIX
+#define PREFIX 0
+#endif
+/* PREFIX (per-element builds; the "prefix" path): the whole conv at dense MACs in
+ * one pass, the base sums taken on the way. The input chunks are summed in order with the
+ * unmasked weights (w, plain packing), and after chunk k the lanes of output chunk k take
+ * Yp = bias + (sum after chunk k - sum before it) (without GROUPED every lane takes chunk 0's).
+ * Vectors may hold lanes of several chunks. Nothing is skipped (every remaining sum is
+ * computed), so it is for gates that leave no tile all-off (per-element gates at any density):
+ * there SPAN's masked base and remaining sums cost (C_IN + C_IN/P) FMAs, or 2 C_IN without
+ * EXACT_BASE, per tap and position, PREFIX C_IN. The difference of two partial sums rounds at
+ * the scale of the whole sum, not of Yp: decisions can differ from the direct sum only within
+ * that rounding of the threshold. */
+
 /* EXACT_BASE (SPAN tiles with C_IN == C_OUT, so chunk k of the outputs reads inputs of the same
  * indices): the base sum is computed at its exact MACs. The VW inputs a vector's chunks read
  * are one vector load; lane l needs input chunk_start(l) + q for q < CI, i.e. a constant
@@ -236,6 +250,29 @@ static inline void accum_span_base(vec acc[NBT][R], const float *xw,
         }
 }
 
+/* PREFIX: acc = the whole conv (bias included), yp = Yp, of the tile at xw, channel tile ot. */
+static inline void prefix_sums(vec acc[NBT][R], vec yp[NBT][R], const float *xw, const float *wt,
+                               int ot, const float *bias, int nj) {
+    vec bv[NBT], prev[NBT][R];
+    for (int b = 0; b < NBT; b++) {
+        bv[b] = bias ? vload(bias + ot * TW + b * VW) : (vec){0};
+        for (int j = 0; j < R; j++) acc[b][j] = prev[b][j] = yp[b][j] = bv[b];
+    }
+    for (int k = 0; k < P; k++) {
+        accum(acc, xw, wt, k * CI, (k + 1) * CI, nj);
+        for (int b = 0; b < NBT; b++) {
+            ivec mine;   /* the lanes of output chunk k */
+            for (int l = 0; l < VW; l++)
+                mine[l] = (GROUPED ? (ot * TW + b * VW + l) / CO : 0) == k ? -1 : 0;
+            for (int j = 0; j < nj; j++) {
+                const vec y = bv[b] + (acc[b][j] - prev[b][j]);
+                yp[b][j] = (vec)(((ivec)y & mine) | ((ivec)yp[b][j] & ~mine));
+                prev[b][j] = acc[b][j];
+            }
+        }
+    }
+}
+
 /* acc = Yp (bias + base partial sum) of the tile whose input starts at xw, channel tile ot. */
 static inline void base_sum(vec acc[NBT][R], const float *xw, const float *wt, int ot,
                             const float *bias, int nj) {
@@ -255,7 +292,7 @@ static inline void base_sum(vec acc[NBT][R], const float *xw, const float *wt, i
  * sums computed for its first nj positions, pos[j] = -1 beyond) x TW channels starting at
  * channel ot*TW. With full (the whole conv, computed elsewhere, e.g. by oneDNN) the output
  * selects full where the gate is on and Yp elsewhere, and no remaining sum is computed.
- * Returns 1 when its conditional pass ran. */
+ * Returns 1 when its conditional pass ran (always with PREFIX). */
 static inline int tile(const float *xw, const long long pos[R], const float *wt,
                        const float *wr, int ot, const float *bias, const float *tau, const float *isg,
                        float *out, uint8_t *gate, const float *full, int nj) {
@@ -264,6 +301,23 @@ static inline int tile(const float *xw, const long long pos[R], const float *wt,
     const int c0 = ot * TW;
     vec acc[NBT][R];
     ivec any = {0};
+    if (PREFIX) {   /* acc = the whole conv; select it where the gate is on, Yp elsewhere */
+        vec yp[NBT][R];
+        prefix_sums(acc, yp, xw, wt, ot, bias, nj);
+        for (int b = 0; b < NBT; b++) {
+            const vec tv = vload(tau + c0 + b * VW), iv = vload(isg + c0 + b * VW);
+            _Pragma("GCC unroll 16")
+            for (int j = 0; j < R; j++) {
+                if (pos[j] < 0) continue;
+                const long long o = pos[j] * C_OUT + c0 + b * VW;
+                const ivec on = gate_of(yp[b][j], tv, iv);
+                vstore(out + o, (vec)(((ivec)acc[b][j] & on) | ((ivec)yp[b][j] & ~on)));
+                if (gate)
+                    for (int l = 0; l < VW; l++) gate[o + l] = on[l] ? 1 : 0;
+            }
+        }
+        return 1;
+    }
     base_sum(acc, xw, wt, ot, bias, nj);
     /* Yp goes to out now and the gate is recomputed from it after the conditional pass, so
      * neither Yp nor the masks hold registers while the remaining sum accumulates. */

@@ -20,6 +20,10 @@ def _fused(case, geom, *, grouped=True, granularity=1, partitions=4, strategy="f
     stride, padding, dilation, _, _, _ = geom
     x, w, b, tau, isg = case
     geo = validate(x, w, b, tau, isg, stride, padding, dilation, partitions, grouped, granularity)
+    if strategy == "prefix":
+        reason = cpu_fused.prefix_unsupported_reason(geo, partitions, grouped, granularity)
+        if reason is not None:
+            pytest.skip(f"prefix not offered: {reason}")
     out, gate = conditional_conv2d_cpu(x, w, b, tau, isg, geo, partitions=partitions, grouped=grouped,
                                        granularity=granularity, return_gate=True, strategy=strategy)
     check_against_reference(out, gate, x, w, b, tau, isg, stride=stride, padding=padding,
@@ -28,7 +32,7 @@ def _fused(case, geom, *, grouped=True, granularity=1, partitions=4, strategy="f
     return out, gate
 
 
-@pytest.mark.parametrize("strategy", ["fused", "select"])
+@pytest.mark.parametrize("strategy", ["fused", "select", "prefix"])
 @pytest.mark.parametrize("c_out", [16, 32, 64])   # channel tiles of 4, 8 and 16 at p=4
 @pytest.mark.parametrize("grouped", [True, False])
 @pytest.mark.parametrize("geom", GEOMS)
@@ -40,7 +44,7 @@ def test_fused_matches_reference(geom, grouped, c_out, strategy):
     assert 0 < gate.float().mean() < 1
 
 
-@pytest.mark.parametrize("strategy", ["fused", "select"])
+@pytest.mark.parametrize("strategy", ["fused", "select", "prefix"])
 @pytest.mark.parametrize("granularity", [2, 4, 8, 16])
 def test_fused_granularity(granularity, strategy):
     case = make_case(2, 16, 64, 7, 9, 3, density=0.5, seed=granularity)
@@ -131,6 +135,42 @@ def test_fused_random_shapes_property(n, p, cin_mult, cout_mult, h, w, k, stride
     case = make_case(n, c_in, c_out, h, w, k, seed=seed, density=density, partitions=p,
                      grouped=grouped, stride=stride, padding=padding, dilation=dilation)
     _fused(case, (stride, padding, dilation, h, w, k), grouped=grouped, partitions=p)
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(1, 2), p=st.sampled_from([2, 4, 8]), cin_mult=st.integers(1, 4),
+       c_out=st.sampled_from([8, 16, 32]), h=st.integers(3, 9), w=st.integers(3, 17),
+       k=st.sampled_from([1, 3]), stride=st.integers(1, 2), padding=st.integers(0, 1),
+       granularity=st.sampled_from([1, 2, 4]), density=st.floats(0.0, 1.0), seed=st.integers(0, 99))
+def test_prefix_random_shapes_property(n, p, cin_mult, c_out, h, w, k, stride, padding, granularity,
+                                       density, seed):
+    """The prefix path (Yp as differences of in-order partial sums) on grouped layers with
+    output chunks narrower than a vector, any shape, against the float64 reference."""
+    if c_out % p or (c_out // p) % granularity or h + 2 * padding < k or w + 2 * padding < k:
+        return
+    case = make_case(n, p * cin_mult, c_out, h, w, k, seed=seed, density=density, partitions=p,
+                     grouped=True, stride=stride, padding=padding)
+    geo = validate(*case, stride, padding, 1, p, True, granularity)
+    if cpu_fused.prefix_unsupported_reason(geo, p, True, granularity) is not None:
+        return                   # (a skip would end the whole property test)
+    _fused(case, (stride, padding, 1, h, w, k), grouped=True, partitions=p, granularity=granularity,
+           strategy="prefix")
+
+
+
+def test_prefix_is_offered_where_fused_vectors_are_narrow_or_masked():
+    """16 channels at p=4 (4-channel chunks: SPAN on every vector target) get the prefix path;
+    64 channels at p=4 (16-channel chunks: exact full-width vectors) and ungrouped layers do not."""
+    from kernels.cpu import _runnable
+    narrow = make_case(1, 16, 16, 6, 6, 3, density=0.5)
+    wide = make_case(1, 64, 64, 6, 6, 3, density=0.5)
+    g_narrow = validate(*narrow, 1, 1, 1, 4, True, 1)
+    g_wide = validate(*wide, 1, 1, 1, 4, True, 1)
+    if cpu_fused.isa() != "generic":
+        assert "prefix" in _runnable(g_narrow, 4, True, 1)
+    assert "prefix" not in _runnable(g_wide, 4, True, 1)
+    assert "prefix" not in _runnable(g_wide, 4, False, 1)
+    assert cpu_fused.prefix_unsupported_reason(g_wide, 4, True, 1) is not None
 
 
 def test_auto_falls_back_when_the_kernel_does_not_build(monkeypatch, tmp_path):
