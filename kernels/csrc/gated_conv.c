@@ -299,26 +299,10 @@ static inline int tile(const float *xw, const long long pos[R], const float *wt,
     int base[2], rest[4];
     channel_ranges(ot, base, rest);
     const int c0 = ot * TW;
-    vec acc[NBT][R];
+    vec acc[NBT][R], yp[NBT][R];
     ivec any = {0};
-    if (PREFIX) {   /* acc = the whole conv; select it where the gate is on, Yp elsewhere */
-        vec yp[NBT][R];
-        prefix_sums(acc, yp, xw, wt, ot, bias, nj);
-        for (int b = 0; b < NBT; b++) {
-            const vec tv = vload(tau + c0 + b * VW), iv = vload(isg + c0 + b * VW);
-            _Pragma("GCC unroll 16")
-            for (int j = 0; j < R; j++) {
-                if (pos[j] < 0) continue;
-                const long long o = pos[j] * C_OUT + c0 + b * VW;
-                const ivec on = gate_of(yp[b][j], tv, iv);
-                vstore(out + o, (vec)(((ivec)acc[b][j] & on) | ((ivec)yp[b][j] & ~on)));
-                if (gate)
-                    for (int l = 0; l < VW; l++) gate[o + l] = on[l] ? 1 : 0;
-            }
-        }
-        return 1;
-    }
-    base_sum(acc, xw, wt, ot, bias, nj);
+    if (PREFIX) prefix_sums(acc, yp, xw, wt, ot, bias, nj);   /* acc = the whole conv */
+    else base_sum(acc, xw, wt, ot, bias, nj);
     /* Yp goes to out now and the gate is recomputed from it after the conditional pass, so
      * neither Yp nor the masks hold registers while the remaining sum accumulates. */
     for (int b = 0; b < NBT; b++) {
@@ -327,11 +311,11 @@ static inline int tile(const float *xw, const long long pos[R], const float *wt,
         for (int j = 0; j < R; j++) {
             if (pos[j] < 0) continue;
             const long long o = pos[j] * C_OUT + c0 + b * VW;
-            const ivec on = gate_of(acc[b][j], tv, iv);
+            vec y = PREFIX ? yp[b][j] : acc[b][j];
+            const ivec on = gate_of(y, tv, iv);
             any |= on;
-            vec y = acc[b][j];
-            if (full) {
-                const vec f = vload(full + o);
+            if (PREFIX || full) {
+                const vec f = PREFIX ? acc[b][j] : vload(full + o);
                 y = (vec)(((ivec)f & on) | ((ivec)y & ~on));
             }
             vstore(out + o, y);
@@ -341,6 +325,7 @@ static inline int tile(const float *xw, const long long pos[R], const float *wt,
     }
     int active = 0;
     for (int l = 0; l < VW; l++) active |= any[l];
+    if (PREFIX) return 1;
     if (full || !active || P == 1) return 0;
     vec r[NBT][R];
     rest_sum(r, xw, wr, rest, nj);
