@@ -9,11 +9,14 @@ batch, the threads, the gate pattern and the CPU, so ``auto`` measures them at f
 * ``select``: oneDNN computes the whole conv, the compiled loop only Yp and the gate, and
   selects between them (dense MACs plus the base pass: the floor where nothing can be skipped,
   well below ``dense`` on narrow layers, whose oneDNN grouped base conv is slow);
-* ``prefix`` (grouped layers whose output chunks are narrower than a vector, e.g. 16
-  channels at p=4): the compiled loop computes the whole conv at dense MACs, summing the input
-  chunks in order and taking each output chunk's Yp as the difference of the partial sums
-  around its own input chunk, then selects. Skips nothing; ``fused`` there pays masked base and
-  remaining sums (1.25-2x the dense FMAs) to be able to skip all-off tiles;
+* ``prefix`` (grouped layers whose output chunks are narrower than ``fused``'s tiles could be,
+  :func:`kernels.cpu_fused.prefix_unsupported_reason`): the compiled loop computes the whole
+  conv at dense MACs with vectors across chunks, summing the input chunks in order and taking
+  each output chunk's Yp as the difference of the partial sums around its own input chunk, then
+  selects. Skips nothing; ``fused`` pays masked base and remaining sums on 4-channel chunks
+  (1.25-2x the dense FMAs) and narrower tiles on 8-16-channel chunks to be able to skip
+  all-off tiles (2 threads, random gates, AVX-512: 16->16 @28 b128 0.74x -> 1.05x of dense,
+  64->64 @56 b8 0.93x -> 1.18x);
 * ``fused_blocks`` / ``onednn_blocks`` (block gates): ``fused_blocks`` runs one compiled pass
   per block (Yp, the block means, the remaining sum of exactly the blocks that are on);
   ``onednn_blocks`` takes Yp from oneDNN, then a compiled decision pass and remaining sums;

@@ -374,14 +374,15 @@ def _kernel_weights(weight: torch.Tensor, d: dict[str, int], partitions: int, gr
 def prefix_unsupported_reason(geo: ConvGeometry, partitions: int, grouped: bool,
                               granularity: int) -> str | None:
     """Why the ``prefix`` build (PREFIX in csrc/gated_conv.c) cannot run this layer, or None:
-    it is offered where the fused kernel's vectors are narrower than the target's widest (grouped
-    output chunks of 8 channels on AVX-512) or span chunks with masked weights (SPAN: 4-channel
-    chunks), whose base and remaining sums cost more than the dense conv's FMAs."""
+    it is offered where the fused kernel's vectors span chunks with masked weights (SPAN:
+    4-channel chunks, whose base and remaining sums cost more than the dense conv's FMAs) or
+    its output tiles are narrower (grouped chunks of 8 channels on AVX-512: 8-lane vectors;
+    16-channel chunks: one vector per tile, where the prefix tile can hold two)."""
     reason = unsupported_reason(geo, partitions, grouped, granularity)
     if reason is None:
-        vw, spanning = layout(geo, partitions, grouped, granularity)
-        if not spanning and vw == _prefix_width(geo, granularity):
-            reason = "the fused kernel's exact sums already use the widest vectors"
+        fused, prefix = (_defines(geo, partitions, grouped, granularity, prefix=p) for p in (False, True))
+        if not fused["SPAN"] and fused["VW"] * fused["NBT"] >= prefix["VW"] * prefix["NBT"]:
+            reason = "the fused kernel's exact sums already run tiles as wide"
     return reason
 
 

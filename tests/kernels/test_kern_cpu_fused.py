@@ -158,19 +158,19 @@ def test_prefix_random_shapes_property(n, p, cin_mult, c_out, h, w, k, stride, p
 
 
 
-def test_prefix_is_offered_where_fused_vectors_are_narrow_or_masked():
+def test_prefix_is_offered_where_fused_tiles_are_narrow_or_masked():
     """16 channels at p=4 (4-channel chunks: SPAN on every vector target) get the prefix path;
-    64 channels at p=4 (16-channel chunks: exact full-width vectors) and ungrouped layers do not."""
+    128 channels at p=4 (32-channel chunks: the fused kernel's tiles are as wide) and ungrouped
+    layers (exact sums over whole vectors) do not."""
     from kernels.cpu import _runnable
-    narrow = make_case(1, 16, 16, 6, 6, 3, density=0.5)
-    wide = make_case(1, 64, 64, 6, 6, 3, density=0.5)
-    g_narrow = validate(*narrow, 1, 1, 1, 4, True, 1)
-    g_wide = validate(*wide, 1, 1, 1, 4, True, 1)
+    narrow = validate(*make_case(1, 16, 16, 6, 6, 3, density=0.5), 1, 1, 1, 4, True, 1)
+    wide = validate(*make_case(1, 128, 128, 6, 6, 3, density=0.5), 1, 1, 1, 4, True, 1)
     if cpu_fused.isa() != "generic":
-        assert "prefix" in _runnable(g_narrow, 4, True, 1)
-    assert "prefix" not in _runnable(g_wide, 4, True, 1)
-    assert "prefix" not in _runnable(g_wide, 4, False, 1)
-    assert cpu_fused.prefix_unsupported_reason(g_wide, 4, True, 1) is not None
+        assert "prefix" in _runnable(narrow, 4, True, 1)
+    assert "prefix" not in _runnable(wide, 4, True, 1)
+    assert "prefix" not in _runnable(wide, 4, False, 1)
+    assert "prefix" not in _runnable(narrow, 4, False, 1)
+    assert cpu_fused.prefix_unsupported_reason(wide, 4, True, 1) is not None
 
 
 def test_auto_falls_back_when_the_kernel_does_not_build(monkeypatch, tmp_path):
