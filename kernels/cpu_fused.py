@@ -394,8 +394,9 @@ def run(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, tau: t
     padding applied in the kernel, so no padded copy is made). With ``full`` (the whole conv,
     channels-last fp32, e.g. from oneDNN) the kernel computes only Yp and the gate and selects
     ``full`` where the gate is on: the dense-MAC path for gates that leave nothing to skip.
-    With ``prefix`` (SPAN layouts only, see :func:`prefix_unsupported_reason`) it computes the
-    whole conv itself at dense MACs, taking Yp from its partial sums on the way, and selects.
+    With ``prefix`` (grouped layers where it is offered, :func:`prefix_unsupported_reason`) it
+    computes the whole conv itself at dense MACs, taking Yp from its partial sums on the way,
+    and selects.
 
     Returns the channels-last fp32 output, the bool gate (or None) and the number of tiles
     whose conditional pass ran (a work counter for benchmarks and tests).

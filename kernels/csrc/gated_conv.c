@@ -41,8 +41,9 @@
 #ifndef PREFIX
 #define PREFIX 0
 #endif
-/* PREFIX (per-element builds; the "prefix" path): the whole conv at dense MACs in
- * one pass, the base sums taken on the way. The input chunks are summed in order with the
+/* PREFIX (per-element builds; the "prefix" path, offered where the fused tiles below span
+ * chunks or are narrower, kernels/cpu_fused.py): the whole conv at dense MACs in one pass,
+ * the base sums taken on the way. The input chunks are summed in order with the
  * unmasked weights (w, plain packing), and after chunk k the lanes of output chunk k take
  * Yp = bias + (sum after chunk k - sum before it) (without GROUPED every lane takes chunk 0's).
  * Vectors may hold lanes of several chunks. Nothing is skipped (every remaining sum is
