@@ -124,7 +124,7 @@ def _plot(path: str, controls: list[dict], rows: list[dict], isas: list[str]) ->
     import matplotlib  # noqa: PLC0415
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 5.6))
     for ax, key, xlabel in ((axes[0], "mac_reduction", "MAC reduction, whole network (x)"),
                             (axes[1], f"{isas[0]}_real_speedup", f"real CPU speedup, whole network ({isas[0]}, x)")):
         for c, shade in zip(controls, ("k", "0.45", "0.7")):
@@ -135,9 +135,10 @@ def _plot(path: str, controls: list[dict], rows: list[dict], isas: list[str]) ->
         ax.set_xlabel(xlabel)
         ax.set_ylabel("test accuracy (%)")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
+    handles, labels = axes[0].get_legend_handles_labels()   # below the panels, clear of the points
+    fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=7, frameon=False)
     fig.suptitle("Gated ResNet-20 on Fashion-MNIST: accuracy against MACs and wall clock")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.05 + 0.03 * ((len(controls) + len(rows) + 1) // 2), 1, 1))
     save_figure_atomic(fig, path, dpi=120)
 
 
