@@ -15,8 +15,9 @@ batch, the threads, the gate pattern and the CPU, so ``auto`` measures them at f
   each output chunk's Yp as the difference of the partial sums around its own input chunk, then
   selects. Skips nothing; ``fused`` pays masked base and remaining sums on 4-channel chunks
   (1.25-2x the dense FMAs) and narrower tiles on 8-16-channel chunks to be able to skip
-  all-off tiles (2 threads, random gates, AVX-512: 16->16 @28 b128 0.74x -> 1.05x of dense,
-  64->64 @56 b8 0.93x -> 1.18x);
+  all-off tiles (2 threads, random gates at 0.5, AVX-512, the autotuner's interleaved medians:
+  ResNet-20 16->16 @32 b64 ``fused`` 2.58 ms, ``prefix`` 1.65, dense 1.23; ResNet-18 64->64
+  @56 b8 7.14, 6.75, dense 5.79);
 * ``fused_blocks`` / ``onednn_blocks`` (block gates): ``fused_blocks`` runs one compiled pass
   per block (Yp, the block means, the remaining sum of exactly the blocks that are on);
   ``onednn_blocks`` takes Yp from oneDNN, then a compiled decision pass and remaining sums;

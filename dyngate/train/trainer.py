@@ -187,7 +187,7 @@ class Trainer(TrainLoop):
             self.dense_accuracy = trainer.get("dense_accuracy")
             return
         with gates_open(self.model):
-                self.dense_accuracy = evaluate(self.model, self.test_set)[0]
+            self.dense_accuracy = evaluate(self.model, self.test_set)[0]
 
     def training_loss(self, out: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The loop's loss plus ``gate_lambda`` times the CGNet threshold loss when gated."""
