@@ -387,7 +387,7 @@ def _runnable(geo: ConvGeometry, partitions: int, grouped: bool, granularity: in
     block = gate_tile != (1, 1) and _block_chunks(geo, partitions, grouped, granularity) is not None
     compiled_blocks = cpu_fused.blocks_unsupported_reason(geo, partitions, grouped, granularity,
                                                           gate_tile) is None
-    prefix = reason is None and _prefix_reason(geo, partitions, grouped, granularity, gate_tile) is None
+    prefix = reason is None and cpu_fused.prefix_unsupported_reason(geo, partitions, grouped, granularity) is None
     return tuple(p for p in autotune.PATHS
                  if (p not in ("fused", "select") or reason is None) and (p != "prefix" or prefix)
                  and (p != "block_tiles" or block)

@@ -403,10 +403,7 @@ def run(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, tau: t
     """
     defines = _defines(geo, partitions, grouped, granularity, prefix=prefix)
     fn = _load(tuple(sorted(defines.items())), isa())[0]
-    if prefix:   # the plain packing of W serves every chunk's sum
-        w = w_rest = _packed_weights(weight, defines["VW"] * defines["NBT"], None)[0]
-    else:
-        w, w_rest = _kernel_weights(weight, defines, partitions, grouped)
+    w, w_rest = _kernel_weights(weight, defines, partitions, grouped)   # prefix: the plain packing
     out = torch.empty((geo.n, geo.c_out, geo.ho, geo.wo), dtype=torch.float32,
                       memory_format=torch.channels_last)
     gate = (torch.empty((geo.n, geo.c_out, geo.ho, geo.wo), dtype=torch.uint8,

@@ -141,15 +141,18 @@ def _check_types(cfg: TrainConfig) -> None:
 SAME_GATES = ("layers", "partitions", "grouped", "granularity", "tile", "alpha", "sparse_bp")
 
 
-def _gated_init(cfg: TrainConfig) -> bool:
-    return bool(cfg.init) and bool(read_checkpoint(cfg.init).get("conversion"))
+def _gated_init(cfg: TrainConfig) -> dict[str, Any] | None:
+    """The ``--init`` checkpoint's contents when it is a gated one, else None."""
+    payload = read_checkpoint(cfg.init) if cfg.init else None
+    return payload if payload and payload.get("conversion") else None
 
 
 def build_model(cfg: TrainConfig) -> nn.Module:
     """The dense model of :func:`~dyngate.train.loop.build_dense_model`, converted when
     ``cfg.gated``; a gated ``--init`` is loaded into the converted model (weights, thresholds,
     decision statistics) after checking it was converted the same way."""
-    if not _gated_init(cfg):
+    payload = _gated_init(cfg)
+    if payload is None:
         model = build_dense_model(cfg)
         return convert(model, cfg.partitions, cfg.grouped, **cfg.convert_kwargs()) if cfg.gated else model
     if not cfg.gated:
@@ -157,7 +160,6 @@ def build_model(cfg: TrainConfig) -> nn.Module:
                               "and its gate options, or start from a dense checkpoint")
     model = convert(build_dense_model(cfg, load_init=False), cfg.partitions, cfg.grouped,
                     **cfg.convert_kwargs())
-    payload = read_checkpoint(cfg.init)
     arch = (payload.get("arch") or {}).get("name")
     if arch != cfg.model:
         raise CheckpointError(f"--init {cfg.init}: it holds a {arch or payload.get('class')} model, "
@@ -182,9 +184,9 @@ class Trainer(TrainLoop):
     def measure_dense_accuracy(self) -> None:
         if not (self.cfg.gated and self.cfg.init and self.dense_accuracy is None and self.world.main):
             return
-        if _gated_init(self.cfg):  # trained on: the dense model is the one its first run started from
-            trainer = (read_checkpoint(self.cfg.init).get("extra") or {}).get("trainer") or {}
-            self.dense_accuracy = trainer.get("dense_accuracy")
+        gated = _gated_init(self.cfg)
+        if gated is not None:  # trained on: the dense model is the one its first run started from
+            self.dense_accuracy = ((gated.get("extra") or {}).get("trainer") or {}).get("dense_accuracy")
             return
         with gates_open(self.model):
             self.dense_accuracy = evaluate(self.model, self.test_set)[0]
