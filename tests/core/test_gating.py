@@ -73,6 +73,38 @@ def test_eval_path_matches_reference_and_unfolded_decision(s, granularity):
         assert decided.float().mean() > 0.95
 
 
+def test_eval_threshold_memo_follows_every_change():
+    """The eval-mode (tau, inv_sigma) memo is never stale: in-place edits, a replaced buffer, a
+    loaded state dict and a dtype change all give folded_threshold's exact value; with grad on
+    the memo is bypassed, so tau keeps the threshold's graph (the call then runs the
+    differentiable reference)."""
+    _, g = _layer(8, 8)
+
+    def check():
+        with torch.no_grad():
+            got = g._eval_threshold()
+            want = g.folded_threshold()
+        for a, b in zip(got, want):
+            assert a.dtype == b.dtype and torch.equal(a, b)
+
+    check()
+    with torch.no_grad():
+        g.threshold.add_(0.3)
+    check()
+    with torch.no_grad():
+        g.bn0.running_var.mul_(2.0)
+    check()
+    g.bn0.running_mean = torch.randn(8)
+    check()
+    g.load_state_dict({k: v + 0.25 if k.endswith(("threshold", "running_mean")) else v
+                       for k, v in g.state_dict().items()})
+    check()
+    g.double()
+    check()
+    tau, _ = g._eval_threshold()
+    assert tau.requires_grad
+
+
 def test_training_forward_matches_reference_with_batch_statistics():
     _, g = _layer(8, 8)
     g.train()
