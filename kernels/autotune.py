@@ -51,6 +51,7 @@ CLOSE = 1.5  # after the first round, a path slower than CLOSE x the fastest is 
 _MEMO: dict[str, dict] = {}
 _LOCK = threading.Lock()
 _WARNED: set[str] = set()
+_GENERATION = [0]  # bumped whenever a choice is made or forgotten: memos of lookups expire with it
 
 
 def enabled() -> bool:
@@ -200,6 +201,7 @@ def tune(k: str, candidates: dict[str, Callable[[], object]], *, dense_ms: float
                  measured=time.strftime("%Y-%m-%dT%H:%M:%S"))
     with _LOCK:
         _MEMO[k] = entry
+        _GENERATION[0] += 1
     try:
         _write(cache_file(), k, entry)
     except OSError as e:  # a read-only cache folder costs re-measuring, never a wrong result
@@ -213,6 +215,13 @@ def forget() -> None:
     """Drop the in-memory choices (the disk cache stays); benchmarks re-tune per pattern."""
     with _LOCK:
         _MEMO.clear()
+        _GENERATION[0] += 1
+
+
+def generation() -> int:
+    """Changes whenever a choice is made or forgotten (:func:`tune`, :func:`forget`), so a caller
+    may keep the answer of :func:`lookup` while it stays the same."""
+    return _GENERATION[0]
 
 
 def choices() -> dict[str, dict]:

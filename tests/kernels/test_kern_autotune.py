@@ -191,3 +191,26 @@ def test_unwritable_cache_still_gives_right_results(monkeypatch, tmp_path):
     monkeypatch.setattr(autotune, "cache_file", lambda: blocker / "tune.json")
     with pytest.warns(RuntimeWarning, match="not written"):
         _auto(make_case(2, 16, 32, 7, 7, 3, density=0.4))
+
+
+def test_a_changed_choice_is_used_at_the_next_call():
+    """auto keeps the path it looked up per call signature only while the choices stay the same:
+    a new measurement (tune) or forget() plus another cached entry take effect at once."""
+    case = make_case(1, 8, 16, 6, 6, 3, density=0.5, seed=6)
+    x, w, b, tau, isg = case
+    with _quiet():
+        _auto(case)
+    first = last_path()
+    geo = validate(x, w, b, tau, isg, 1, 1, 1, 4, True, 1)
+    k = autotune.key(geo, 4, True, 1, cpu_tiles.default_tile(geo), torch.get_num_threads())
+    assert autotune.choices()[k]["path"] == first
+    other = "union" if first != "union" else "dense"
+    autotune.tune(k, {other: lambda: None})
+    _auto(case)
+    assert last_path() == other
+    autotune.forget()
+    doc = dict(version=autotune.VERSION, cpu=autotune.cpu_id(),
+               entries={k: dict(path="groups", ms={"groups": 1.0})})
+    autotune.cache_file().write_text(json.dumps(doc))
+    _auto(case)
+    assert last_path() == "groups"
