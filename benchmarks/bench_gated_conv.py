@@ -7,7 +7,9 @@ densities 1.0, 0.5, 0.3, 0.1 with random per-element, spatially clustered and ti
 gates (block gates: one decision per output tile x channel chunk, at the tile-gather path's
 tile, the inputs switching whole blocks on or off): dense torch
 conv time, gated time of the ``auto`` CPU path (``kernels.conditional_conv2d(backend="cpu")``,
-tuned afresh for every pattern and density, tuning not timed), the path it chose, real speedup,
+tuned afresh for every pattern and density, tuning not timed; where its choice is a compiled
+path, timed as the call ``kernels.bind`` returns, which is what an eval ``GatedConv2d`` runs
+under no_grad), the path it chose, real speedup,
 theoretical speedup (MAC ratio incl. the base pass, at the measured gate density) and
 efficiency = real / theoretical. Whole-network numbers sum all convs; ungated convs count at
 their dense time in both columns. Both sides get channels-last input (torch's faster layout
@@ -39,7 +41,7 @@ import torch.nn.functional as F
 from bench_gated_conv_shapes import (NETWORKS, PATTERNS, ConvLayer, layer_inputs, median_time,  # noqa: E402
                                      theoretical_speedup)
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout's packages
-from kernels import autotune, conditional_conv2d, cpu_fused, last_path  # noqa: E402
+from kernels import autotune, bind, conditional_conv2d, cpu_fused, last_path  # noqa: E402
 from kernels.api import validate  # noqa: E402
 from kernels.cpu import conditional_conv2d_cpu  # noqa: E402
 from kernels.cpu_tiles import default_tile  # noqa: E402
@@ -77,7 +79,9 @@ def bench_layer(layer: ConvLayer, batch: int, density: float, kind: str, args) -
         measured = float(gate.float().mean())
         choice = next(iter(autotune.choices().values()), {}) if autotune.enabled() else {}
         t_dense = median_time(lambda: F.conv2d(x, w, b, layer.stride, layer.padding), args.repeats)
-        t_gated = median_time(lambda: conditional_conv2d(x, w, b, tau, isg, **kw), args.repeats)
+        bound = bind(x, w, b, tau, isg, **kw)   # None where auto chose a torch-op path
+        gated = (lambda: bound(x)) if bound else (lambda: conditional_conv2d(x, w, b, tau, isg, **kw))
+        t_gated = median_time(gated, args.repeats)
         path = last_path()
         t_pipe = median_time(lambda: _pipeline(x, w, b, tau, isg, kw), args.repeats) if args.pipeline else None
     theo = theoretical_speedup(measured, args.partitions)

@@ -311,6 +311,41 @@ def conditional_conv2d_cpu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Te
     return (out, gate) if return_gate else out
 
 
+def bind_auto(xc: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, tau: torch.Tensor,
+              inv_sigma: torch.Tensor, geo: ConvGeometry, *, partitions: int, grouped: bool,
+              granularity: int = 1, gate_tile: tuple[int, int] = (1, 1)):
+    """The path ``auto`` chooses for this layer (measuring it now if it has not), bound to its
+    tensors: ``run(x)`` returns ``out`` for an input of ``xc``'s shape, channels-last fp32, with
+    no per-call dispatch. Only the compiled paths bind (:func:`kernels.cpu_fused.bind`,
+    ``bind_blocks``); None where auto's choice is another, tuning is off or ``xc`` is not
+    channels-last fp32. Valid while the tensors given here are unchanged (the caller checks)."""
+    if xc.dtype != torch.float32 or not xc.is_contiguous(memory_format=CL) or not autotune.enabled():
+        return None
+    tile, gate_tile = _tiles(geo, None, gate_tile)
+    path = _tuned_path(xc, weight, bias, tau, inv_sigma, geo, partitions, grouped, granularity, tile,
+                       gate_tile)
+    kw = dict(partitions=partitions, grouped=grouped, granularity=granularity)
+    if path in ("fused", "prefix"):
+        call = cpu_fused.bind(weight, bias, tau, inv_sigma, geo, prefix=path == "prefix", **kw)
+    elif path == "fused_blocks":
+        call = cpu_fused.bind_blocks(weight, bias, tau, inv_sigma, geo, gate_tile=gate_tile, **kw)
+    else:
+        return None
+    shape, blocks = xc.shape, path == "fused_blocks"
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        if x.shape != shape or x.dtype != torch.float32 or not x.is_contiguous(memory_format=CL):
+            raise KernelArgError(f"bound gated conv: expected a channels-last float32 input of shape "
+                                 f"{tuple(shape)}, got {x.dtype} {tuple(x.shape)}")
+        out, _, ran = call(x)
+        _LAST.path = path
+        if blocks:
+            _LAST.tiles = ran
+        return out
+    run.path = path
+    return run
+
+
 def _clamped(t: tuple[int, int], geo: ConvGeometry) -> tuple[int, int]:
     return min(t[0], geo.ho), min(t[1], geo.wo)
 

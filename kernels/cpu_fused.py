@@ -410,17 +410,31 @@ def run(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, tau: t
     Returns the channels-last fp32 output, the bool gate (or None) and the number of tiles
     whose conditional pass ran (a work counter for benchmarks and tests).
     """
+    call = bind(weight, bias, tau, inv_sigma, geo, partitions=partitions, grouped=grouped,
+                granularity=granularity, prefix=prefix)
+    return call(_nhwc(x), return_gate, None if full is None else _nhwc(full))
+
+
+def bind(weight: torch.Tensor, bias: torch.Tensor | None, tau: torch.Tensor, inv_sigma: torch.Tensor,
+         geo: ConvGeometry, *, partitions: int, grouped: bool, granularity: int, prefix: bool = False):
+    """:func:`run` with the layer's build, packed weights and per-channel vectors resolved once:
+    ``call(x, return_gate, full)`` on a channels-last fp32 input of ``geo``'s shape (and ``full``
+    likewise, or None) returns what :func:`run` does. Valid while the tensors given here are
+    unchanged (the caller checks; the call keeps them alive)."""
     build, defines = _build_key(geo, partitions, grouped, granularity, prefix)
     fn = _load(build, isa())[0]
     w, w_rest = _kernel_weights(weight, defines, partitions, grouped)   # prefix: the plain packing
-    out = torch.empty((geo.n, geo.c_out, geo.ho, geo.wo), dtype=torch.float32,
-                      memory_format=torch.channels_last)
-    gate = (torch.empty((geo.n, geo.c_out, geo.ho, geo.wo), dtype=torch.uint8,
-                        memory_format=torch.channels_last) if return_gate else None)
-    args = [_nhwc(x), w, w_rest, _per_channel(bias), _per_channel(tau), _per_channel(inv_sigma),
-            out, gate, None if full is None else _nhwc(full)]
-    ran = fn(*map(_ptr, args), geo.n, torch.get_num_threads())
-    return out, None if gate is None else gate.bool(), int(ran)
+    fixed = [w, w_rest, _per_channel(bias), _per_channel(tau), _per_channel(inv_sigma)]
+    ptrs = [_ptr(t) for t in fixed]
+    shape, n = (geo.n, geo.c_out, geo.ho, geo.wo), geo.n
+
+    def call(x: torch.Tensor, return_gate: bool = False, full: torch.Tensor | None = None):
+        out = torch.empty(shape, dtype=torch.float32, memory_format=torch.channels_last)
+        gate = torch.empty(shape, dtype=torch.uint8, memory_format=torch.channels_last) if return_gate else None
+        ran = fn(_ptr(x), *ptrs, _ptr(out), _ptr(gate), _ptr(full), n, torch.get_num_threads())
+        return out, None if gate is None else gate.bool(), int(ran)
+    call.keep = fixed   # the packed weights and vectors live as long as the call
+    return call
 
 
 # block_decide sums one row of blocks on each thread's stack (WB x C_out floats); wider rows
@@ -494,32 +508,47 @@ def run_blocks(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     channels: the same mean in another summation order, so decisions can differ from the
     reference only within fp32 rounding of the threshold. Returns (out, gate, blocks on).
     """
+    call = bind_blocks(weight, bias, tau, inv_sigma, geo, partitions=partitions, grouped=grouped,
+                       granularity=granularity, gate_tile=gate_tile)
+    return call(_nhwc(x), return_gate, yp)
+
+
+def bind_blocks(weight: torch.Tensor, bias: torch.Tensor | None, tau: torch.Tensor,
+                inv_sigma: torch.Tensor, geo: ConvGeometry, *, partitions: int, grouped: bool,
+                granularity: int, gate_tile: tuple[int, int]):
+    """:func:`run_blocks` with the build, packed weights and vectors resolved once:
+    ``call(x, return_gate, yp)`` on a channels-last fp32 input returns what it does (see
+    :func:`bind`)."""
     d = _block_defines(geo, partitions, grouped, granularity, gate_tile)
     if d is None:
         raise KernelArgError(blocks_unsupported_reason(geo, partitions, grouped, granularity, gate_tile))
     _, rest, decide, fused = _load(tuple(sorted(d.items())), isa())
     w, w_rest = _kernel_weights(weight, d, partitions, grouped)
-    t, s, xr = _per_channel(tau), _per_channel(inv_sigma), _nhwc(x)
-    threads = torch.get_num_threads()
+    fixed = [w, w_rest, _per_channel(bias), _per_channel(tau), _per_channel(inv_sigma)]
+    pw, pwr, pb, pt, ps = (_ptr(v) for v in fixed)
     hb, wb = -(-geo.ho // gate_tile[0]), -(-geo.wo // gate_tile[1])
-    on = torch.empty((geo.n, hb, wb, geo.c_out // granularity), dtype=torch.uint8)
-    if yp is None:      # one pass per block: Yp, decisions and remaining sums (block_conv)
-        out = torch.empty((geo.n, geo.c_out, geo.ho, geo.wo), dtype=torch.float32,
-                          memory_format=torch.channels_last)
-        args = [xr, w, w_rest, _per_channel(bias), t, s, out, on]  # alive through the call
-        n_on = fused(*map(_ptr, args), geo.n, threads)
-    else:
-        out = yp
-        slots = geo.n * hb * wb * (geo.c_out // (d["VW"] * d["NBT"]))
-        bits = torch.empty(slots, dtype=torch.int32)
-        items = torch.empty((slots, 5), dtype=torch.int32)
-        k = decide(_ptr(out), _ptr(t), _ptr(s), _ptr(on), _ptr(bits), _ptr(items), geo.n, threads)
-        if k:
-            rest(_ptr(xr), _ptr(w), _ptr(w_rest), _ptr(out), _ptr(items), k, threads)
-        n_on = int(on.sum())
-    gate = (expand_blocks(on.bool().permute(0, 3, 1, 2), granularity, gate_tile, geo.ho, geo.wo)
-            if return_gate else None)
-    return out, gate, n_on
+    slots = geo.n * hb * wb * (geo.c_out // (d["VW"] * d["NBT"]))
+
+    def call(xr: torch.Tensor, return_gate: bool = False, yp: torch.Tensor | None = None):
+        threads = torch.get_num_threads()
+        on = torch.empty((geo.n, hb, wb, geo.c_out // granularity), dtype=torch.uint8)
+        if yp is None:      # one pass per block: Yp, decisions and remaining sums (block_conv)
+            out = torch.empty((geo.n, geo.c_out, geo.ho, geo.wo), dtype=torch.float32,
+                              memory_format=torch.channels_last)
+            n_on = fused(_ptr(xr), pw, pwr, pb, pt, ps, _ptr(out), _ptr(on), geo.n, threads)
+        else:
+            out = yp
+            bits = torch.empty(slots, dtype=torch.int32)
+            items = torch.empty((slots, 5), dtype=torch.int32)
+            k = decide(_ptr(out), pt, ps, _ptr(on), _ptr(bits), _ptr(items), geo.n, threads)
+            if k:
+                rest(_ptr(xr), pw, pwr, _ptr(out), _ptr(items), k, threads)
+            n_on = int(on.sum())
+        gate = (expand_blocks(on.bool().permute(0, 3, 1, 2), granularity, gate_tile, geo.ho, geo.wo)
+                if return_gate else None)
+        return out, gate, n_on
+    call.keep = fixed   # the packed weights and vectors live as long as the call
+    return call
 
 
 def tiles(geo: ConvGeometry, partitions: int, grouped: bool, granularity: int) -> int:

@@ -105,6 +105,58 @@ def test_eval_threshold_memo_follows_every_change():
     assert tau.requires_grad
 
 
+def test_eval_module_rebinds_when_anything_it_bound_changes():
+    """Under no_grad an eval GatedConv2d runs the kernel call bound for its input signature
+    (kernels.bind); after any change (weights in place, threshold, input shape, layout, a new
+    autotune choice, a copy) its output is still bitwise the unbound call's, which is checked
+    against the reference elsewhere."""
+    import copy
+    import io
+    from kernels import autotune, conditional_conv2d
+    from kernels.api import validate
+    from kernels.cpu import _runnable, _tiles
+    conv = torch.nn.Conv2d(16, 32, 3, padding=1, bias=True)
+    g = GatedConv2d.from_conv(conv, name="t", partitions=4).eval()
+    with torch.no_grad():
+        g.bn0.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(2, 16, 9, 9).contiguous(memory_format=torch.channels_last)
+
+    def unbound(x):
+        tau, isg = g.folded_threshold()
+        return conditional_conv2d(x, g.weight, g.bias, tau, isg, padding=1, partitions=4, backend="cpu")
+
+    def check(x):
+        with torch.no_grad():
+            assert torch.equal(g(x), unbound(x))
+        return g._binding[4]
+
+    with torch.no_grad():   # auto's choice for this layer: the fused kernel (a bindable path)
+        tau, isg = g.folded_threshold()
+        geo = validate(x, g.weight, g.bias, tau, isg, 1, 1, 1, 4, True, 1)
+        if "fused" not in _runnable(geo, 4, True, 1):
+            pytest.skip("the fused kernel cannot run here (no C compiler)")
+        autotune.tune(autotune.key(geo, 4, True, 1, _tiles(geo, None, (1, 1))[0], torch.get_num_threads()),
+                      {"fused": lambda: None})
+    first = check(x)
+    assert first is not None and first.path == "fused" and g.last_path == "fused"
+    assert check(x) is first                                   # kept while nothing changed
+    with torch.no_grad():
+        g.weight.mul_(1.5)
+    assert check(x) is not first
+    with torch.no_grad():
+        g.threshold.add_(0.2)
+    check(x)
+    check(torch.randn(3, 16, 9, 9).contiguous(memory_format=torch.channels_last))
+    assert check(x.contiguous()) is None                       # NCHW input: the unbound call
+    autotune.forget()
+    check(x)
+    twin = copy.deepcopy(g)
+    assert twin._binding is None
+    with torch.no_grad():
+        assert torch.equal(twin(x), g(x))
+    torch.save(g, io.BytesIO())                                # no raw pointers pickled
+
+
 def test_training_forward_matches_reference_with_batch_statistics():
     _, g = _layer(8, 8)
     g.train()
