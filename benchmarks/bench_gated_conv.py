@@ -13,7 +13,8 @@ under no_grad), the path it chose, real speedup,
 theoretical speedup (MAC ratio incl. the base pass, at the measured gate density) and
 efficiency = real / theoretical. Whole-network numbers sum all convs; ungated convs count at
 their dense time in both columns. Both sides get channels-last input (torch's faster layout
-for dense conv on this CPU). Medians over ``--repeats`` calls; identical layers timed once.
+for dense conv on this CPU). Medians over ``--repeats`` calls, dense and gated calls interleaved;
+identical layers timed once.
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ for _i, _a in enumerate(sys.argv):
 import torch  # noqa: E402
 import torch.nn.functional as F
 
-from bench_gated_conv_shapes import (NETWORKS, PATTERNS, ConvLayer, layer_inputs, median_time,  # noqa: E402
+from bench_gated_conv_shapes import (NETWORKS, PATTERNS, ConvLayer, interleaved_medians, layer_inputs, median_time,  # noqa: E402
                                      theoretical_speedup)
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout's packages
 from kernels import autotune, bind, conditional_conv2d, cpu_fused, last_path  # noqa: E402
@@ -78,10 +79,11 @@ def bench_layer(layer: ConvLayer, batch: int, density: float, kind: str, args) -
         _, gate = conditional_conv2d(x, w, b, tau, isg, return_gate=True, **kw)
         measured = float(gate.float().mean())
         choice = next(iter(autotune.choices().values()), {}) if autotune.enabled() else {}
-        t_dense = median_time(lambda: F.conv2d(x, w, b, layer.stride, layer.padding), args.repeats)
         bound = bind(x, w, b, tau, isg, **kw)   # None where auto chose a torch-op path
         gated = (lambda: bound(x)) if bound else (lambda: conditional_conv2d(x, w, b, tau, isg, **kw))
-        t_gated = median_time(gated, args.repeats)
+        t = interleaved_medians({"dense": lambda: F.conv2d(x, w, b, layer.stride, layer.padding),
+                                 "gated": gated}, args.repeats)
+        t_dense, t_gated = t["dense"], t["gated"]
         path = last_path()
         t_pipe = median_time(lambda: _pipeline(x, w, b, tau, isg, kw), args.repeats) if args.pipeline else None
     theo = theoretical_speedup(measured, args.partitions)
@@ -255,7 +257,7 @@ def print_tables(result: dict) -> None:
         print(f"| {r['layer']} | {r['shape']} | {r['count']} | {r['kind']} | {r['density']:.2f} | "
               f"{r['dense_ms']:.2f} | {r['gated_ms']:.2f} | {r['path']} | {r['real_speedup']:.2f} | "
               f"{r['theoretical_speedup']:.2f} | {r['efficiency']:.2f} | {_pipe(r)} |")
-    print(f"\nWhole network (all convs; ungated at dense time):\n")
+    print("\nWhole network (all convs; ungated at dense time):\n")
     print("| gates | target density | dense ms | auto ms | real | theoretical | efficiency "
           "| pipeline ms | pipeline real |")
     print("|---|---|---|---|---|---|---|---|---|")
