@@ -18,6 +18,11 @@ batch, the threads, the gate pattern and the CPU, so ``auto`` measures them at f
   all-off tiles (2 threads, random gates at 0.5, AVX-512, the autotuner's interleaved medians:
   ResNet-20 16->16 @32 b64 ``fused`` 2.58 ms, ``prefix`` 1.65, dense 1.23; ResNet-18 64->64
   @56 b8 7.14, 6.75, dense 5.79);
+* ``fused_swap`` / ``prefix_swap``: the same two kernels in the other loop order
+  (position-tile-major or channel-tile-major) than the weight-size rule of
+  :data:`kernels.cpu_fused.POS_MAJOR_MAX_BYTES` picks: which is faster depends on the layer,
+  the ISA and the CPU's caches, so it is measured (ResNet-18 at batch 8, all gates on, 2
+  threads: 0.88-1.02x of oneDNN either way round);
 * ``fused_blocks`` / ``onednn_blocks`` (block gates): ``fused_blocks`` runs one compiled pass
   per block (Yp, the block means, the remaining sum of exactly the blocks that are on);
   ``onednn_blocks`` takes Yp from oneDNN, then a compiled decision pass and remaining sums;
@@ -80,9 +85,12 @@ from kernels.reference import block_scores, expand_blocks
 from kernels.workspace import derived, scratch
 
 CL = torch.channels_last
-STRATEGIES = ("auto", "fused", "select", "prefix", "fused_blocks", "onednn_blocks", "pipeline", "tiles",
+STRATEGIES = ("auto", "fused", "fused_swap", "select", "prefix", "prefix_swap", "fused_blocks",
+              "onednn_blocks", "pipeline", "tiles",
               "chunk_tiles", "block_tiles", "groups", "union", "dense", "stacked")
 _LAST = threading.local()
+# The compiled paths (:mod:`kernels.cpu_fused`); "_swap": the same kernel in the other loop order.
+COMPILED = ("fused", "fused_swap", "select", "prefix", "prefix_swap", "fused_blocks", "onednn_blocks")
 
 # Cost model, nanoseconds on the reference 2-core AVX-512 box (see results/gated_conv_cpu.md):
 # gathering one float of im2col, one multiply-add of the gathered GEMM, one multiply-add of
@@ -297,7 +305,7 @@ def conditional_conv2d_cpu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Te
         tuned = cdt == torch.float32 and autotune.enabled()
         strategy = _tuned_path(xc, weight, bias, tau, inv_sigma, geo, partitions, grouped,
                                granularity, tile, gate_tile) if tuned else "pipeline"
-    if strategy in ("fused", "select", "prefix", "fused_blocks", "onednn_blocks"):
+    if strategy in COMPILED:
         out, gate = _native(strategy, xc, weight, bias, tau, inv_sigma, geo, partitions, grouped,
                             granularity, gate_tile, return_gate)
     elif strategy == "stacked":
@@ -325,8 +333,9 @@ def bind_auto(xc: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     path = _tuned_path(xc, weight, bias, tau, inv_sigma, geo, partitions, grouped, granularity, tile,
                        gate_tile)
     kw = dict(partitions=partitions, grouped=grouped, granularity=granularity)
-    if path in ("fused", "prefix"):
-        call = cpu_fused.bind(weight, bias, tau, inv_sigma, geo, prefix=path == "prefix", **kw)
+    if path in ("fused", "prefix", "fused_swap", "prefix_swap"):
+        call = cpu_fused.bind(weight, bias, tau, inv_sigma, geo, prefix=path.startswith("prefix"),
+                              swap=path.endswith("_swap"), **kw)
     elif path == "fused_blocks":
         call = cpu_fused.bind_blocks(weight, bias, tau, inv_sigma, geo, gate_tile=gate_tile, **kw)
     else:
@@ -370,7 +379,8 @@ def _native(strategy: str, xc: torch.Tensor, weight: torch.Tensor, bias: torch.T
     if xc.dtype != torch.float32:
         raise KernelArgError(f"strategy {strategy!r} computes in float32, got {xc.dtype}")
     blocks = strategy in ("fused_blocks", "onednn_blocks")
-    unsupported = (_blocks_reason if blocks else _prefix_reason if strategy == "prefix" else _fused_reason)
+    unsupported = (_blocks_reason if blocks else _prefix_reason if strategy.startswith("prefix")
+                   else _fused_reason)
     reason = unsupported(geo, partitions, grouped, granularity, gate_tile)
     if reason is not None:
         raise KernelArgError(f"strategy {strategy!r} cannot run this layer: {reason}")
@@ -386,7 +396,8 @@ def _native(strategy: str, xc: torch.Tensor, weight: torch.Tensor, bias: torch.T
                         geo.stride, geo.padding, geo.dilation)
     out, gate, _ = cpu_fused.run(xc, weight, bias, tau, inv_sigma, geo, partitions=partitions,
                                  grouped=grouped, granularity=granularity, return_gate=return_gate,
-                                 full=full, prefix=strategy == "prefix")
+                                 full=full, prefix=strategy.startswith("prefix"),
+                                 swap=strategy.endswith("_swap"))
     return out, gate
 
 
@@ -449,7 +460,8 @@ def _runnable_paths(geo, partitions, grouped, granularity, gate_tile) -> tuple[s
     compiled_blocks = _blocks_reason(geo, partitions, grouped, granularity, gate_tile) is None
     prefix = _prefix_reason(geo, partitions, grouped, granularity, gate_tile) is None
     return tuple(p for p in autotune.PATHS
-                 if (p not in ("fused", "select") or fused) and (p != "prefix" or prefix)
+                 if (p not in ("fused", "fused_swap", "select") or fused)
+                 and (p not in ("prefix", "prefix_swap") or prefix)
                  and (p != "block_tiles" or block)
                  and (p not in ("fused_blocks", "onednn_blocks") or compiled_blocks))
 

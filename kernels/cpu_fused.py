@@ -232,7 +232,10 @@ def _blocks_per_tile(geo: ConvGeometry, partitions: int, grouped: bool, vw: int,
 # Loop order of the fused kernel: with at most this many bytes of packed weights (they stay in
 # a core's L2 on every x86 CPU we target: 512 KiB on Zen 2-4, 1-2 MiB on recent Intel) every
 # position tile runs all channel tiles, so the input is read once; larger weights run
-# channel-tile-major so each thread's weights stay in L2 while the input streams past.
+# channel-tile-major so each thread's weights stay in L2 while the input streams past. A rule,
+# not a law: with 2 threads on the 2 MiB-L2 Sapphire Rapids VM, ResNet-18's 64->128 s2 and
+# 128->256 s2 layers ran 10-12 % faster position-major and 64->64 @56 10 % faster
+# channel-major (all gates on, batch 8), so ``auto`` also measures the other order (``swap``).
 POS_MAJOR_MAX_BYTES = 256 * 1024
 
 
@@ -250,8 +253,9 @@ def _prefix_width(geo: ConvGeometry, granularity: int) -> int | None:
 
 @_per_target
 def _defines(geo: ConvGeometry, partitions: int, grouped: bool, granularity: int,
-             area: tuple[int, int] | None = None, prefix: bool = False) -> dict[str, int]:
-    """The kernel's -D constants (``prefix``: the PREFIX build, see csrc/gated_conv.c). EXACT_BASE
+             area: tuple[int, int] | None = None, prefix: bool = False, swap: bool = False) -> dict[str, int]:
+    """The kernel's -D constants (``prefix``: the PREFIX build, see csrc/gated_conv.c; ``swap``:
+    the other loop order than the weight-size rule picks, see POS_MAJOR_MAX_BYTES). EXACT_BASE
     (shuffled-input base pass) only on AVX-512: 16 channels @32x32, batch 64, 2 threads,
     interleaved medians: 3.9 vs 5.5 ms at density 1 and 2.8 vs 4.1 ms at density 0.2; under AVX2
     it was slower (10.8 vs 8.2 ms)."""
@@ -267,7 +271,7 @@ def _defines(geo: ConvGeometry, partitions: int, grouped: bool, granularity: int
                 DW=geo.dilation[1], H=geo.h, W=geo.w,
                 HO=geo.ho, WO=geo.wo, P=partitions, GROUPED=int(grouped and partitions > 1), VW=vw,
                 NBT=nbt, G=granularity, R=rh * rw, RH=rh, SPAN=int(spanning),
-                POS_MAJOR=int(_weight_bytes(geo, spanning) <= POS_MAJOR_MAX_BYTES),
+                POS_MAJOR=int((_weight_bytes(geo, spanning) <= POS_MAJOR_MAX_BYTES) != swap),
                 EXACT_BASE=int(spanning and geo.c_in == geo.c_out and isa() == "avx512"),
                 PREFIX=int(prefix))
 
@@ -373,10 +377,10 @@ def _kernel_weights(weight: torch.Tensor, d: dict[str, int], partitions: int, gr
 
 @_per_target
 def _build_key(geo: ConvGeometry, partitions: int, grouped: bool, granularity: int,
-               prefix: bool) -> tuple[tuple, dict[str, int]]:
+               prefix: bool, swap: bool = False) -> tuple[tuple, dict[str, int]]:
     """(the :func:`_load` key, the packing defines) of a per-element build, kept per layer:
     re-deriving them cost ~5 us per call, ~15 us right after a large kernel."""
-    d = _defines(geo, partitions, grouped, granularity, prefix=prefix)
+    d = _defines(geo, partitions, grouped, granularity, prefix=prefix, swap=swap)
     return tuple(sorted(d.items())), {k: d[k] for k in ("VW", "NBT", "SPAN", "EXACT_BASE")}
 
 
@@ -398,30 +402,34 @@ def prefix_unsupported_reason(geo: ConvGeometry, partitions: int, grouped: bool,
 def run(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, tau: torch.Tensor,
         inv_sigma: torch.Tensor, geo: ConvGeometry, *, partitions: int, grouped: bool,
         granularity: int, return_gate: bool, full: torch.Tensor | None = None,
-        prefix: bool = False) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+        prefix: bool = False, swap: bool = False) -> tuple[torch.Tensor, torch.Tensor | None, int]:
     """Run the fused kernel on the input ``(N, C_in, H, W)`` (read in channels-last memory,
     padding applied in the kernel, so no padded copy is made). With ``full`` (the whole conv,
     channels-last fp32, e.g. from oneDNN) the kernel computes only Yp and the gate and selects
     ``full`` where the gate is on: the dense-MAC path for gates that leave nothing to skip.
     With ``prefix`` (grouped layers where it is offered, :func:`prefix_unsupported_reason`) it
     computes the whole conv itself at dense MACs, taking Yp from its partial sums on the way,
-    and selects.
+    and selects. ``swap`` runs the other loop order (position- or channel-tile-major) than the
+    weight-size rule picks: which is faster depends on the layer, the ISA and the CPU's caches
+    (measured: 0.88-1.02x of oneDNN either way round on ResNet-18's layers), so ``auto``
+    measures both.
 
     Returns the channels-last fp32 output, the bool gate (or None) and the number of tiles
     whose conditional pass ran (a work counter for benchmarks and tests).
     """
     call = bind(weight, bias, tau, inv_sigma, geo, partitions=partitions, grouped=grouped,
-                granularity=granularity, prefix=prefix)
+                granularity=granularity, prefix=prefix, swap=swap)
     return call(_nhwc(x), return_gate, None if full is None else _nhwc(full))
 
 
 def bind(weight: torch.Tensor, bias: torch.Tensor | None, tau: torch.Tensor, inv_sigma: torch.Tensor,
-         geo: ConvGeometry, *, partitions: int, grouped: bool, granularity: int, prefix: bool = False):
+         geo: ConvGeometry, *, partitions: int, grouped: bool, granularity: int, prefix: bool = False,
+         swap: bool = False):
     """:func:`run` with the layer's build, packed weights and per-channel vectors resolved once:
     ``call(x, return_gate, full)`` on a channels-last fp32 input of ``geo``'s shape (and ``full``
     likewise, or None) returns what :func:`run` does. Valid while the tensors given here are
     unchanged (the caller checks; the call keeps them alive)."""
-    build, defines = _build_key(geo, partitions, grouped, granularity, prefix)
+    build, defines = _build_key(geo, partitions, grouped, granularity, prefix, swap)
     fn = _load(build, isa())[0]
     w, w_rest = _kernel_weights(weight, defines, partitions, grouped)   # prefix: the plain packing
     fixed = [w, w_rest, _per_channel(bias), _per_channel(tau), _per_channel(inv_sigma)]

@@ -32,6 +32,8 @@ def _choose(path, x, w, b, tau, isg, *, grouped, granularity, tile):
     ("prefix", 16, 16, True, 1, (1, 1)),          # 4-channel chunks: vectors across chunks
     ("fused", 16, 32, True, 1, (1, 1)),
     ("fused", 16, 64, False, 1, (1, 1)),
+    ("fused_swap", 16, 64, False, 1, (1, 1)),     # the other loop order
+    ("prefix_swap", 16, 16, True, 1, (1, 1)),
     ("fused_blocks", 16, 16, False, 16, (4, 4)),   # block gates, ragged edge blocks on 9x9
     ("fused_blocks", 12, 32, True, 8, (3, 5)),
 ])

@@ -20,7 +20,7 @@ def _fused(case, geom, *, grouped=True, granularity=1, partitions=4, strategy="f
     stride, padding, dilation, _, _, _ = geom
     x, w, b, tau, isg = case
     geo = validate(x, w, b, tau, isg, stride, padding, dilation, partitions, grouped, granularity)
-    if strategy == "prefix":
+    if strategy.startswith("prefix"):
         reason = cpu_fused.prefix_unsupported_reason(geo, partitions, grouped, granularity)
         if reason is not None:
             pytest.skip(f"prefix not offered: {reason}")
@@ -32,7 +32,7 @@ def _fused(case, geom, *, grouped=True, granularity=1, partitions=4, strategy="f
     return out, gate
 
 
-@pytest.mark.parametrize("strategy", ["fused", "select", "prefix"])
+@pytest.mark.parametrize("strategy", ["fused", "fused_swap", "select", "prefix", "prefix_swap"])
 @pytest.mark.parametrize("c_out", [16, 32, 64])   # channel tiles of 4, 8 and 16 at p=4
 @pytest.mark.parametrize("grouped", [True, False])
 @pytest.mark.parametrize("geom", GEOMS)
@@ -126,24 +126,25 @@ def test_kernel_cache_dir_is_used(tmp_path, monkeypatch):
        cout_mult=st.sampled_from([4, 8, 16]), h=st.integers(3, 9), w=st.integers(3, 17),
        k=st.sampled_from([1, 2, 3]), stride=st.integers(1, 2), padding=st.integers(0, 2),
        dilation=st.integers(1, 2), grouped=st.booleans(), density=st.floats(0.0, 1.0),
-       seed=st.integers(0, 99))
+       seed=st.integers(0, 99), strategy=st.sampled_from(["fused", "fused_swap"]))
 def test_fused_random_shapes_property(n, p, cin_mult, cout_mult, h, w, k, stride, padding, dilation,
-                                      grouped, density, seed):
+                                      grouped, density, seed, strategy):
     c_in, c_out = p * cin_mult, p * cout_mult
     if h + 2 * padding < dilation * (k - 1) + 1 or w + 2 * padding < dilation * (k - 1) + 1:
         return
     case = make_case(n, c_in, c_out, h, w, k, seed=seed, density=density, partitions=p,
                      grouped=grouped, stride=stride, padding=padding, dilation=dilation)
-    _fused(case, (stride, padding, dilation, h, w, k), grouped=grouped, partitions=p)
+    _fused(case, (stride, padding, dilation, h, w, k), grouped=grouped, partitions=p, strategy=strategy)
 
 
 @settings(max_examples=25, deadline=None)
 @given(n=st.integers(1, 2), p=st.sampled_from([2, 4, 8]), cin_mult=st.integers(1, 4),
        c_out=st.sampled_from([8, 16, 32]), h=st.integers(3, 9), w=st.integers(3, 17),
        k=st.sampled_from([1, 3]), stride=st.integers(1, 2), padding=st.integers(0, 1),
-       granularity=st.sampled_from([1, 2, 4]), density=st.floats(0.0, 1.0), seed=st.integers(0, 99))
+       granularity=st.sampled_from([1, 2, 4]), density=st.floats(0.0, 1.0), seed=st.integers(0, 99),
+       strategy=st.sampled_from(["prefix", "prefix_swap"]))
 def test_prefix_random_shapes_property(n, p, cin_mult, c_out, h, w, k, stride, padding, granularity,
-                                       density, seed):
+                                       density, seed, strategy):
     """The prefix path (Yp as differences of in-order partial sums) on grouped layers with
     output chunks narrower than a vector, any shape, against the float64 reference."""
     if c_out % p or (c_out // p) % granularity or h + 2 * padding < k or w + 2 * padding < k:
@@ -154,7 +155,7 @@ def test_prefix_random_shapes_property(n, p, cin_mult, c_out, h, w, k, stride, p
     if cpu_fused.prefix_unsupported_reason(geo, p, True, granularity) is not None:
         return                   # (a skip would end the whole property test)
     _fused(case, (stride, padding, 1, h, w, k), grouped=True, partitions=p, granularity=granularity,
-           strategy="prefix")
+           strategy=strategy)
 
 
 
