@@ -252,25 +252,38 @@ static inline void accum_span_base(vec acc[NBT][R], const float *xw,
 }
 
 #if PREFIX
-/* acc = the whole conv (bias included), yp = Yp, of the tile at xw, channel tile ot. */
+/* acc = the whole conv (bias included), yp = Yp, of the tile at xw, channel tile ot. After input
+ * chunk k, acc = bias + S_k; a lane of output chunk c needs bias + S_c - S_(c-1), so yp starts
+ * at bias (0 for chunk 0's lanes) and after chunk k takes one FMA, yp += acc * coef_k, with
+ * coef_k = +1 on chunk k's lanes (their sum is complete) and -1 on chunk k+1's (theirs starts
+ * now). Without GROUPED every lane is chunk 0's: one FMA after chunk 0. (Until 2026-12-05 a
+ * copy of the previous sums, a subtraction, an add and a blend per position and chunk: 4 ops
+ * and R more live vectors for this one.) */
 static inline void prefix_sums(vec acc[NBT][R], vec yp[NBT][R], const float *xw, const float *wt,
                                int ot, const float *bias, int nj) {
-    vec bv[NBT], prev[NBT][R];
     for (int b = 0; b < NBT; b++) {
-        bv[b] = bias ? vload(bias + ot * TW + b * VW) : (vec){0};
-        for (int j = 0; j < R; j++) acc[b][j] = prev[b][j] = yp[b][j] = bv[b];
+        const vec bv = bias ? vload(bias + ot * TW + b * VW) : (vec){0};
+        ivec rest;   /* the lanes of chunks after the first */
+        for (int l = 0; l < VW; l++) rest[l] = (GROUPED && (ot * TW + b * VW + l) / CO > 0) ? -1 : 0;
+        const vec y0 = (vec)((ivec)bv & rest);
+        for (int j = 0; j < R; j++) {
+            acc[b][j] = bv;
+            yp[b][j] = y0;
+        }
     }
     for (int k = 0; k < P; k++) {
         accum(acc, xw, wt, k * CI, (k + 1) * CI, nj);
+        if (!GROUPED && k > 0) continue;
         for (int b = 0; b < NBT; b++) {
-            ivec mine;   /* the lanes of output chunk k */
-            for (int l = 0; l < VW; l++)
-                mine[l] = (GROUPED ? (ot * TW + b * VW + l) / CO : 0) == k ? -1 : 0;
-            for (int j = 0; j < nj; j++) {
-                const vec y = bv[b] + (acc[b][j] - prev[b][j]);
-                yp[b][j] = (vec)(((ivec)y & mine) | ((ivec)yp[b][j] & ~mine));
-                prev[b][j] = acc[b][j];
+            vec coef;
+            int any = 0;
+            for (int l = 0; l < VW; l++) {
+                const int c = GROUPED ? (ot * TW + b * VW + l) / CO : 0;
+                coef[l] = (float)((c == k) - (c == k + 1));
+                any |= coef[l] != 0.f;
             }
+            if (!any) continue;   /* a vector inside one wide chunk: only its own two boundaries */
+            for (int j = 0; j < nj; j++) yp[b][j] += acc[b][j] * coef;
         }
     }
 }
