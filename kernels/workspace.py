@@ -36,7 +36,10 @@ def scratch(name: str, shape: tuple[int, ...], dtype: torch.dtype,
     buf = pool.get(key)
     if buf is None or buf.numel() < numel:
         grown = max(numel, int(buf.numel() * 1.25) if buf is not None else 0)
-        buf = pool[key] = torch.empty(grown, dtype=dtype, device=device)
+        # a normal tensor even when first asked for under torch.inference_mode(): an inference
+        # tensor cannot be written in place (out=) by a later call outside that mode
+        with torch.inference_mode(False):
+            buf = pool[key] = torch.empty(grown, dtype=dtype, device=device)
     return buf[:numel].view(shape)
 
 

@@ -127,3 +127,20 @@ def test_random_shapes_property(n, p, cin_mult, cout_mult, h, w, k, stride, padd
                                        return_gate=True, strategy=strategy)
     check_against_reference(out, gate, x, wt, b, tau, isg, stride=stride, padding=padding,
                             dilation=dilation, partitions=p, grouped=grouped)
+
+
+@pytest.mark.parametrize("strategy", ["groups", "union", "dense", "stacked", "tiles", "fused", "prefix"])
+def test_inference_mode_then_no_grad(strategy):
+    """Reused buffers first made under torch.inference_mode() stay writable after it: a path run
+    there and then under no_grad (and back) gives the same output every time."""
+    from kernels import workspace
+    workspace.release()                     # this thread's buffers are made afresh below
+    case = make_case(2, 16, 16, 9, 9, 3, density=0.4, seed=11)
+    geom = GEOMS[0]
+    with torch.inference_mode():
+        a, _ = _run(case, geom, strategy=strategy, grouped=True)
+    with torch.no_grad():
+        b, _ = _run(case, geom, strategy=strategy, grouped=True)
+    with torch.inference_mode():
+        c, _ = _run(case, geom, strategy=strategy, grouped=True)
+    assert torch.equal(a, b) and torch.equal(a, c)
