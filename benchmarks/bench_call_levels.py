@@ -2,8 +2,9 @@
 
 Per ResNet-20 gated conv1 shape (per-element gates, p = 4, grouped base, random gates at
 ``--density``), interleaved medians of: oneDNN's dense conv; the compiled path ``auto`` chose,
-called directly (its cached build and packed weights, one output allocation: the kernel
-alone); ``kernels.conditional_conv2d`` (``auto``); and the eval-mode ``GatedConv2d`` module.
+called through ``kernels.cpu.bind_auto`` (its cached build and packed weights, one shape check,
+one output allocation: the kernel alone); ``kernels.conditional_conv2d`` (``auto``); and the
+eval-mode ``GatedConv2d`` module.
 The gap between the kernel and the public call is Python dispatch, which costs 2-3x more
 right after a large kernel than in a loop of tiny calls (the kernel evicts the interpreter's
 caches), so it is measured here at the real batch rather than guessed from a profiler.
@@ -14,9 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 
 import torch
 import torch.nn as nn
@@ -24,9 +23,11 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout's packages
 from bench_gated_conv import cpu_header  # noqa: E402
+from bench_gated_conv_shapes import interleaved_medians  # noqa: E402
 from dyngate.gating.gated_conv import GatedConv2d  # noqa: E402
-from kernels import conditional_conv2d, cpu_fused, last_path  # noqa: E402
-from kernels.geometry import ConvGeometry  # noqa: E402
+from kernels import conditional_conv2d, last_path  # noqa: E402
+from kernels.api import validate  # noqa: E402
+from kernels.cpu import bind_auto  # noqa: E402
 
 # ResNet-20's gated conv1 shapes: (label, C_in, H=W, C_out, stride)
 LAYERS = [("layer1 16->16 @32", 16, 32, 16, 1), ("layer2.0 16->32 s2 @32", 16, 32, 32, 2),
@@ -43,23 +44,6 @@ def _layer(c_in: int, c_out: int, stride: int, density: float, x: torch.Tensor) 
         g.bn0.running_var.copy_(yp.var(dim=(0, 2, 3)))
         g.threshold.copy_(torch.special.ndtri(torch.tensor(1.0 - density)).expand(c_out))
     return g
-
-
-def _direct(g: GatedConv2d, x: torch.Tensor, path: str):
-    """The compiled per-element path ``path`` called without the Python around it."""
-    geo = ConvGeometry(*x.shape, g.out_channels, 3, 3, g.stride, g.padding, g.dilation)
-    build, defines = cpu_fused._build_key(geo, g.partitions, g.grouped, 1, path == "prefix")
-    fn = cpu_fused._load(build, cpu_fused.isa())[0]
-    w, w_rest = cpu_fused._kernel_weights(g.weight, defines, g.partitions, g.grouped)
-    tau, isg = g.folded_threshold()
-    keep = [x, w, w_rest, g.bias.detach(), tau.detach(), isg.detach()]
-    threads = torch.get_num_threads()
-
-    def call():
-        out = torch.empty((geo.n, geo.c_out, geo.ho, geo.wo), memory_format=torch.channels_last)
-        fn(*map(cpu_fused._ptr, keep + [out, None, None]), geo.n, threads)
-        return out
-    return call
 
 
 def main(argv=None) -> int:
@@ -93,17 +77,11 @@ def main(argv=None) -> int:
             calls = {"dense": lambda: F.conv2d(x, w, b, stride, 1),
                      "call": lambda: conditional_conv2d(x, w, b, tau, isg, **kw),
                      "module": lambda: g(x)}
-            if path in ("prefix", "fused"):
-                calls["kernel"] = _direct(g, x, path)
-            times: dict[str, list[float]] = {k: [] for k in calls}
-            for f in calls.values():
-                f()
-            for _ in range(args.repeats):
-                for k, f in calls.items():
-                    t0 = time.perf_counter()
-                    f()
-                    times[k].append(1e3 * (time.perf_counter() - t0))
-        ms = {k: statistics.median(v) for k, v in times.items()}
+            geo = validate(x, w, b, tau, isg, stride, 1, 1, 4, True, 1)
+            kernel = bind_auto(x, w, b, tau, isg, geo, partitions=4, grouped=True)
+            if kernel is not None:               # a compiled path: time it alone too
+                calls["kernel"] = lambda: kernel(x)
+            ms = {k: 1e3 * t for k, t in interleaved_medians(calls, args.repeats, warmup=1).items()}
         kern = f"{ms['kernel']:.3f}" if "kernel" in ms else "-"
         ratio = f"{ms['dense'] / ms['kernel']:.2f}" if "kernel" in ms else "-"
         print(f"| {label} | {path} | {ms['dense']:.3f} | {kern} | {ms['call']:.3f} | {ms['module']:.3f} | "

@@ -180,20 +180,23 @@ def layer_inputs(layer: ConvLayer, batch: int, *, clustered: bool = False, densi
     return (to(x).contiguous(memory_format=torch.channels_last), to(w), to(b), to(tau), to(inv_sigma))
 
 
-def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 2) -> dict[str, float]:
+def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 2,
+                        sync: Callable[[], None] = lambda: None) -> dict[str, float]:
     """Median wall time in seconds of each callable over ``repeats`` rounds that call them in turn
-    (after ``warmup`` rounds): drift of the machine (other load, the allocator's state after
-    large frees) falls on all alike, where timing one after the other let it favour one side
-    (ResNet-18 layer1 at batch 8: 10.3 ms gated against 6.2 ms in the autotuner's interleaved
-    run minutes apart)."""
+    (after ``warmup`` rounds; ``sync`` waits for a device after each call): drift of the machine
+    (other load, the allocator's state after large frees) falls on all alike, where timing one
+    after the other let it favour one side (ResNet-18 layer1 at batch 8: 10.3 ms gated against
+    6.2 ms in the autotuner's interleaved run minutes apart)."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
+    sync()
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
         for k, fn in fns.items():
             t0 = time.perf_counter()
             fn()
+            sync()
             times[k].append(time.perf_counter() - t0)
     return {k: statistics.median(v) for k, v in times.items()}
 
@@ -201,16 +204,7 @@ def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int, warm
 def median_time(fn: Callable[[], object], repeats: int, warmup: int = 2,
                 sync: Callable[[], None] = lambda: None) -> float:
     """Median wall time in seconds over ``repeats`` calls after ``warmup`` calls."""
-    for _ in range(warmup):
-        fn()
-    sync()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return interleaved_medians({"fn": fn}, repeats, warmup, sync)["fn"]
 
 
 def theoretical_speedup(density: float, partitions: int) -> float:
