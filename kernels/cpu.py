@@ -70,7 +70,6 @@ Gate decisions can only differ where the score is within rounding of the thresho
 """
 from __future__ import annotations
 
-import functools
 import threading
 import warnings
 from dataclasses import dataclass
@@ -79,6 +78,7 @@ import torch
 import torch.nn.functional as F
 
 from kernels import autotune, cpu_fused, cpu_tiles
+from kernels.cpu_fused import _per_target
 from kernels.errors import KernelArgError
 from kernels.geometry import ConvGeometry
 from kernels.reference import block_scores, expand_blocks
@@ -89,8 +89,13 @@ STRATEGIES = ("auto", "fused", "fused_swap", "select", "prefix", "prefix_swap", 
               "onednn_blocks", "pipeline", "tiles",
               "chunk_tiles", "block_tiles", "groups", "union", "dense", "stacked")
 _LAST = threading.local()
-# The compiled paths (:mod:`kernels.cpu_fused`); "_swap": the same kernel in the other loop order.
-COMPILED = ("fused", "fused_swap", "select", "prefix", "prefix_swap", "fused_blocks", "onednn_blocks")
+# The compiled paths (:mod:`kernels.cpu_fused`). The per-element ones by their build (the
+# ``prefix`` and ``swap`` flags of cpu_fused.run; "select" is the fused build over oneDNN's sum):
+# "_swap" is the same kernel in the other loop order.
+ELEMENT_BUILDS = {"fused": dict(prefix=False, swap=False), "fused_swap": dict(prefix=False, swap=True),
+                  "select": dict(prefix=False, swap=False), "prefix": dict(prefix=True, swap=False),
+                  "prefix_swap": dict(prefix=True, swap=True)}
+COMPILED = (*ELEMENT_BUILDS, "fused_blocks", "onednn_blocks")
 
 # Cost model, nanoseconds on the reference 2-core AVX-512 box (see results/gated_conv_cpu.md):
 # gathering one float of im2col, one multiply-add of the gathered GEMM, one multiply-add of
@@ -333,9 +338,8 @@ def bind_auto(xc: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     path = _tuned_path(xc, weight, bias, tau, inv_sigma, geo, partitions, grouped, granularity, tile,
                        gate_tile)
     kw = dict(partitions=partitions, grouped=grouped, granularity=granularity)
-    if path in ("fused", "prefix", "fused_swap", "prefix_swap"):
-        call = cpu_fused.bind(weight, bias, tau, inv_sigma, geo, prefix=path.startswith("prefix"),
-                              swap=path.endswith("_swap"), **kw)
+    if path in ELEMENT_BUILDS and path != "select":
+        call = cpu_fused.bind(weight, bias, tau, inv_sigma, geo, **ELEMENT_BUILDS[path], **kw)
     elif path == "fused_blocks":
         call = cpu_fused.bind_blocks(weight, bias, tau, inv_sigma, geo, gate_tile=gate_tile, **kw)
     else:
@@ -379,7 +383,7 @@ def _native(strategy: str, xc: torch.Tensor, weight: torch.Tensor, bias: torch.T
     if xc.dtype != torch.float32:
         raise KernelArgError(f"strategy {strategy!r} computes in float32, got {xc.dtype}")
     blocks = strategy in ("fused_blocks", "onednn_blocks")
-    unsupported = (_blocks_reason if blocks else _prefix_reason if strategy.startswith("prefix")
+    unsupported = (_blocks_reason if blocks else _prefix_reason if ELEMENT_BUILDS[strategy]["prefix"]
                    else _fused_reason)
     reason = unsupported(geo, partitions, grouped, granularity, gate_tile)
     if reason is not None:
@@ -396,38 +400,24 @@ def _native(strategy: str, xc: torch.Tensor, weight: torch.Tensor, bias: torch.T
                         geo.stride, geo.padding, geo.dilation)
     out, gate, _ = cpu_fused.run(xc, weight, bias, tau, inv_sigma, geo, partitions=partitions,
                                  grouped=grouped, granularity=granularity, return_gate=return_gate,
-                                 full=full, prefix=strategy.startswith("prefix"),
-                                 swap=strategy.endswith("_swap"))
+                                 full=full, **ELEMENT_BUILDS[strategy])
     return out, gate
 
 
-def _per_build(fn):
-    """``fn`` (a check of which paths can run a layer: a pure function of its arguments, the ISA
-    target and whether a C compiler exists) memoised on all three. Unmemoised, these checks
-    cost ~25 us of Python per call of a gated conv, as much as a 16-channel layer's kernel at
-    batch 1 and ~5 % of it at batch 64."""
-    cached = functools.lru_cache(maxsize=4096)(lambda target, have_cc, *args: fn(*args))
-
-    @functools.wraps(fn)
-    def wrapper(*args):
-        return cached(cpu_fused.isa(), cpu_fused.available(), *args)
-    return wrapper
-
-
-@_per_build
+@_per_target
 def _fused_reason(geo, partitions, grouped, granularity, gate_tile) -> str | None:
     if gate_tile != (1, 1):   # its decision is per row segment; a block spans rows
         return f"gate tile {gate_tile[0]}x{gate_tile[1]}: the fused kernel decides per element"
     return cpu_fused.unsupported_reason(geo, partitions, grouped, granularity)
 
 
-@_per_build
+@_per_target
 def _prefix_reason(geo, partitions, grouped, granularity, gate_tile) -> str | None:
     return (_fused_reason(geo, partitions, grouped, granularity, gate_tile)
             or cpu_fused.prefix_unsupported_reason(geo, partitions, grouped, granularity))
 
 
-@_per_build
+@_per_target
 def _blocks_reason(geo, partitions, grouped, granularity, gate_tile) -> str | None:
     return cpu_fused.blocks_unsupported_reason(geo, partitions, grouped, granularity, gate_tile)
 
@@ -453,15 +443,14 @@ def _runnable(geo: ConvGeometry, partitions: int, grouped: bool, granularity: in
     return _runnable_paths(geo, partitions, grouped, granularity, gate_tile)
 
 
-@_per_build
+@_per_target
 def _runnable_paths(geo, partitions, grouped, granularity, gate_tile) -> tuple[str, ...]:
     fused = _fused_reason(geo, partitions, grouped, granularity, gate_tile) is None
     block = gate_tile != (1, 1) and _block_chunks(geo, partitions, grouped, granularity) is not None
     compiled_blocks = _blocks_reason(geo, partitions, grouped, granularity, gate_tile) is None
     prefix = _prefix_reason(geo, partitions, grouped, granularity, gate_tile) is None
     return tuple(p for p in autotune.PATHS
-                 if (p not in ("fused", "fused_swap", "select") or fused)
-                 and (p not in ("prefix", "prefix_swap") or prefix)
+                 if (p not in ELEMENT_BUILDS or (prefix if ELEMENT_BUILDS[p]["prefix"] else fused))
                  and (p != "block_tiles" or block)
                  and (p not in ("fused_blocks", "onednn_blocks") or compiled_blocks))
 

@@ -106,14 +106,15 @@ def isa() -> str:
 
 
 def _per_target(fn):
-    """``fn`` memoised per layer and ISA target (the current :func:`isa` is part of the key;
-    dict results are copied, so callers may extend them). Its layout and tile-shape searches
-    ran on every call of a gated conv: ~50 us of Python, as much as a small layer's base pass."""
-    cached = functools.lru_cache(maxsize=4096)(lambda target, *args, **kw: fn(*args, **kw))
+    """``fn`` memoised per layer, ISA target and whether a C compiler exists (the current
+    :func:`isa` and :func:`available` are part of the key; dict results are copied, so callers
+    may extend them). Layout, tile-shape and path checks ran on every call of a gated conv:
+    ~50 us of Python, as much as a small layer's base pass."""
+    cached = functools.lru_cache(maxsize=4096)(lambda target, have_cc, *args, **kw: fn(*args, **kw))
 
     @functools.wraps(fn)
     def wrapper(*args, **kw):
-        out = cached(isa(), *args, **kw)
+        out = cached(isa(), available(), *args, **kw)
         return dict(out) if isinstance(out, dict) else out
     return wrapper
 
