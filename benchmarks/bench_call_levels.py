@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout's packages
-from bench_gated_conv import cpu_header  # noqa: E402
+from bench_gated_conv import cpu_header_line  # noqa: E402
 from bench_gated_conv_shapes import interleaved_medians  # noqa: E402
 from dyngate.gating.gated_conv import GatedConv2d  # noqa: E402
 from kernels import conditional_conv2d, last_path  # noqa: E402
@@ -57,9 +57,7 @@ def main(argv=None) -> int:
     if args.threads < 1 or args.batch < 1 or args.repeats < 1 or not 0 < args.density < 1:
         ap.error("--threads, --batch, --repeats must be >= 1 and --density in (0, 1)")
     torch.set_num_threads(args.threads)
-    head = cpu_header()
-    print(f"CPU: {head['cpu']} | flags: {head['cpu_flags']} | kernel ISA: {head['isa']} | "
-          f"threads {args.threads} | torch {torch.__version__}")
+    print(cpu_header_line(args.threads))
     print(f"batch {args.batch}, random gates at {args.density}, p = 4, grouped base; medians of "
           f"{args.repeats} interleaved rounds, ms\n")
     print("| layer | path | dense | kernel | `conditional_conv2d` | module | dense/kernel | dense/call | dense/module |")

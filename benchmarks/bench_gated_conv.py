@@ -63,6 +63,13 @@ def cpu_header() -> dict:
                 aten_capability=torch.backends.cpu.get_cpu_capability())
 
 
+def cpu_header_line(threads: int) -> str:
+    """:func:`cpu_header` as the one line a per-layer benchmark prints above its table."""
+    head = cpu_header()
+    return (f"CPU: {head['cpu']} | flags: {head['cpu_flags']} | kernel ISA: {head['isa']} | oneDNN max ISA: "
+            f"{head['onednn_max_isa']} | threads {threads} | torch {torch.__version__}")
+
+
 def bench_layer(layer: ConvLayer, batch: int, density: float, kind: str, args) -> dict:
     geo_tile = default_tile(validate(*_dummy(layer, batch), layer.stride, layer.padding, 1,
                                      args.partitions, not args.ungrouped, args.granularity))

@@ -255,6 +255,17 @@ def _prefix_width(geo: ConvGeometry, granularity: int) -> int | None:
                 None)
 
 
+def _channel_unroll(nbt: int, prefix: bool) -> int:
+    """CU, the unroll of the kernel's channel loop (csrc/gated_conv.c): 4 for AVX2's 6 x 2-vector
+    tile, whose loop counter and pointer steps otherwise share the two ports of the 256-bit FMAs on
+    Intel cores (2 threads, all gates on, both loop orders, SPR's AVX2 build against oneDNN
+    limited to AVX2: ResNet-18's seven gated shapes 0.86-1.03 -> 0.95-1.11, ResNet-20's
+    64->64 @8 1.02 -> 1.07). 1 elsewhere, where unrolling measured as a loss: AVX-512's
+    28-accumulator tiles spilled (0.99 -> 0.62 on 128->128 @28), AVX2's one-vector 12-position
+    tile on 16->32 s2 (1.21 -> 0.97) and prefix builds (1.02 -> 0.65)."""
+    return 4 if isa() == "avx2" and nbt == 2 and not prefix else 1
+
+
 @_per_target
 def _defines(geo: ConvGeometry, partitions: int, grouped: bool, granularity: int,
              area: tuple[int, int] | None = None, prefix: bool = False, swap: bool = False) -> dict[str, int]:
@@ -274,7 +285,7 @@ def _defines(geo: ConvGeometry, partitions: int, grouped: bool, granularity: int
                 SW=geo.stride[1], PH=geo.padding[0], PW=geo.padding[1], DH=geo.dilation[0],
                 DW=geo.dilation[1], H=geo.h, W=geo.w,
                 HO=geo.ho, WO=geo.wo, P=partitions, GROUPED=int(grouped and partitions > 1), VW=vw,
-                NBT=nbt, G=granularity, R=rh * rw, RH=rh, SPAN=int(spanning),
+                NBT=nbt, G=granularity, R=rh * rw, RH=rh, SPAN=int(spanning), CU=_channel_unroll(nbt, prefix),
                 POS_MAJOR=int((_weight_bytes(geo, spanning) <= POS_MAJOR_MAX_BYTES) != swap),
                 EXACT_BASE=int(spanning and geo.c_in == geo.c_out and isa() == "avx512"),
                 PREFIX=int(prefix))
@@ -477,7 +488,7 @@ def _block_defines(geo: ConvGeometry, partitions: int, grouped: bool, granularit
         if granularity % d["VW"] and d["VW"] % granularity:
             return None
         rh, rw = tile_shape(*area, 1)
-        d.update(NBT=1, R=rh * rw, RH=rh)
+        d.update(NBT=1, R=rh * rw, RH=rh, CU=_channel_unroll(1, False))
     d.update(BH=gate_tile[0], BW=gate_tile[1], BG=granularity)
     return d
 

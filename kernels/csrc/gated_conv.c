@@ -171,6 +171,19 @@ static inline ivec gate_of(vec y, vec tv, vec iv) {
     return on;
 }
 
+/* CU: unroll of the channel loop below (kernels/cpu_fused.py picks it per target and tile). One
+ * pass of the loop is R*NBT FMAs plus a counter, two pointer steps and a branch; on Intel cores
+ * those integer ops issue to the same two ports as 256-bit FMAs, so unrolling 4x took
+ * ResNet-18's AVX2 layers from 0.86-0.95 to 0.95-1.08 of oneDNN (SPR, 2 threads, batch 8).
+ * With AVX-512's 28-accumulator tiles it made GCC spill (0.6-0.9). */
+#define PRAGMA_(x) _Pragma(#x)
+#define UNROLL_(n) PRAGMA_(GCC unroll n)   /* one level more, so that CU expands first */
+#if defined(CU) && CU > 1
+#define CHANNEL_UNROLL UNROLL_(CU)
+#else   /* no pragma at all: "unroll 1" would also stop GCC peeling short constant-trip loops */
+#define CHANNEL_UNROLL
+#endif
+
 /* acc[b][j] += sum over taps and channels c0..c1 of x[position j] * w[block b]: per channel NBT
  * weight vectors, then per position one broadcast feeding NBT FMAs (R*NBT accumulators + NBT
  * weights + 1 broadcast fit the 16 ymm of AVX2 at 6x2). */
@@ -180,6 +193,7 @@ static inline void accum(vec acc[NBT][R], const float *xw, const float *wt,
         for (int kw = 0; kw < KW; kw++) {
             const float *xt = tap(xw, kh, kw);
             const float *wp = wt + (kh * KW + kw) * C_IN * TW;
+            CHANNEL_UNROLL
             for (int c = c0; c < c1; c++) {
                 vec w[NBT];
                 _Pragma("GCC unroll 4")

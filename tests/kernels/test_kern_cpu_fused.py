@@ -264,3 +264,16 @@ def test_tile_shape_fits_registers_and_covers_with_little_waste(rows, cols):
         assert 1 <= rh <= rows and 1 <= rw <= cols and rh * rw <= cpu_fused._max_tile(nbt)
         slots = -(-rows // rh) * rh * -(-cols // rw) * rw
         assert slots <= 1.25 * rows * cols or rh * rw == min(rows * cols, cpu_fused._max_tile(nbt))
+
+
+def test_channel_loop_unroll_only_on_avx2_two_vector_tiles():
+    """CU (the kernel's channel-loop unroll) is 4 exactly for AVX2's two-vector fused tiles, the
+    one shape where it measured as a gain; test_fused_matches_reference's 12->64 grouped case
+    (3 and 9 channels per range: unrolled loops with remainders) runs that build on avx2."""
+    from kernels.geometry import ConvGeometry
+    geo = ConvGeometry(2, 12, 7, 7, 64, 3, 3, (1, 1), (1, 1), (1, 1))
+    d, target = cpu_fused._defines(geo, 4, True, 1), cpu_fused.isa()   # the module's isa_target
+    assert d["CU"] == (4 if target == "avx2" and d["NBT"] == 2 else 1)
+    if target == "avx2":
+        assert d["NBT"] == 2
+    assert cpu_fused._defines(geo, 4, True, 1, prefix=True)["CU"] == 1
