@@ -267,7 +267,7 @@ def test_tile_shape_fits_registers_and_covers_with_little_waste(rows, cols):
 
 
 def test_channel_loop_unroll_only_on_avx2_two_vector_tiles():
-    """CU (the kernel's channel-loop unroll) is 4 exactly for AVX2's two-vector fused tiles, the
+    """CU (the kernel's channel-loop unroll) is 4 exactly for AVX2's two-vector per-element tiles, the
     one shape where it measured as a gain; test_fused_matches_reference's 12->64 grouped case
     (3 and 9 channels per range: unrolled loops with remainders) runs that build on avx2."""
     from kernels.geometry import ConvGeometry
@@ -277,3 +277,4 @@ def test_channel_loop_unroll_only_on_avx2_two_vector_tiles():
     if target == "avx2":
         assert d["NBT"] == 2
     assert cpu_fused._defines(geo, 4, True, 1, prefix=True)["CU"] == 1
+    assert cpu_fused._block_defines(geo, 4, True, 16, (4, 4))["CU"] == 1   # block builds: measured a loss
