@@ -144,8 +144,7 @@ def bind_state() -> tuple:
     ISA target, whether a C compiler exists, the autotune choices and whether tuning is on.
     A caller keeping a bound call rebinds when this changes."""
     from kernels import autotune, cpu_fused
-    return (torch.get_num_threads(), cpu_fused.isa(), cpu_fused.available(), autotune.generation(),
-            autotune.enabled())
+    return (*cpu_fused.dispatch_state(), autotune.generation(), autotune.enabled())
 
 
 def bind(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, tau: torch.Tensor,

@@ -464,14 +464,13 @@ _CHOSEN: dict[tuple, tuple[int, str]] = {}
 def _tuned_path(xc, weight, bias, tau, inv_sigma, geo, partitions, grouped, granularity, tile,
                 gate_tile) -> str:
     """The measured-fastest path for this layer (timing every runnable path on first use)."""
-    threads = torch.get_num_threads()
-    sig = (geo, partitions, grouped, granularity, tile, gate_tile, threads, cpu_fused.isa(),
-           cpu_fused.available())
+    state = cpu_fused.dispatch_state()
+    sig = (geo, partitions, grouped, granularity, tile, gate_tile, *state)
     memo = _CHOSEN.get(sig)
     if memo is not None and memo[0] == autotune.generation():
         return memo[1]
     path = _measured_path(xc, weight, bias, tau, inv_sigma, geo, partitions, grouped, granularity,
-                          tile, gate_tile, threads)
+                          tile, gate_tile, state[0])
     if len(_CHOSEN) > 4096:
         _CHOSEN.clear()
     _CHOSEN[sig] = (autotune.generation(), path)

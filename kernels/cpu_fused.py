@@ -180,6 +180,13 @@ def available() -> bool:
     return compiler() is not None
 
 
+def dispatch_state() -> tuple[int, str, bool]:
+    """What the CPU paths' choice and builds depend on besides the layer: the thread count, the
+    ISA target and whether a C compiler exists. Memos of a chosen path or a bound call key on it
+    (``kernels.cpu._tuned_path``, ``kernels.api.bind_state``)."""
+    return torch.get_num_threads(), isa(), available()
+
+
 def layout(geo: ConvGeometry, partitions: int, grouped: bool, granularity: int) -> tuple[int, bool] | None:
     """(VW, SPAN): output channels per SIMD vector, and whether a vector spans several output
     chunks of a grouped base path; None when the layer is outside the kernel's shapes.
