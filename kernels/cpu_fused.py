@@ -265,12 +265,12 @@ def _prefix_width(geo: ConvGeometry, granularity: int) -> int | None:
 def _channel_unroll(nbt: int, prefix: bool) -> int:
     """CU, the unroll of the kernel's channel loop (csrc/gated_conv.c): 4 for AVX2's 6 x 2-vector
     tile, whose loop counter and pointer steps otherwise share the two ports of the 256-bit FMAs on
-    Intel cores (2 threads, all gates on, both loop orders, SPR's AVX2 build against oneDNN
-    limited to AVX2: ResNet-18's seven gated shapes 0.86-1.03 -> 0.95-1.11, ResNet-20's
-    64->64 @8 1.02 -> 1.07). 1 elsewhere, where unrolling measured as a loss: AVX-512's
-    28-accumulator tiles spilled (0.99 -> 0.62 on 128->128 @28), AVX2's one-vector 12-position
-    tile on 16->32 s2 (1.21 -> 0.97) and prefix builds (1.02 -> 0.65); block-gate builds keep
-    1 as well (see _block_defines)."""
+    Intel cores. ``python benchmarks/bench_kernel_unroll.py --isa avx2`` (SPR, 2 threads, all
+    gates on, best loop order, against oneDNN capped to AVX2): ResNet-18's seven gated shapes
+    0.87-1.00 -> 0.95-1.07, ResNet-20's 64->64 @8 0.96 -> 1.00. 1 elsewhere, where unrolling
+    measured as a loss: AVX-512's 28-accumulator tiles spill (128->128 @28: 1.04 -> 0.65), AVX2's
+    one-vector 12-position tile on 16->32 s2 (0.97 -> 0.79), AVX2 prefix builds (16->16: 1.01 ->
+    0.54); block-gate builds keep 1 as well (see _block_defines)."""
     return 4 if isa() == "avx2" and nbt == 2 and not prefix else 1
 
 

@@ -174,8 +174,9 @@ static inline ivec gate_of(vec y, vec tv, vec iv) {
 /* CU: unroll of the channel loop below (kernels/cpu_fused.py picks it per target and tile). One
  * pass of the loop is R*NBT FMAs plus a counter, two pointer steps and a branch; on Intel cores
  * those integer ops issue to the same two ports as 256-bit FMAs, so unrolling 4x took
- * ResNet-18's AVX2 layers from 0.86-0.95 to 0.95-1.08 of oneDNN (SPR, 2 threads, batch 8).
- * With AVX-512's 28-accumulator tiles it made GCC spill (0.6-0.9). */
+ * ResNet-18's AVX2 layers from 0.87-1.00 to 0.95-1.07 of oneDNN (SPR, 2 threads, batch 8).
+ * With AVX-512's 28-accumulator tiles it made GCC spill (ResNet-18: 0.62-0.88 instead of
+ * 1.03-1.28 on six of its seven layers). */
 #define PRAGMA_(x) _Pragma(#x)
 #define UNROLL_(n) PRAGMA_(GCC unroll n)   /* one level more, so that CU expands first */
 #if defined(CU) && CU > 1
