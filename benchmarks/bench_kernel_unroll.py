@@ -14,12 +14,12 @@ time: what the unroll rule in ``cpu_fused._channel_unroll`` rests on.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_gated_conv import cpu_header_line  # noqa: E402  (first: its --isa sets the ISA caps before torch loads)
+# first: importing bench_gated_conv applies --isa's caps before torch loads
+from bench_gated_conv import cpu_header_line  # noqa: E402
 from bench_gated_conv_shapes import NETWORKS, interleaved_medians  # noqa: E402
 
 import torch  # noqa: E402
@@ -38,11 +38,11 @@ def _kernel(geo: ConvGeometry, defines: dict[str, int], x, w, b):
     isg = torch.ones(geo.c_out)
     out = torch.empty(geo.n, geo.c_out, geo.ho, geo.wo).contiguous(memory_format=torch.channels_last)
     keep = (wp, wr, b, tau, isg, out)
-    ptrs = [ctypes.c_void_p(t.data_ptr()) if t is not None else None for t in keep]
+    ptrs = [cpu_fused._ptr(t) for t in keep]
     threads = torch.get_num_threads()
 
     def call():
-        return fn(ctypes.c_void_p(x.data_ptr()), *ptrs, None, None, geo.n, threads)
+        return fn(cpu_fused._ptr(x), *ptrs, None, None, geo.n, threads)
     call.keep = keep
     return call
 
@@ -94,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
             calls = {"dense": lambda: F.conv2d(x, wd, b, layer.stride, layer.padding)}
             for u in unrolls:
                 for order, pos_major in (("pos", 1), ("chan", 0)):
-                    calls[f"CU={u} {order}"] = _kernel(geo, {**base, "CU": u, "POS_MAJOR": pos_major}, x, w, b)
+                    d = {**base, "CU": u, "POS_MAJOR": pos_major}
+                    calls[f"CU={u} {order}"] = _kernel(geo, d, x, w, b)
             t = interleaved_medians(calls, args.repeats)
             ratio = {k: t["dense"] / v for k, v in t.items() if k != "dense"}
             best = " / ".join(f"{max(ratio[f'CU={u} pos'], ratio[f'CU={u} chan']):.2f}"

@@ -40,7 +40,8 @@ from kernels.geometry import ConvGeometry
 # changes (2: flat-tile fused kernel and the compiled block paths; 3: the stacked path; 4: the
 # fused kernel's loads, addresses, block windows and tile shapes, 1.2-3.7x faster per layer,
 # and interleaved measuring; 5: the prefix path; 6: both loop orders of fused and prefix; 7: the
-# AVX2 two-vector tiles' unrolled channel loop), so older files, whose choices were measured without them, are re-measured instead of trusted.
+# AVX2 two-vector tiles' unrolled channel loop), so older files, whose choices were measured
+# without them, are re-measured instead of trusted.
 VERSION = 7
 PATHS = ("fused", "fused_swap", "select", "prefix", "prefix_swap", "fused_blocks", "onednn_blocks", "tiles",
          "chunk_tiles", "block_tiles", "dense", "stacked", "union", "groups")

@@ -262,22 +262,26 @@ def _prefix_width(geo: ConvGeometry, granularity: int) -> int | None:
                 None)
 
 
-def _channel_unroll(nbt: int, prefix: bool) -> int:
+def _channel_unroll(nbt: int, prefix: bool, block: bool) -> int:
     """CU, the unroll of the kernel's channel loop (csrc/gated_conv.c): 4 for AVX2's 6 x 2-vector
-    tile, whose loop counter and pointer steps otherwise share the two ports of the 256-bit FMAs on
-    Intel cores. ``python benchmarks/bench_kernel_unroll.py --isa avx2`` (SPR, 2 threads, all
-    gates on, best loop order, against oneDNN capped to AVX2): ResNet-18's seven gated shapes
-    0.87-1.00 -> 0.95-1.07, ResNet-20's 64->64 @8 0.96 -> 1.00. 1 elsewhere, where unrolling
-    measured as a loss: AVX-512's 28-accumulator tiles spill (128->128 @28: 1.04 -> 0.65), AVX2's
-    one-vector 12-position tile on 16->32 s2 (0.97 -> 0.79), AVX2 prefix builds (16->16: 1.01 ->
-    0.54); block-gate builds keep 1 as well (see _block_defines)."""
-    return 4 if isa() == "avx2" and nbt == 2 and not prefix else 1
+    per-element tile, whose loop counter and pointer steps otherwise share the two ports of the
+    256-bit FMAs on Intel cores. ``python benchmarks/bench_kernel_unroll.py --isa avx2`` (SPR, 2
+    threads, all gates on, best loop order, against oneDNN capped to AVX2): ResNet-18's seven
+    gated shapes 0.87-1.00 -> 0.95-1.07, ResNet-20's 64->64 @8 0.96 -> 1.00. 1 elsewhere, where
+    unrolling measured as a loss: AVX-512's 28-accumulator tiles spill (128->128 @28: 1.04 ->
+    0.65), AVX2's one-vector 12-position tile on 16->32 s2 (0.97 -> 0.79), AVX2 prefix builds
+    (16->16: 1.01 -> 0.54), and block-gate builds (``block``): with them unrolled the shipped
+    block-gated ResNet-20 ran 1.44-1.45x instead of 1.51-1.56x faster than dense under AVX2
+    (eval --time, 3 runs each)."""
+    return 4 if isa() == "avx2" and nbt == 2 and not prefix and not block else 1
 
 
 @_per_target
 def _defines(geo: ConvGeometry, partitions: int, grouped: bool, granularity: int,
              area: tuple[int, int] | None = None, prefix: bool = False, swap: bool = False) -> dict[str, int]:
-    """The kernel's -D constants (``prefix``: the PREFIX build, see csrc/gated_conv.c; ``swap``:
+    """The kernel's -D constants (``area``: the output area tiles cover, a gate block's in block
+    builds (:func:`_block_defines`), the whole map otherwise; ``prefix``: the PREFIX build, see
+    csrc/gated_conv.c; ``swap``:
     the other loop order than the weight-size rule picks, see POS_MAJOR_MAX_BYTES). EXACT_BASE
     (shuffled-input base pass) only on AVX-512: 16 channels @32x32, batch 64, 2 threads,
     interleaved medians: 3.9 vs 5.5 ms at density 1 and 2.8 vs 4.1 ms at density 0.2; under AVX2
@@ -293,7 +297,8 @@ def _defines(geo: ConvGeometry, partitions: int, grouped: bool, granularity: int
                 SW=geo.stride[1], PH=geo.padding[0], PW=geo.padding[1], DH=geo.dilation[0],
                 DW=geo.dilation[1], H=geo.h, W=geo.w,
                 HO=geo.ho, WO=geo.wo, P=partitions, GROUPED=int(grouped and partitions > 1), VW=vw,
-                NBT=nbt, G=granularity, R=rh * rw, RH=rh, SPAN=int(spanning), CU=_channel_unroll(nbt, prefix),
+                NBT=nbt, G=granularity, R=rh * rw, RH=rh, SPAN=int(spanning),
+                CU=_channel_unroll(nbt, prefix, block=area is not None),
                 POS_MAJOR=int((_weight_bytes(geo, spanning) <= POS_MAJOR_MAX_BYTES) != swap),
                 EXACT_BASE=int(spanning and geo.c_in == geo.c_out and isa() == "avx512"),
                 PREFIX=int(prefix))
@@ -497,9 +502,7 @@ def _block_defines(geo: ConvGeometry, partitions: int, grouped: bool, granularit
             return None
         rh, rw = tile_shape(*area, 1)
         d.update(NBT=1, R=rh * rw, RH=rh)
-    # no unrolled channel loop (_channel_unroll): with it the shipped block-gated ResNet-20 ran
-    # 1.44-1.45x instead of 1.51-1.56x faster than dense under AVX2 (eval --time, 3 runs each)
-    d.update(BH=gate_tile[0], BW=gate_tile[1], BG=granularity, CU=1)
+    d.update(BH=gate_tile[0], BW=gate_tile[1], BG=granularity)
     return d
 
 

@@ -37,7 +37,8 @@ def test_shipped_checkpoints_reproduce_published_table():
 @pytest.mark.parametrize("ckpt,table,label", [
     ("resnet20_fmnist_tile7.pt", STRUCTURED_S32,
      "pre-act, tile 7x7 x 16 ch, rule all, 15 ep at T=0.1 + 10 + 15 ep at T=0.13"),
-    ("resnet20_postact_fmnist_tile7.pt", STRUCTURED_S31, "shipped: post-act, tile 7x7 x 16 ch, rule all, T=0.1, 6 ep")])
+    ("resnet20_postact_fmnist_tile7.pt", STRUCTURED_S31,
+     "shipped: post-act, tile 7x7 x 16 ch, rule all, T=0.1, 6 ep")])
 def test_shipped_block_checkpoints_reproduce_published_table(ckpt, table, label):
     rows = {r["label"]: r for r in json.loads(table.read_text())["runs"]}
     res = _eval(ROOT / "checkpoints" / ckpt)
