@@ -74,10 +74,11 @@ What the gated schedule reuses on chip (the energy and traffic model of
 Fold cycles come from :func:`accel_sim.dataflow.fold_cycles`; :mod:`accel_sim.pe_array`
 executes the same schedules operand by operand and must agree cycle for cycle.
 
-When only densities are known, the per-element gate pattern is drawn from independent
-Bernoulli(channel density) variables per output element (no spatial correlation), with a
-numpy PCG64 generator seeded from ``(config.seed, layer index)``; channels that share one
-decision (``granularity`` > 1) share one draw at the group's mean density.
+When only densities are known, the gate pattern is drawn (:func:`draw_mask`) with a numpy
+PCG64 generator seeded from ``(config.seed, layer index)``: per-element gates from independent
+Bernoulli(channel density) variables per output element (no spatial correlation), block gates
+as exactly density x blocks on-blocks per channel group at random places; channels that share
+one decision (``granularity`` > 1) share one draw at the group's mean density.
 """
 from __future__ import annotations
 
@@ -100,9 +101,16 @@ COND_MODES = {"auto": ("column", "packed", "group"), "column": ("column",), "uni
 
 def draw_mask(layer: Layer, spec: GateSpec, rng: np.random.Generator) -> np.ndarray:
     """Boolean gate decisions [output pixels M (image-major, row-major over each output map),
-    output channels N]: one independent draw per decision block (``tile`` positions x ``granularity``
-    channels) at its channel group's measured density, so a tile-gated profile gives masks
-    that are constant on each block, as the trained gates are (ragged edge blocks clipped)."""
+    output channels N] at each channel group's measured density (``granularity`` channels share
+    one decision).
+
+    Per-element gates draw one Bernoulli per output element: a layer has thousands of decisions,
+    so its drawn density is the profile's to well under 1 %.  Block gates (``tile`` > 1x1) are
+    drawn per block, constant on each block as the trained gates are (ragged edge blocks
+    clipped), and stratified: each group switches on ``d * n`` of its ``n`` blocks over the
+    batch, rounded down or up so that it is right in expectation and the layer's total is right
+    to one block, at random places.  A 28x28 map in 7x7 blocks has only 16 blocks per image and
+    group, and independent draws there simulated a layer profiled at 0.445 at 11/16 = 0.69."""
     g = spec.granularity
     dens = spec.channel_density.reshape(-1, g).mean(axis=1).astype(np.float32)
     th, tw = spec.tile
@@ -110,7 +118,14 @@ def draw_mask(layer: Layer, spec: GateSpec, rng: np.random.Generator) -> np.ndar
         mask = rng.random((layer.gemm_m, dens.size), dtype=np.float32) < dens
     else:   # per image of the batch, blocks over its output map
         ho, wo = layer.output_hw
-        blocks = rng.random((layer.batch, -(-ho // th), -(-wo // tw), dens.size), dtype=np.float32) < dens
+        shape = (layer.batch, -(-ho // th), -(-wo // tw))
+        n = math.prod(shape)
+        # systematic rounding with one offset: each group gets floor or ceil of d n blocks (in
+        # expectation d n) and the layer's total is within one block of the profile's
+        cum = np.floor(np.concatenate(([0.0], np.cumsum(dens.astype(np.float64) * n))) + rng.random())
+        on = np.diff(cum).astype(np.int64)
+        ranks = rng.random((n, dens.size)).argsort(axis=0).argsort(axis=0)   # a random order per group
+        blocks = (ranks < np.minimum(on, n)).reshape(*shape, dens.size)
         mask = blocks.repeat(th, axis=1)[:, :ho].repeat(tw, axis=2)[:, :, :wo].reshape(layer.gemm_m, dens.size)
     return np.repeat(mask, g, axis=1) if g > 1 else mask
 

@@ -8,7 +8,7 @@ dataflow: the gated layers' cycle speedup over dense (DRAM stalls included, dens
 allowed), the MAC-count (theoretical) speedup at the drawn masks' density, their ratio
 (efficiency) and the whole network's gated over dense energy. Per-element gates draw every output independently;
 block gates draw one decision per tile x 16 channels (7x7 on ResNet-18, 8x8 on ResNet-20) at
-the same density. Simulated, not measured: a statement about the schedules, not a chip.
+the same density, each group switching on its share of the blocks (``gating.draw_mask``). Simulated, not measured: a statement about the schedules, not a chip.
 """
 from __future__ import annotations
 

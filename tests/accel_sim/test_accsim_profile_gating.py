@@ -217,6 +217,28 @@ def test_tile_profile_is_scheduled_with_block_masks(tmp_path):
         load_profile(_write(tmp_path, d))
 
 
+def test_block_masks_switch_on_each_groups_share_of_blocks():
+    """Block masks are stratified: a group with density d switches on floor(d n) or ceil(d n) of
+    its n blocks (unbiased over seeds) and the layer's total is right to one block, not a
+    Bernoulli count that can land far off with 16 blocks."""
+    layer = conv("c", 64, 64, 3, (28, 28))                  # 4x4 = 16 blocks of 7x7 per image
+    dens = np.repeat([0.445, 0.019, 0.5, 1.0], 16)
+    spec = GateSpec(4, dens, False, 16, (7, 7))
+    counts = []
+    for seed in range(400):
+        m = draw_mask(layer, spec, np.random.default_rng(seed)).reshape(4, 7, 4, 7, 4, 16)
+        assert (m == m[:, :1, :, :1, :, :1]).all()          # constant on each block
+        counts.append(m[:, 0, :, 0, :, 0].sum(axis=(0, 1)))
+    counts = np.array(counts)
+    expect = np.array([0.445, 0.019, 0.5, 1.0]) * 16
+    assert (np.abs(counts - expect) < 1).all()
+    assert (np.abs(counts.sum(axis=1) - expect.sum()) < 1).all()   # the layer's total too
+    # stochastic rounding keeps the mean: each count is floor or ceil (sd <= 0.5 blocks), so the
+    # mean of 400 seeds has sd <= 0.5 / sqrt(400) = 0.025 blocks; 4 sd
+    assert np.allclose(counts.mean(axis=0), expect, atol=4 * 0.025)
+    assert len({tuple(np.flatnonzero(draw_mask(layer, spec, np.random.default_rng(s))[:, 0]))
+                for s in range(5)}) == 5                      # the places are random
+
 @pytest.mark.parametrize("df", ["os", "ws"])
 def test_block_gates_share_column_feeds(df):
     """G-channel block gates: aligned runs of gcd(G, C) columns carry one list and one gather
