@@ -6,9 +6,10 @@ For ResNet-18 (224x224) and ResNet-20 (32x32), CGNet's gating rule, p = 4 with a
 base (as the block-gated Fashion-MNIST models are trained), on the default array and each
 dataflow: the gated layers' cycle speedup over dense (DRAM stalls included, dense fallback
 allowed), the MAC-count (theoretical) speedup at the drawn masks' density, their ratio
-(efficiency) and the whole network's gated over dense energy. Per-element gates draw every output independently;
-block gates draw one decision per tile x 16 channels (7x7 on ResNet-18, 8x8 on ResNet-20) at
-the same density, each group switching on its share of the blocks (``gating.draw_mask``). Simulated, not measured: a statement about the schedules, not a chip.
+(efficiency) and the whole network's gated over dense energy. Per-element gates draw every
+output independently; block gates draw one decision per tile x 16 channels (7x7 on ResNet-18,
+8x8 on ResNet-20) at the same density, each group switching on its share of the blocks
+(``gating.draw_mask``). Simulated, not measured: a statement about the schedules, not a chip.
 """
 from __future__ import annotations
 

@@ -239,6 +239,7 @@ def test_block_masks_switch_on_each_groups_share_of_blocks():
     assert len({tuple(np.flatnonzero(draw_mask(layer, spec, np.random.default_rng(s))[:, 0]))
                 for s in range(5)}) == 5                      # the places are random
 
+
 @pytest.mark.parametrize("df", ["os", "ws"])
 def test_block_gates_share_column_feeds(df):
     """G-channel block gates: aligned runs of gcd(G, C) columns carry one list and one gather
