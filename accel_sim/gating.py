@@ -106,11 +106,10 @@ def draw_mask(layer: Layer, spec: GateSpec, rng: np.random.Generator) -> np.ndar
 
     Per-element gates draw one Bernoulli per output element: a layer has thousands of decisions
     (3136 in ResNet-20's last stage at 28x28), so its drawn density is within about a percentage
-    point of the profile's.  Block gates (``tile`` > 1x1) are
-    drawn per block, constant on each block as the trained gates are (ragged edge blocks
-    clipped), and stratified: each group switches on ``d * n`` of its ``n`` blocks over the
-    batch, rounded down or up so that it is right in expectation and the layer's total is right
-    to one block, at random places.  A 28x28 map in 7x7 blocks has only 16 blocks per image and
+    point of the profile's.  Block gates (``tile`` > 1x1) are drawn per block, constant on each
+    block as the trained gates are (ragged edge blocks clipped), and stratified: each group
+    switches on ``d * n`` of its ``n`` blocks over the batch, rounded down or up so that it is
+    right in expectation and the layer's total is right to one block, at random places.  A 28x28 map in 7x7 blocks has only 16 blocks per image and
     group, and independent draws there simulated a layer profiled at 0.445 at 11/16 = 0.69."""
     g = spec.granularity
     dens = spec.channel_density.reshape(-1, g).mean(axis=1).astype(np.float32)

@@ -281,11 +281,10 @@ def _defines(geo: ConvGeometry, partitions: int, grouped: bool, granularity: int
              area: tuple[int, int] | None = None, prefix: bool = False, swap: bool = False) -> dict[str, int]:
     """The kernel's -D constants (``area``: the output area tiles cover, a gate block's in block
     builds (:func:`_block_defines`), the whole map otherwise; ``prefix``: the PREFIX build, see
-    csrc/gated_conv.c; ``swap``:
-    the other loop order than the weight-size rule picks, see POS_MAJOR_MAX_BYTES). EXACT_BASE
-    (shuffled-input base pass) only on AVX-512: 16 channels @32x32, batch 64, 2 threads,
-    interleaved medians: 3.9 vs 5.5 ms at density 1 and 2.8 vs 4.1 ms at density 0.2; under AVX2
-    it was slower (10.8 vs 8.2 ms)."""
+    csrc/gated_conv.c; ``swap``: the other loop order than the weight-size rule picks, see
+    POS_MAJOR_MAX_BYTES). EXACT_BASE (shuffled-input base pass) only on AVX-512: 16 channels
+    @32x32, batch 64, 2 threads, interleaved medians: 3.9 vs 5.5 ms at density 1 and 2.8 vs 4.1
+    ms at density 0.2; under AVX2 it was slower (10.8 vs 8.2 ms)."""
     if prefix:   # plain weights, vectors across chunks
         vw, spanning = _prefix_width(geo, granularity), False
         nbt = _blocks_per_tile(geo, partitions, grouped, vw, True)

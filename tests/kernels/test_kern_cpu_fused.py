@@ -268,8 +268,9 @@ def test_tile_shape_fits_registers_and_covers_with_little_waste(rows, cols):
 
 def test_channel_loop_unroll_only_on_avx2_two_vector_tiles():
     """CU (the kernel's channel-loop unroll) is 4 exactly for AVX2's two-vector per-element
-    tiles, the one shape where it measured as a gain; test_fused_matches_reference's 12->64 grouped case
-    (3 and 9 channels per range: unrolled loops with remainders) runs that build on avx2."""
+    tiles, the one shape where it measured as a gain; test_fused_matches_reference's 12->64
+    grouped case (3 and 9 channels per range: unrolled loops with remainders) runs that build on
+    avx2."""
     from kernels.geometry import ConvGeometry
     geo = ConvGeometry(2, 12, 7, 7, 64, 3, 3, (1, 1), (1, 1), (1, 1))
     d, target = cpu_fused._defines(geo, 4, True, 1), cpu_fused.isa()   # the module's isa_target
